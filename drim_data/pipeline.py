@@ -110,10 +110,11 @@ class Context:
     def for_each_pending_async(self, stats: StageStats, pending_sql: str, handle: Callable[[tuple], Any]) -> None:
         """Run `handle(row)` for every pending row concurrently; it returns a writer run in the item's transaction.
 
-        Teacher requests of all items overlap (bounded by the endpoint's in-flight limit), while every database
-        write happens on this thread between awaits. An item whose teacher call failed after all retries is
-        dropped with the reason but left pending, so a rerun tries it again; in Batch API mode, items wait for
-        their batch, which is submitted, polled and collected before the next pass.
+        Teacher requests of all items overlap (bounded by the endpoint's in-flight limit), while every item's
+        writes happen on this thread between awaits (the teacher's cache has its own writer). An item whose
+        teacher call failed after all retries is dropped with the reason but left pending, so a rerun tries it
+        again; in Batch API mode, items wait for their batch, which is submitted, polled and collected before
+        the next pass.
         """
         from drim_data.replies import ReplyError
         from drim_data.teacher import Deferred, TeacherFailed
@@ -154,7 +155,9 @@ class Context:
                 for teacher in self.models.values():
                     await teacher.close()
 
-        asyncio.run(passes())
+        from drim_data.teacher import run
+
+        run(passes())
 
     def _commit(self, stats: StageStats, item_id: str, write: Callable[[], None] | None, done: bool = True) -> None:
         self.con.begin()
