@@ -8,6 +8,8 @@ square box, scored by its contrast, then non-maximum suppression keeps the best 
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -55,8 +57,15 @@ def nms(boxes: np.ndarray, threshold: float, limit: int) -> np.ndarray:
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    # a separable filter with our own kernel: half the time of cv2.GaussianBlur's bit-exact 8-bit path
+    kernel = _kernel(round(sigma, 3))
+    return cv2.sepFilter2D(image, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+
+@functools.cache
+def _kernel(sigma: float) -> np.ndarray:
     k = 2 * round(2.5 * sigma) + 1  # OpenCV's default 8-bit kernel is wider than the tails are worth
-    return cv2.GaussianBlur(image, (k, k), sigma)
+    return cv2.getGaussianKernel(k, sigma, cv2.CV_32F)
 
 
 def _gaussians(gray: np.ndarray, max_sigma: float) -> list[list[np.ndarray]]:
