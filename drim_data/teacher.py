@@ -22,6 +22,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import duckdb
 import openai
@@ -81,6 +82,17 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     cached: bool
+
+
+class _Outcome(NamedTuple):
+    """One request's result: the body, or why it failed, the server's requested wait and whether to retry."""
+
+    body: dict | None
+    reason: str = ""
+    detail: str = ""
+    latency: float = 0.0
+    wait: float | None = None
+    retryable: bool = False
 
 
 @dataclass
@@ -267,20 +279,19 @@ class Teacher:
                 await self._requests.acquire(1)
             if self._tokens:
                 await self._tokens.acquire(_estimate_tokens(payload))
-            body, latency, reason, detail, wait, retryable = await self._attempt(payload)
-            if body is not None:
-                await self._persist(self._row(key, stage, purpose, canonical, body, latency, attempt))
-                return _answer(body, cached=False)
-            if not retryable or attempt == self.cfg.max_attempts:
+            outcome = await self._attempt(payload)
+            if outcome.body is not None:
+                await self._persist(self._row(key, stage, purpose, canonical, outcome.body, outcome.latency, attempt))
+                return _answer(outcome.body, cached=False)
+            if not outcome.retryable or attempt == self.cfg.max_attempts:
                 break
-            self.waits.append(wait if wait is not None else self._backoff(attempt))
+            self.waits.append(outcome.wait if outcome.wait is not None else self._backoff(attempt))
             await asyncio.sleep(self.waits[-1])
-        failure = self._row(key, stage, purpose, canonical, None, None, attempt, error=f"{reason}: {detail}"[:1000])
-        self._write_rows([failure])
-        raise TeacherFailed(reason, detail)
+        error = f"{outcome.reason}: {outcome.detail}"[:1000]
+        self._write_rows([self._row(key, stage, purpose, canonical, None, None, attempt, error=error)])
+        raise TeacherFailed(outcome.reason, outcome.detail)
 
-    async def _attempt(self, payload: dict) -> tuple[dict | None, float, str, str, float | None, bool]:
-        """One request: (body, latency, failure reason, detail, server-requested wait, whether a retry can help)."""
+    async def _attempt(self, payload: dict) -> _Outcome:
         async with self._in_flight:
             self.sent += 1
             started = time.perf_counter()
@@ -290,18 +301,18 @@ class Teacher:
                 body = await self.client.post("/chat/completions", body=payload, cast_to=object)
                 if not isinstance(body, dict) or not body.get("choices"):
                     raise ValueError("reply has no choices")
-                return body, time.perf_counter() - started, "", "", None, False
+                return _Outcome(body, latency=time.perf_counter() - started)
             except openai.RateLimitError as exc:
-                return None, 0.0, "rate_limited", str(exc)[:300], _retry_after(exc), True
+                return _Outcome(None, "rate_limited", str(exc)[:300], wait=_retry_after(exc), retryable=True)
             except openai.APIStatusError as exc:  # 4xx other than timeouts and conflicts: the request is wrong
                 retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
-                return None, 0.0, f"http_{exc.status_code}", str(exc)[:300], None, retryable
+                return _Outcome(None, f"http_{exc.status_code}", str(exc)[:300], retryable=retryable)
             except openai.APITimeoutError as exc:
-                return None, 0.0, "timeout", str(exc)[:300], None, True
+                return _Outcome(None, "timeout", str(exc)[:300], retryable=True)
             except openai.APIConnectionError as exc:
-                return None, 0.0, "connection", str(exc)[:300], None, True
+                return _Outcome(None, "connection", str(exc)[:300], retryable=True)
             except (openai.APIError, ValueError) as exc:  # unparseable or truncated response bodies
-                return None, 0.0, "malformed_response", f"{type(exc).__name__}: {str(exc)[:300]}", None, True
+                return _Outcome(None, "malformed_response", f"{type(exc).__name__}: {str(exc)[:300]}", retryable=True)
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
