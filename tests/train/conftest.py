@@ -44,6 +44,6 @@ def tool_caller(tiny_model, demo_version, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "sft"
     types = (DataModelArguments, DrimSFTConfig)
     drill = drill_version(demo_version, tmp_path_factory.mktemp("drill"))
-    args, config = parse_recipe("sft-tiny.yaml", types, data=drill, model=tiny_model, output_dir=out, max_steps=40)
+    args, config = parse_recipe("sft-tiny.yaml", types, data=drill, model=tiny_model, output_dir=out, max_steps=60)
     sft.main(args, config)
     return out
