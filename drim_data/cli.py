@@ -22,6 +22,18 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _open_state(recipe: Path):
+    """The recipe and a connection to its existing database; a recipe that has not run is a clear error."""
+    from drim_data.db import connect
+    from drim_data.errors import DrimError
+    from drim_data.recipe import load_recipe
+
+    loaded = load_recipe(recipe)
+    if not loaded.db.exists():
+        raise DrimError(f"{loaded.db} does not exist yet: run drim-data generate {recipe} first")
+    return loaded, connect(loaded.db)
+
+
 @app.command()
 def generate(
     recipe: RecipeArg,
@@ -78,16 +90,11 @@ def generate(
 @app.command()
 def status(recipe: RecipeArg) -> None:
     """Per-stage counts, drops by reason, teacher calls, time spent and versions."""
-    from drim_data.db import connect
     from drim_data.errors import DrimError
-    from drim_data.recipe import load_recipe
     from drim_data.status import read_status
 
     try:
-        loaded = load_recipe(recipe)
-        if not loaded.db.exists():
-            _fail(DrimError(f"{loaded.db} does not exist yet: run drim-data generate {recipe} first"))
-        con = connect(loaded.db)
+        loaded, con = _open_state(recipe)
     except DrimError as exc:
         _fail(exc)
     endpoints = [e for e in (loaded.teacher.endpoint, loaded.teacher.solver) if e is not None and e.price]
@@ -123,16 +130,11 @@ VersionArg = Annotated[Path, typer.Argument(help="a version folder, e.g. out/dri
 @app.command()
 def versions(recipe: RecipeArg) -> None:
     """List the recipe's versions with parent, recipe hash, counts and the items added, removed, changed."""
-    from drim_data.db import connect
     from drim_data.errors import DrimError
-    from drim_data.recipe import load_recipe
     from drim_data.versions import list_versions
 
     try:
-        loaded = load_recipe(recipe)
-        if not loaded.db.exists():
-            _fail(DrimError(f"{loaded.db} does not exist yet: run drim-data generate {recipe} first"))
-        con = connect(loaded.db)
+        loaded, con = _open_state(recipe)
         infos = list_versions(con)
         con.close()
     except DrimError as exc:
@@ -228,18 +230,13 @@ def view(
     page_size: Annotated[int, typer.Option(help="items per page")] = 25,
 ) -> None:
     """Write a static review page for a version: images with boxes, zoom crops, dialogue, verdicts, filters."""
-    from drim_data.db import connect
     from drim_data.errors import DrimError
-    from drim_data.recipe import load_recipe
     from drim_data.view import build_view
 
     con = None
     try:
         if recipe is not None:
-            loaded = load_recipe(recipe)
-            if not loaded.db.exists():
-                _fail(DrimError(f"{loaded.db} does not exist: this recipe has not run"))
-            con = connect(loaded.db)
+            _, con = _open_state(recipe)
         result = build_view(version, out, con, page_size=page_size)
     except DrimError as exc:
         _fail(exc)

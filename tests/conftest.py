@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pytest
 import yaml
 
@@ -38,6 +39,15 @@ def write_recipe(folder: Path, images: Path, annotations: bool = True, **section
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    """Rows of a query on a recipe's database, opened read-only and closed again."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
 
 
 @pytest.fixture

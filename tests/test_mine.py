@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import duckdb
 import numpy as np
 import pytest
 
@@ -11,7 +10,7 @@ from drim_data.annotations import AnnotationError
 from drim_data.miner import Candidate, not_unique, proposal_factor, side_range
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import MineConfig, load_recipe
-from tests.conftest import DEMO_IMAGES, SHIPS, write_recipe
+from tests.conftest import DEMO_IMAGES, SHIPS, query, write_recipe
 
 W, H = 2001, 1749  # the harbour scene; its global view (1M pixels) is 0.535x, so 45 px wide objects are visible
 BOXES = [  # (label, x1, y1, x2, y2, what mining should make of it)
@@ -65,14 +64,6 @@ def harbour(tmp_path, source: dict | None = None, **sections):
     shutil.copy(SHIPS, images / SHIPS.name)
     ingest = {"annotations": [source] if source else []}
     return load_recipe(write_recipe(tmp_path, images, annotations=False, ingest=ingest, **sections))
-
-
-def query(db, sql):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize("fmt", ["coco", "yolo", "voc"])

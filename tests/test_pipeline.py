@@ -4,7 +4,6 @@ import io
 import json
 import shutil
 
-import duckdb
 import numpy as np
 import pytest
 from PIL import Image
@@ -12,16 +11,8 @@ from PIL import Image
 from drim_data.errors import DrimError
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
-from tests.conftest import NEON, write_recipe
+from tests.conftest import NEON, query, write_recipe
 from tests.test_images import BAD_CRC_PNG, REAL_JPEG, png_header_only
-
-
-def counts(db, sql):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_bad_inputs_are_quarantined_and_the_run_goes_on(tmp_path, small_images):
@@ -39,7 +30,7 @@ def test_bad_inputs_are_quarantined_and_the_run_goes_on(tmp_path, small_images):
     recipe = load_recipe(write_recipe(tmp_path, small_images, ingest={"max_pixels": 50_000_000}))
     result = run_pipeline(recipe)
 
-    drops = dict(counts(recipe.db, "SELECT regexp_extract(item_id, '[^/]+$'), reason FROM drops WHERE stage='ingest'"))
+    drops = dict(query(recipe.db, "SELECT regexp_extract(item_id, '[^/]+$'), reason FROM drops WHERE stage='ingest'"))
     assert drops == {
         "empty.jpg": "empty_file",
         "notes.png": "not_an_image",
@@ -49,7 +40,7 @@ def test_bad_inputs_are_quarantined_and_the_run_goes_on(tmp_path, small_images):
         "deep.png": "unsupported_mode",
         "zz_copy_of_forest.png": "duplicate",
     }
-    assert counts(recipe.db, "SELECT count(*) FROM images") == [(2,)]
+    assert query(recipe.db, "SELECT count(*) FROM images") == [(2,)]
     assert result.export.written and sum(result.export.rows.values()) > 0
 
 
@@ -78,7 +69,7 @@ def test_rerun_is_a_no_op_and_changes_make_the_next_version(tmp_path, small_imag
 def test_removing_an_input_image_removes_its_items(tmp_path, small_images):
     recipe = load_recipe(write_recipe(tmp_path, small_images))
     first = run_pipeline(recipe)
-    ids_before = counts(recipe.db, "SELECT count(DISTINCT image_id) FROM files WHERE status = 'ok'")
+    ids_before = query(recipe.db, "SELECT count(DISTINCT image_id) FROM files WHERE status = 'ok'")
     (small_images / NEON.name).unlink()
     second = run_pipeline(recipe)
     assert ids_before == [(2,)] and second.export.version == 2

@@ -6,7 +6,6 @@ a half version. Nothing is written when the content fingerprint equals the lates
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from drim_data.card import dataset_card
 from drim_data.images import decode, encode_jpeg, global_view_size
 from drim_data.pipeline import Context
 from drim_data.recipe import sha256_json, to_plain
+from drim_data.versions import file_sha256
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
 from schemas.tool import SYSTEM_PROMPT, ZOOM, normalise
 
@@ -164,16 +164,8 @@ def _write_split(ctx: Context, staging: Path, split: str, items: list[tuple]) ->
         schema.validate(table.to_pandas(), lazy=True)  # never write a shard that breaks the contract
         path = out / SHARD_NAME.format(index=index, count=count)
         pq.write_table(table, path, row_group_size=64, compression="zstd")
-        written[str(path.relative_to(staging))] = {"rows": len(rows), "sha256": _file_sha256(path)}
+        written[str(path.relative_to(staging))] = {"rows": len(rows), "sha256": file_sha256(path)}
     return written
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _common(item: tuple) -> dict:
