@@ -8,7 +8,7 @@ import duckdb
 
 from drim_data.errors import DrimError
 
-DB_SCHEMA_VERSION = "1"
+DB_SCHEMA_VERSION = "2"  # 2: teacher calls record status, error, attempts and batch use
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
