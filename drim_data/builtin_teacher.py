@@ -11,11 +11,11 @@ import random
 from dataclasses import dataclass
 
 from drim_data.recipe import GenerateConfig, sha256_json
+from schemas.answers import LETTERS, with_options
 from schemas.tool import GRID, grid_to_pixels
 
 MODEL = "builtin"
 PROMPT_VERSION = "1"
-LETTERS = "ABCD"
 # Colours a person could reasonably call by the other name are never offered as distractors of each other.
 CONFUSABLE = {
     "white": {"gray"},
@@ -107,7 +107,7 @@ class BuiltinTeacher:
             found.append(
                 {
                     **base,
-                    "question": _with_options(stem, options),
+                    "question": with_options(stem, options),
                     "options": options,
                     "answer": LETTERS[options.index(region.colour)],
                     "checker": "choice",
@@ -185,7 +185,7 @@ class BuiltinTeacher:
                     {
                         "question_type": "compare_brightness",
                         "label": label,
-                        "question": _with_options(stem, options),
+                        "question": with_options(stem, options),
                         "options": options,
                         "answer": "A" if a.brightness > b.brightness else "B",
                         "checker": "choice",
@@ -195,11 +195,6 @@ class BuiltinTeacher:
                     }
                 )
         return found
-
-
-def _with_options(stem: str, options: list[str]) -> str:
-    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return f"{stem}\n{lines}\nAnswer with the option's letter."
 
 
 def _overlap(a, b) -> bool:

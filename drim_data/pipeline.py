@@ -12,16 +12,18 @@ import hashlib
 import json
 import time
 import traceback
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
+from PIL import Image
 
 from drim_data import __version__
 from drim_data.db import connect, reset_stage
+from drim_data.images import decode
 from drim_data.recipe import Recipe, sha256_json, to_plain
 
 Track = Callable[[Iterable[Any], str, int], Iterator[Any]]
@@ -49,18 +51,29 @@ class Context:
     teacher: Any
     track: Track = _no_progress
     models: dict[str, Any] = field(default_factory=dict)
+    _images: OrderedDict = field(default_factory=OrderedDict, repr=False)
+
+    def image(self, image_id: str) -> Image.Image:
+        """An input image's pixels. Stages take items grouped by image, so the last two decoded are kept."""
+        if image_id not in self._images:
+            (data,) = self.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
+            self._images[image_id] = decode(data)
+            if len(self._images) > 2:
+                self._images.popitem(last=False)
+        return self._images[image_id]
 
     def uses_model(self, stage: str) -> bool:
         return stage in self.recipe.teacher.stages
 
     def model(self, role: str = "teacher") -> Any:
         """The model teacher (or the solver, which defaults to it), built on first use: only then is a key needed."""
+        if role == "solver" and self.recipe.teacher.solver is None:
+            role = "teacher"  # the same client, limits and cache as the teacher's, not a second copy of them
         if role not in self.models:
             from drim_data.teacher import Teacher
 
             cfg = self.recipe.teacher
-            endpoint = cfg.solver if role == "solver" and cfg.solver else cfg.endpoint
-            self.models[role] = Teacher(endpoint, self.con, role)
+            self.models[role] = Teacher(cfg.solver if role == "solver" else cfg.endpoint, self.con, role)
         return self.models[role]
 
     def drop(self, stats: StageStats, item_id: str, reason: str, detail: str = "") -> None:
@@ -119,10 +132,11 @@ class Context:
         from drim_data.replies import ReplyError
         from drim_data.teacher import Deferred, TeacherFailed
 
-        async def one(row: tuple) -> None:
+        async def one(row: tuple, busy: asyncio.Semaphore) -> None:
             item_id = row[0]
             try:
-                write = await handle(row)
+                async with busy:  # items decode and encode images before their first request: start few at once
+                    write = await handle(row)
             except Deferred:
                 return
             except TeacherFailed as exc:
@@ -140,10 +154,12 @@ class Context:
             self._commit(stats, item_id, write)
 
         async def passes() -> None:
+            busy = asyncio.Semaphore(2 * self.recipe.teacher.endpoint.max_in_flight)
             try:
                 for _ in range(self.recipe.teacher.max_turns + 3):
                     rows = self.con.execute(pending_sql).fetchall()
-                    for future in self.track(asyncio.as_completed([one(r) for r in rows]), stats.stage, len(rows)):
+                    items = asyncio.as_completed([one(r, busy) for r in rows])
+                    for future in self.track(items, stats.stage, len(rows)):
                         await future
                     collected = 0
                     for teacher in self.models.values():
@@ -183,12 +199,12 @@ def stage_modules() -> dict[str, Any]:
     }
 
 
-# The teacher-driven part each stage may have, and the prompts it uses.
+# The teacher-driven part each stage may have, the prompts it uses and the teacher settings it reads.
 MODEL_PARTS = {
-    "ground": ("ground", ["ground"]),
-    "generate": ("questions", ["questions"]),
-    "verify": ("verification", ["answer", "validate"]),
-    "trajectories": ("trajectories", ["trajectory"]),
+    "ground": ("ground", ["ground"], ["tile_grid"]),
+    "generate": ("questions", ["questions", "questions_pair"], ["questions_per_image"]),
+    "verify": ("verification", ["answer", "validate"], ["solver", "verification"]),
+    "trajectories": ("trajectories", ["trajectory"], ["max_turns"]),
 }
 _ENDPOINT_IDENTITY = ("base_url", "model", "temperature", "max_tokens", "image_max_pixels", "json_schema")
 
@@ -207,25 +223,21 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
     settings: dict[str, Any] = {"stage": section}
     if stage == "ingest":
         settings["annotation_files"] = [_file_digest(a.path) for a in recipe.ingest.annotations]
-    part = MODEL_PARTS.get(stage)
     teacher = recipe.teacher
-    if part and part[0] in teacher.stages:
-
-        def identity(endpoint):
-            return endpoint and {k: getattr(endpoint, k) for k in _ENDPOINT_IDENTITY}
-
-        prompts = [load_prompt(p).version for p in part[1]]
+    if stage in MODEL_PARTS and MODEL_PARTS[stage][0] in teacher.stages:
+        _, prompts, keys = MODEL_PARTS[stage]
         settings["model"] = {
-            "endpoint": identity(teacher.endpoint),
-            "prompts": prompts,
-            "tile_grid": teacher.tile_grid,
-            "questions_per_image": teacher.questions_per_image,
-            "max_turns": teacher.max_turns,
+            "endpoint": _identity(teacher.endpoint),
+            "prompts": [load_prompt(p).version for p in prompts],
+            **{k: _identity(teacher.solver) if k == "solver" else to_plain(getattr(teacher, k)) for k in keys},
         }
-        if stage == "verify":
-            settings["model"]["solver"] = identity(teacher.solver)
-            settings["model"]["verification"] = to_plain(teacher.verification)
+        if stage == "generate":  # it asks only about regions that verify's view settings say need a zoom
+            settings["model"]["view"] = [recipe.verify.model_max_pixels, recipe.verify.min_resolvable_px]
     return settings
+
+
+def _identity(endpoint: Any) -> dict | None:
+    return endpoint and {k: getattr(endpoint, k) for k in _ENDPOINT_IDENTITY}
 
 
 def _file_digest(path) -> str:

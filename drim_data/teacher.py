@@ -19,6 +19,7 @@ import os
 import random
 import ssl
 import time
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,8 +80,6 @@ class Answer:
     content: str | None
     refusal: str | None
     tool_calls: list[dict]
-    prompt_tokens: int
-    completion_tokens: int
     cached: bool
 
 
@@ -100,7 +99,6 @@ class _Pending:
     key: str
     payload: dict
     purpose: str
-    stage: str
     canonical: dict
 
 
@@ -158,6 +156,7 @@ class Teacher:
         self._queued: list[tuple[tuple, asyncio.Future]] = []
         self._stored: set[str] | None = None
         self._inflight: dict[str, asyncio.Future] = {}
+        self._parts: dict[int, tuple[dict, str]] = {}
         self._requests = RateLimiter(self.cfg.requests_per_minute) if self.cfg.requests_per_minute else None
         self._tokens = RateLimiter(self.cfg.tokens_per_minute) if self.cfg.tokens_per_minute else None
 
@@ -201,7 +200,7 @@ class Teacher:
                 parts, keys = [], []
                 for part in content:
                     if part["type"] == "image":
-                        wire_part, digest = image_part(part["image"], self.cfg.image_max_pixels)
+                        wire_part, digest = self._image_part(part["image"])
                         parts.append(wire_part)
                         keys.append({"type": "image", "sha256": digest})
                     else:
@@ -225,6 +224,14 @@ class Teacher:
         key_doc = {**params, "messages": canonical, "prompt_version": prompt_version, "variant": variant}
         return sha256_json(key_doc), payload, key_doc
 
+    def _image_part(self, image: Image.Image) -> tuple[dict, str]:
+        """Each image object is encoded once, however many requests (votes, turns, repairs) carry it."""
+        key = id(image)
+        if key not in self._parts:
+            self._parts[key] = image_part(image, self.cfg.image_max_pixels)
+            weakref.finalize(image, self._parts.pop, key, None)  # an id is reused only after its object is gone
+        return self._parts[key]
+
     async def ask(
         self,
         messages: list[dict],
@@ -247,7 +254,7 @@ class Teacher:
             return await asyncio.shield(self._inflight[key])
         if self.cfg.batch:
             if all(p.key != key for p in self.deferred):
-                self.deferred.append(_Pending(key, payload, purpose, stage, canonical))
+                self.deferred.append(_Pending(key, payload, purpose, canonical))
             raise Deferred(key)
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
@@ -480,15 +487,7 @@ def _tls_context() -> ssl.SSLContext:
 
 def _answer(body: dict, cached: bool) -> Answer:
     message = body["choices"][0]["message"]
-    usage = body.get("usage") or {}
-    return Answer(
-        message.get("content"),
-        message.get("refusal"),
-        message.get("tool_calls") or [],
-        usage.get("prompt_tokens") or 0,
-        usage.get("completion_tokens") or 0,
-        cached,
-    )
+    return Answer(message.get("content"), message.get("refusal"), message.get("tool_calls") or [], cached)
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:

@@ -21,7 +21,7 @@ from schemas.tool import SYSTEM_PROMPT, ZOOM, ZoomError, observation_text
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
 
 _BOX = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
-SCHEMAS: dict[str, dict | None] = {
+SCHEMAS: dict[str, dict] = {
     "ground": {
         "type": "object",
         "properties": {
@@ -55,7 +55,6 @@ SCHEMAS: dict[str, dict | None] = {
         },
         "required": ["questions"],
     },
-    "questions_pair": None,
     "answer": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
     "validate": {
         "type": "object",
@@ -63,6 +62,7 @@ SCHEMAS: dict[str, dict | None] = {
         "required": ["unambiguous"],
     },
 }
+SCHEMAS["questions_pair"] = SCHEMAS["questions"]
 
 
 def image(im: Image.Image) -> dict:
@@ -86,7 +86,7 @@ async def ask_json(
 ) -> Any:
     prompt = load_prompt(task)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
-    schema = {"name": task, "schema": SCHEMAS[task] or SCHEMAS["questions"]}
+    schema = {"name": task, "schema": SCHEMAS[task]}
     reply = await teacher.ask(
         messages,
         purpose=task,
@@ -174,7 +174,7 @@ async def drive_trajectory(
         {"role": "user", "content": [image(view), text(question)]},
     ]
     steps: list[dict] = []
-    for _ in range(max_turns + 1):
+    while True:
         reply = await teacher.ask(messages, purpose="trajectory", stage=stage, prompt_version=prompt.version)
         if reply.refusal:
             raise ReplyError(f"refusal: {reply.refusal[:200]}")
@@ -199,4 +199,3 @@ async def drive_trajectory(
             {"role": "assistant", "content": content},
             {"role": "user", "content": [text(observation_text(box, box_px)), image(crop)]},
         ]
-    raise ReplyError(f"turn_limit: {max_turns} zooms without an answer")

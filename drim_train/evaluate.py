@@ -10,7 +10,6 @@ Defaults: greedy decoding, at most 5 zoom rounds, 256 new tokens per turn.
 from __future__ import annotations
 
 import json
-import string
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,23 +23,14 @@ from drim_train.models import load_model, load_processor
 from drim_train.rewards import RedundancyPenalty, answer_correct, final_answer, well_formed, well_formed_call
 from drim_train.rollout import Rollout, rollout
 from drim_train.zoom_env import ZoomEnv
+from schemas.answers import LETTERS, with_options
 from schemas.rows import message
 from schemas.tool import SYSTEM_PROMPT, ZOOM, ZoomSpec, iou
-
-LETTERS = string.ascii_uppercase
 
 
 def _mean(values: Iterable[float | bool]) -> float:
     values = [float(v) for v in values]
     return sum(values) / len(values) if values else 0.0
-
-
-def question_with_options(question: str, options: list[str]) -> str:
-    """The question as the model reads it, options lettered the way drim-data writes them."""
-    if not options:
-        return question
-    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return f"{question}\n{lines}\nAnswer with the option's letter."
 
 
 def _jsonl_record(record: dict, line: int) -> dict:
@@ -58,7 +48,7 @@ def _jsonl_record(record: dict, line: int) -> dict:
         "checker": "choice" if options else "text",
         "options": options,
         "image": record["image"],
-        "question": question_with_options(record["question"], options),
+        "question": with_options(record["question"], options),
     }
 
 

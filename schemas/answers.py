@@ -9,9 +9,18 @@ from typing import Literal
 Checker = Literal["choice", "number", "text"]
 CHECKERS: tuple[str, ...] = ("choice", "number", "text")
 
+LETTERS = string.ascii_uppercase  # options are lettered A, B, C, ...
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())}
 _ARTICLES = {"a", "an", "the"}
+
+
+def with_options(question: str, options: list[str]) -> str:
+    """The question as the model reads it: lettered options and how to answer, when there are options."""
+    if not options:
+        return question
+    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return f"{question}\n{lines}\nAnswer with the option's letter."
 
 
 def extract_answer(text: str) -> str | None:

@@ -14,11 +14,12 @@ import time
 from PIL import Image
 
 from drim_data.builtin_teacher import ImageFacts, Region, centre_grid
-from drim_data.images import decode, min_side_in_global_view
+from drim_data.images import min_side_in_global_view
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import sha256_json, to_plain
 from drim_data.replies import ReplyError
 from drim_data.teacher_tasks import write_pair_questions, write_questions
+from schemas.answers import with_options
 from schemas.tables import validate_table
 from schemas.tool import GRID, ZOOM, pixels_to_grid
 
@@ -65,24 +66,23 @@ def context_crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Im
 
 async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, width: int, height: int):
     facts = image_facts(ctx.con, image_id, width, height)
-    (data,) = ctx.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
-    image = decode(data)
+    image = ctx.image(image_id)
     teacher, per_image = ctx.model(), ctx.recipe.teacher.questions_per_image
+    view = ctx.recipe.verify  # paid questions only on regions verify will agree need a zoom
     small = [
         r
         for r in facts.regions
-        if min_side_in_global_view([r.box], width, height, ctx.recipe.verify.model_max_pixels)
-        < ctx.recipe.verify.min_resolvable_px
+        if min_side_in_global_view([r.box], width, height, view.model_max_pixels) < view.min_resolvable_px
     ]
-    regions = sorted(small, key=lambda r: (-_score(ctx, r), r.region_id))[:per_image]  # only what needs a zoom
-    singles = [
-        write_questions(teacher, context_crop(image, r.box), referent(r, width, height), 2, NAME) for r in regions
-    ]
+    scores = dict(ctx.con.execute("SELECT region_id, score FROM regions WHERE image_id = ?", [image_id]).fetchall())
+    regions = sorted(small, key=lambda r: (-scores[r.region_id], r.region_id))[:per_image]
+    crops = {r.region_id: context_crop(image, r.box) for r in regions}
+    singles = [write_questions(teacher, crops[r.region_id], referent(r, width, height), 2, NAME) for r in regions]
     pairs = _distant_pairs(regions, width, height)[: max(1, per_image // 3)]
     doubles = [
         write_pair_questions(
             teacher,
-            [context_crop(image, a.box), context_crop(image, b.box)],
+            [crops[a.region_id], crops[b.region_id]],
             [referent(a, width, height), referent(b, width, height)],
             1,
             NAME,
@@ -103,13 +103,10 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
             text = q["question"]
             if not all(p in text for p in phrases):
                 text += " (" + " and ".join(f"Object {i + 1} is {p}" for i, p in enumerate(phrases)) + ".)"
-            if q["options"]:
-                text += "\n" + "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(q["options"]))
-                text += "\nAnswer with the option's letter."
             questions.append(
                 {
                     "question_type": q["type"],
-                    "question": text,
+                    "question": with_options(text, q["options"]),
                     "options": q["options"],
                     "answer": q["answer"],
                     "checker": q["checker"],
@@ -129,10 +126,6 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
             _insert_question(ctx, stats, image_id, q)
 
     return write
-
-
-def _score(ctx: Context, region: Region) -> float:
-    return ctx.con.execute("SELECT score FROM regions WHERE region_id = ?", [region.region_id]).fetchone()[0]
 
 
 def _distant_pairs(regions: list[Region], width: int, height: int) -> list[tuple[Region, Region]]:

@@ -9,11 +9,10 @@ zoom tool instead: each of its calls is executed and the crop sent back, up to a
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 from PIL import Image
 
-from drim_data.images import decode, encode_jpeg, global_view_size, sha256
+from drim_data.images import encode_jpeg, global_view_size, sha256
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import TrajectoryConfig, sha256_json
 from drim_data.stages.questions import COLUMNS, Question
@@ -40,21 +39,12 @@ class TrajectoryRejected(Exception):
 
 def run(ctx: Context) -> StageStats:
     stats = StageStats(NAME)
-    images: OrderedDict[str, Image.Image] = OrderedDict()  # items come grouped by image: decode each once
-
-    def image(image_id: str) -> Image.Image:
-        if image_id not in images:
-            (data,) = ctx.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
-            images[image_id] = decode(data)
-            if len(images) > 2:
-                images.popitem(last=False)
-        return images[image_id]
 
     def handle(row: tuple) -> None:
         item = Question.from_row(row)
         try:
             steps, pattern = plan(item, ctx.recipe.trajectories)
-            messages, turns = execute(image(item.image_id), item, steps, ctx.recipe.trajectories.crop_quality)
+            messages, turns = execute(ctx.image(item.image_id), item, steps, ctx.recipe.trajectories.crop_quality)
         except TrajectoryRejected as exc:
             reason, _, detail = str(exc).partition(": ")
             ctx.drop(stats, item.question_id, reason, detail)
@@ -63,7 +53,7 @@ def run(ctx: Context) -> StageStats:
 
     async def handle_with_model(row: tuple):
         item = Question.from_row(row)
-        full = image(item.image_id)
+        full = ctx.image(item.image_id)
         view = full.resize(global_view_size(item.width, item.height, ctx.recipe.verify.model_max_pixels))
         steps, final = await drive_trajectory(
             ctx.model(), full, view, item.question, ctx.recipe.teacher.max_turns, stage=NAME

@@ -12,7 +12,7 @@ import json
 
 from drim_data import teacher_tasks
 from drim_data.builtin_teacher import centre_grid
-from drim_data.images import decode, global_view_size, min_side_in_global_view
+from drim_data.images import global_view_size, min_side_in_global_view
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import VerifyConfig
 from drim_data.stages.generate import context_crop
@@ -27,7 +27,7 @@ PENDING = f"""
 SELECT {COLUMNS}
 FROM questions q JOIN images i USING (image_id)
 WHERE q.question_id NOT IN (SELECT item_id FROM done WHERE stage = 'verify')
-ORDER BY q.question_id
+ORDER BY q.image_id, q.question_id
 """
 LEVELS = ("easy", "medium", "hard")
 CROP_VIEW = "The images are close-up crops of the objects the question is about."
@@ -49,14 +49,13 @@ def difficulty(min_side: float, targets: int, cfg: VerifyConfig) -> str:
 
 
 def _rule_checks(ctx: Context, item: Question) -> tuple[str | None, float]:
+    """The checks that need no model; `duplicate` is checked when the verdict is written, against kept ones."""
     cfg = ctx.recipe.verify
     min_side = min_side_in_global_view(item.targets, item.width, item.height, cfg.model_max_pixels)
     if min_side >= cfg.min_resolvable_px:
         return "visible_without_zoom", min_side
     if item.region_ids and _ambiguous(ctx, item):
         return "ambiguous_referent", min_side
-    if _duplicate(ctx, item):
-        return "duplicate", min_side
     return None, min_side
 
 
@@ -66,6 +65,10 @@ def _verify(ctx: Context, stats: StageStats, item: Question) -> None:
 
 
 def _record(ctx: Context, stats: StageStats, item: Question, reason: str | None, min_side: float) -> None:
+    """Write the verdict. The duplicate check runs here, in the item's own transaction, so items verified
+    concurrently still see each other's kept verdicts."""
+    if reason is None and _duplicate(ctx, item):
+        reason = "duplicate"
     level = None if reason else difficulty(min_side, len(item.targets), ctx.recipe.verify)
     ctx.con.execute(
         "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)", [item.question_id, reason is None, reason, min_side, level]
@@ -80,8 +83,7 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
     reason, min_side = _rule_checks(ctx, item)
     if reason:
         return lambda: _record(ctx, stats, item, reason, min_side)
-    (data,) = ctx.con.execute("SELECT data FROM images WHERE image_id = ?", [item.image_id]).fetchone()
-    image = decode(data)
+    image = ctx.image(item.image_id)
     crops = [context_crop(image, tuple(t)) for t in item.targets]
     full = image.resize(global_view_size(item.width, item.height, ctx.recipe.verify.model_max_pixels))
     cfg, teacher, solver = ctx.recipe.teacher.verification, ctx.model(), ctx.model("solver")
@@ -96,27 +98,32 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
         *(ask(solver, [full], FULL_VIEW, 100 + i) for i in range(k)),
         *(ask(solver, crops, CROP_VIEW, 200 + i) for i in range(k)),
     )
-    votes, unambiguous, solver_full, solver_crop = replies[:n], replies[n], replies[n + 1 : n + 1 + k], replies[-k:]
+    unambiguous = replies[n]
+    graded = {
+        role: [(a, is_correct(item.checker, a, item.answer)) for a in answers]
+        for role, answers in (
+            ("vote", replies[:n]),
+            ("solver_full", replies[n + 1 : n + 1 + k]),
+            ("solver_crop", replies[n + 1 + k :]),
+        )
+    }
 
-    def rate(answers: list[str]) -> float:
-        return sum(is_correct(item.checker, a, item.answer) for a in answers) / max(1, len(answers))
+    def rate(role: str) -> float:
+        return sum(ok for _, ok in graded[role]) / max(1, len(graded[role]))
 
-    if rate(votes) < cfg.min_agreement:
+    if rate("vote") < cfg.min_agreement:
         reason = "teacher_disagrees"
     elif not unambiguous:
         reason = "validator_ambiguous"
-    elif rate(solver_full) > cfg.solver_max_pass:
+    elif rate("solver_full") > cfg.solver_max_pass:
         reason = "solvable_without_zoom"
-    elif rate(solver_crop) < cfg.crop_min_pass:
+    elif rate("solver_crop") < cfg.crop_min_pass:
         reason = "unsolvable_on_crop"
 
     def write() -> None:
-        for role, answers in (("vote", votes), ("solver_full", solver_full), ("solver_crop", solver_crop)):
-            for i, a in enumerate(answers):
-                ctx.con.execute(
-                    "INSERT INTO votes VALUES (?, ?, ?, ?, ?)",
-                    [item.question_id, role, i, a, is_correct(item.checker, a, item.answer)],
-                )
+        for role, answers in graded.items():
+            for i, (a, ok) in enumerate(answers):
+                ctx.con.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?)", [item.question_id, role, i, a, ok])
         ctx.con.execute(
             "INSERT INTO votes VALUES (?, 'validator', 0, ?, ?)",
             [item.question_id, "unambiguous" if unambiguous else "ambiguous", unambiguous],

@@ -5,11 +5,12 @@ import pytest
 from PIL import Image
 
 from drim_train.configs import EvalArguments
-from drim_train.evaluate import JsonlRows, evaluate, load_rows, question_with_options, summarize, table
+from drim_train.evaluate import JsonlRows, evaluate, load_rows, summarize, table
 from drim_train.models import load_model, load_processor
 from drim_train.rewards import RedundancyPenalty, has_image
 from drim_train.rollout import Rollout, rollout, tool_suffix_ids
 from drim_train.zoom_env import ZoomEnv
+from schemas.answers import with_options
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +109,8 @@ def test_summary_numbers():
 
 
 def test_question_with_options_letters_them():
-    assert (
-        question_with_options("Colour?", ["red", "blue"])
-        == "Colour?\nA. red\nB. blue\nAnswer with the option's letter."
-    )
-    assert question_with_options("How many?", []) == "How many?"
+    assert with_options("Colour?", ["red", "blue"]) == "Colour?\nA. red\nB. blue\nAnswer with the option's letter."
+    assert with_options("How many?", []) == "How many?"
 
 
 @pytest.fixture
