@@ -99,6 +99,16 @@ def decode(data: bytes) -> Image.Image:
     return to_rgb(image)
 
 
+def thumbnail(data: bytes, side: int) -> Image.Image:
+    """Stored bytes as an RGB image within side x side; a JPEG decodes straight at a reduced scale."""
+    with pixel_limit(None):  # ingest has applied the recipe's limit
+        image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (side, side))
+    image = to_rgb(image)
+    image.thumbnail((side, side))
+    return image
+
+
 @contextmanager
 def pixel_limit(pixels: int | None) -> Iterator[None]:
     """PIL refuses images over its own process-wide limit (89 MP); the recipe's `ingest.max_pixels` is the limit."""

@@ -35,11 +35,6 @@ _HUE_BOUNDS = np.array([b for b, _ in _HUES])
 _HUE_IDS = np.array([_ID[n] for _, n in _HUES], dtype=np.uint8)
 
 
-def pixel_colours(rgb: np.ndarray) -> np.ndarray:
-    """Name every pixel of an HxWx3 uint8 RGB array with one of COLOURS."""
-    return _NAMES[_colour_ids(rgb)]
-
-
 def _colour_ids(rgb: np.ndarray) -> np.ndarray:
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.float32)
     hue, sat, val = hsv[:, 0] * 2.0, hsv[:, 1] / 255.0, hsv[:, 2] / 255.0

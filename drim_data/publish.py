@@ -11,7 +11,6 @@ reports them as present when the client asks where to upload them.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -22,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
 from drim_data.card import dataset_card
 from drim_data.errors import DrimError
-from drim_data.versions import file_sha256, iter_rows, verify_version
+from drim_data.images import thumbnail
+from drim_data.versions import file_sha256, iter_rows, prepare_folder, verify_version
 from schemas.tool import GRID
 
 if TYPE_CHECKING:
@@ -48,17 +48,11 @@ class PublishResult:
     already_published: bool = False
 
 
-def default_folder(version_dir: Path) -> Path:
-    """`OUT/<dataset>/hub/v<N>`, beside the versions (never inside one: versions are immutable)."""
-    return version_dir.parent / "hub" / version_dir.name
-
-
 def build_folder(version_dir: Path, folder: Path | None = None, repo_id: str | None = None) -> Path:
     """The folder to upload: the verified shards, the manifest, the full card and a sample image; checked to load."""
     version_dir = Path(version_dir)
     manifest = verify_version(version_dir)
-    folder = Path(folder) if folder else default_folder(version_dir)
-    _fresh(folder)
+    folder = prepare_folder(version_dir, folder, "hub", ["manifest.json", "README.md"], "--folder")
     for rel in [*manifest["shards"], "manifest.json"]:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -70,15 +64,6 @@ def build_folder(version_dir: Path, folder: Path | None = None, repo_id: str | N
     (folder / "README.md").write_text(card)
     check_folder(folder)
     return folder
-
-
-def _fresh(folder: Path) -> None:
-    if folder.exists():
-        built = (folder / "manifest.json").exists() and (folder / "README.md").exists()
-        if any(folder.iterdir()) and not built:
-            raise DrimError(f"{folder} exists and was not built by drim-data publish; choose another --folder")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
 
 
 def item_stats(version_dir: Path, manifest: dict) -> Counter:
@@ -93,9 +78,8 @@ def _write_sample(version_dir: Path, manifest: dict, dest: Path) -> str | None:
     for split in ("rl", "sft"):
         split_manifest = {"shards": {k: v for k, v in manifest["shards"].items() if f"/{split}/" in k}}
         for _, row in iter_rows(version_dir, split_manifest, columns):
-            image = Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB")
+            image = thumbnail(row["images"][0]["bytes"], 1024)
             boxes = row.get("target_boxes_norm") or _zoom_boxes(row.get("messages") or [])
-            image.thumbnail((1024, 1024))
             draw = ImageDraw.Draw(image)
             for x1, y1, x2, y2 in boxes:
                 w, h = image.size

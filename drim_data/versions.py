@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,6 @@ import pyarrow.parquet as pq
 
 from drim_data.errors import DrimError
 
-SPLITS = ("sft", "rl")
-
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -26,6 +25,19 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def prepare_folder(version_dir: Path, folder: Path | None, kind: str, built_by: list[str], option: str) -> Path:
+    """An empty output folder for a version: the given one, else `OUT/<dataset>/<kind>/v<N>` beside the versions
+    (never inside one: versions are immutable). A previous build (it holds `built_by`) is replaced; anything
+    else is refused rather than deleted."""
+    folder = Path(folder) if folder else version_dir.parent / kind / version_dir.name
+    if folder.exists():
+        if any(folder.iterdir()) and not all((folder / name).exists() for name in built_by):
+            raise DrimError(f"{folder} exists and was not built by drim-data {kind}; choose another {option}")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def read_manifest(version_dir: Path) -> dict:

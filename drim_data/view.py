@@ -7,17 +7,16 @@ recipe, the page also shows the verdict rows from its database and the items the
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-from PIL import Image
 
 from drim_data.errors import DrimError
-from drim_data.versions import iter_rows, verify_version
+from drim_data.images import thumbnail
+from drim_data.versions import iter_rows, prepare_folder, verify_version
 from schemas.tool import GRID
 
 PAGE = Path(__file__).with_name("view.html")
@@ -33,11 +32,6 @@ class ViewResult:
     dropped: int
 
 
-def default_folder(version_dir: Path) -> Path:
-    """`OUT/<dataset>/view/v<N>`, beside the versions (never inside one: versions are immutable)."""
-    return version_dir.parent / "view" / version_dir.name
-
-
 def build_view(
     version_dir: Path,
     folder: Path | None = None,
@@ -47,12 +41,8 @@ def build_view(
     """Write the page for a verified version; with `con` (the recipe's database) add verdicts and dropped items."""
     version_dir = Path(version_dir)
     manifest = verify_version(version_dir)
-    folder = Path(folder) if folder else default_folder(version_dir)
-    if folder.exists():
-        if any(folder.iterdir()) and not (folder / "index.html").exists():
-            raise DrimError(f"{folder} exists and is not a review page; choose another --out")
-        shutil.rmtree(folder)
-    (folder / "img").mkdir(parents=True)
+    folder = prepare_folder(version_dir, folder, "view", ["index.html"], "--out")
+    (folder / "img").mkdir()
     (folder / "crops").mkdir()
     images = _ImageWriter(folder)
     items = [_shard_item(split, row, images) for split, row in iter_rows(version_dir, manifest)]
@@ -105,11 +95,7 @@ class _ImageWriter:
 
     @staticmethod
     def _save(data: bytes, side: int, dest: Path) -> None:
-        image = Image.open(io.BytesIO(data))
-        image.draft("RGB", (side, side))  # JPEG decodes straight at a reduced scale: much faster for big images
-        image = image.convert("RGB")
-        image.thumbnail((side, side))
-        image.save(dest, format="JPEG", quality=82)
+        thumbnail(data, side).save(dest, format="JPEG", quality=82)
 
 
 def _shard_item(split: str, row: dict, images: _ImageWriter) -> dict:

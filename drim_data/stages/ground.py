@@ -12,9 +12,9 @@ import numpy as np
 
 from drim_data.images import decode
 from drim_data.measure import measure
+from drim_data.miner import region_problem
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import sha256_json
-from drim_data.stages.mine import region_problem
 from drim_data.teacher_tasks import ground_tile
 from schemas.tables import validate_table
 from schemas.tool import GRID, iou

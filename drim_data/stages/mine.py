@@ -14,12 +14,10 @@ from concurrent.futures.process import BrokenProcessPool
 import pyarrow as pa
 
 from drim_data.errors import DrimError
-from drim_data.miner import Job, Mined, mine_image, region_problem
+from drim_data.miner import Job, Mined, mine_image
 from drim_data.pipeline import Context, StageStats
 from drim_data.workers import cpu_count, ordered_map
 from schemas.tables import validate_table
-
-__all__ = ["region_problem", "run", "validate"]
 
 NAME = "mine"
 VERSION = "2"
