@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from schemas.tool import global_view_scale
 
 # Modes with a faithful RGB rendering; 16-bit, float and exotic modes need a tone mapping we will not guess.
 CONVERTIBLE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
@@ -130,16 +131,6 @@ def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     to_rgb(image).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def global_view_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The size the model sees the whole image at: downscaled to its pixel budget, never upscaled."""
-    scale = global_view_scale(width, height, max_pixels)
-    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
-
-
-def global_view_scale(width: int, height: int, max_pixels: int) -> float:
-    return min(1.0, math.sqrt(max_pixels / (width * height)))
 
 
 def min_side_in_global_view(boxes: list, width: int, height: int, max_pixels: int) -> float:

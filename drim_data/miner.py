@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from drim_data.images import decode, global_view_scale
+from drim_data.images import decode
 from drim_data.measure import measure
 from drim_data.proposer import propose
 from drim_data.recipe import MineConfig, sha256_json
-from schemas.tool import GRID
+from schemas.tool import GRID, global_view_scale
 
 GENERIC = "object"  # the label of a proposal: it could be anything, so it is ambiguous next to anything
 DUPLICATE_IOU = 0.3  # a proposal overlapping an annotation box more than this is the same object

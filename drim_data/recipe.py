@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from drim_data.errors import DrimError
+from schemas.tool import GLOBAL_VIEW_PIXELS
 
 
 class RecipeError(DrimError):
@@ -44,7 +45,7 @@ class MineConfig:
     max_area_frac: float = 0.01  # the point is small objects
     min_side_px: int = 8
     border_px: int = 8  # boxes touching the image edge are likely cut off
-    model_max_pixels: int = 1280 * 28 * 28  # the model's global view, as in verify
+    model_max_pixels: int = GLOBAL_VIEW_PIXELS  # the model's global view, as in verify
     min_resolvable_px: float = 24.0  # targets at least this wide (shorter side) in that view need no zoom; 0: keep
     unique_radius: int = 40  # on the 0..1000 grid: no other candidate of the same label this close; 0: no check
     top_k: int = 50  # proposals per image
@@ -67,7 +68,7 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    model_max_pixels: int = 1280 * 28 * 28  # the model's global view is the image downscaled to this budget
+    model_max_pixels: int = GLOBAL_VIEW_PIXELS  # the model's global view is the image downscaled to this budget
     min_resolvable_px: float = 24.0  # targets whose shorter side in the global view is below this need zooming
     referent_radius: int = 40  # on the 0..1000 grid: no other candidate of the same label this close
 

@@ -8,7 +8,6 @@ Hugging Face features must equal the shared ones, and its rows must pass the sha
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +15,7 @@ from datasets import Dataset, load_dataset
 from PIL import Image as PILImage
 
 from schemas.rows import SCHEMA_VERSION, SPLITS
-from schemas.tool import ZoomSpec
+from schemas.tool import ZoomSpec, global_view_size
 
 Split = Literal["sft", "rl"]
 VALIDATE_BATCH = 256  # rows per pandera check; the `id` uniqueness check therefore holds within a batch
@@ -98,19 +97,14 @@ def validate_split(dataset: Dataset, split: Split) -> None:
             raise DataError(f"{split} rows {start}..{start + len(frame) - 1} break the shared schema:\n{exc}") from exc
 
 
-def global_view(
-    image: PILImage.Image, size: tuple[int, int] | list[int] | None = None, max_pixels: int = 1280 * 28 * 28
-) -> PILImage.Image:
-    """The downscaled whole image the model starts from: the row's `global_view_size`, else fit into max_pixels."""
-    if size is None:
-        scale = min(1.0, math.sqrt(max_pixels / (image.width * image.height)))
-        size = (max(1, math.floor(image.width * scale)), max(1, math.floor(image.height * scale)))
-    size = tuple(int(v) for v in size)
+def global_view(image: PILImage.Image, size: tuple[int, int] | list[int] | None = None) -> PILImage.Image:
+    """The downscaled whole image the model starts from: the row's `global_view_size`, else the default budget's."""
+    size = tuple(int(v) for v in size) if size is not None else global_view_size(image.width, image.height)
     return image if image.size == size else image.resize(size, PILImage.Resampling.BICUBIC)
 
 
 def _rl_view(batch: dict) -> dict:
-    originals = [images[0].convert("RGB") for images in batch["images"]]
+    originals = [images[0] if images[0].mode == "RGB" else images[0].convert("RGB") for images in batch["images"]]
     sizes = batch["global_view_size"]
     batch["images"] = [[global_view(img, size)] for img, size in zip(originals, sizes, strict=True)]
     batch["original_image"] = originals

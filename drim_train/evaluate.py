@@ -80,7 +80,10 @@ def load_rows(data: str, revision: str | None = None, limit: int | None = None) 
         spec = zoom_spec(read_manifest(version))
         rows = rl_for_training(load_split(version, "rl"))
     if limit is not None and limit < len(rows):
-        rows = rows.select(range(limit)) if hasattr(rows, "select") else [rows[i] for i in range(limit)]
+        if isinstance(rows, JsonlRows):
+            rows.records = rows.records[:limit]  # still decoded row by row
+        else:
+            rows = rows.select(range(limit))
     return rows, spec
 
 

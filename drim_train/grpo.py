@@ -16,7 +16,7 @@ from trl import GRPOTrainer
 from drim_train.configs import DataModelArguments, DrimGRPOConfig
 from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
 from drim_train.models import load_model, load_processor
-from drim_train.rewards import RedundancyPenalty, accuracy_reward, format_reward
+from drim_train.rewards import RedundancyPenalty, accuracy_reward, cut_by_turn_limit, format_reward
 from drim_train.zoom_env import ZoomEnv
 
 
@@ -28,11 +28,6 @@ def reward_funcs(config: DrimGRPOConfig) -> list:
         "format": format_reward,
     }
     return [rewards[name] for name in config.reward_funcs]
-
-
-def cut_by_turn_limit(completion: list[dict]) -> bool:
-    """The rollout still wanted to zoom when the loop stopped (turn limit or length budget): it never answered."""
-    return bool(completion) and completion[-1].get("role") == "assistant" and bool(completion[-1].get("tool_calls"))
 
 
 class ZoomGRPOTrainer(GRPOTrainer):

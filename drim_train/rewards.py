@@ -42,11 +42,16 @@ def has_image(message: dict) -> bool:
     return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "image" for b in content)
 
 
+def cut_by_turn_limit(completion: list[dict]) -> bool:
+    """The rollout still wanted to zoom when the loop stopped (turn limit or length budget): it never answered."""
+    return bool(completion) and completion[-1].get("role") == "assistant" and bool(completion[-1].get("tool_calls"))
+
+
 def final_answer(completion: list[dict] | str) -> str | None:
     """The `<answer>` of the trajectory's last turn, or None when it ended without one (e.g. cut while zooming)."""
     if isinstance(completion, str):
         return extract_answer(completion)
-    if not completion or completion[-1].get("role") != "assistant" or completion[-1].get("tool_calls"):
+    if not completion or completion[-1].get("role") != "assistant" or cut_by_turn_limit(completion):
         return None
     return extract_answer(split_think(completion[-1])[1])
 

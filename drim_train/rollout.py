@@ -9,6 +9,7 @@ calls after that is cut by the turn limit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from transformers import ProcessorMixin
 from trl.chat_template_utils import add_response_schema, parse_response
 
 from drim_train.collator import fill_images
+from drim_train.rewards import cut_by_turn_limit
 from drim_train.zoom_env import ZoomEnv
 from schemas.tool import TOOL_NAME, ZOOM
 
@@ -26,22 +28,33 @@ class Rollout:
     completion: list[dict]  # assistant and tool messages, as TRL hands them to reward functions
     env: ZoomEnv
     generated_tokens: int
-    cut: bool  # still calling when the turn limit stopped it
+
+    @property
+    def cut(self) -> bool:
+        """Still calling when the turn limit stopped it."""
+        return cut_by_turn_limit(self.completion)
+
+
+_CALL = {"type": "function", "function": {"name": TOOL_NAME, "arguments": {}}}
+_DUMMY = [
+    {"role": "user", "content": [{"type": "text", "text": "x"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": ""}], "tool_calls": [_CALL]},
+]
+
+
+@functools.cache
+def _dummy_prefix(processor: ProcessorMixin) -> tuple[int, ...]:
+    prefix = processor.apply_chat_template(_DUMMY, tokenize=True, return_dict=False)[0]
+    eos = processor.tokenizer.eos_token_id
+    return tuple(prefix[: max(i for i, t in enumerate(prefix) if t == eos) + 1])  # the template adds "\n" after EOS
 
 
 def tool_suffix_ids(processor: ProcessorMixin, tool_messages: list[dict]) -> list[int]:
     """Tokens that close an assistant turn's tool calls with their replies and open the next assistant turn."""
-    call = {"type": "function", "function": {"name": TOOL_NAME, "arguments": {}}}
-    dummy = [
-        {"role": "user", "content": [{"type": "text", "text": "x"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": ""}], "tool_calls": [call]},
-    ]
-    prefix = processor.apply_chat_template(dummy, tokenize=True, return_dict=False)[0]
+    prefix = list(_dummy_prefix(processor))
     full = processor.apply_chat_template(
-        dummy + tool_messages, tokenize=True, return_dict=False, add_generation_prompt=True
+        _DUMMY + tool_messages, tokenize=True, return_dict=False, add_generation_prompt=True
     )[0]
-    eos = processor.tokenizer.eos_token_id
-    prefix = prefix[: max(i for i, t in enumerate(prefix) if t == eos) + 1]  # the template adds "\n" after EOS
     if full[: len(prefix)] != prefix:
         raise ValueError("the chat template is not prefix-preserving; tool replies cannot be appended")
     return full[len(prefix) :]
@@ -62,16 +75,32 @@ def _execute(env: ZoomEnv, call: dict) -> dict:
     }
 
 
+def _vision(processor: ProcessorMixin, images: list, seen: dict[int, dict]) -> dict:
+    """The image processor's tensors for these images; each image is processed once per rollout, not every turn
+    (the processor treats images independently, so per-image results concatenate to the batch's)."""
+    for image in images:
+        if id(image) not in seen:
+            seen[id(image)] = processor.image_processor(images=[image], return_tensors="pt")
+    parts = [seen[id(image)] for image in images]
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]} if parts else {}
+
+
 @torch.no_grad()
 def _generate(
-    model, processor: ProcessorMixin, ids: list[list[int]], images: list[list], max_new_tokens: int, temperature: float
+    model,
+    processor: ProcessorMixin,
+    ids: list[list[int]],
+    images: list[list],
+    max_new_tokens: int,
+    temperature: float,
+    seen: dict[int, dict],
 ) -> list[list[int]]:
     tokenizer = processor.tokenizer
     pad, image_pad = tokenizer.pad_token_id, tokenizer.convert_tokens_to_ids(processor.image_token)
     flipped = [torch.tensor(x[::-1]) for x in ids]  # left padding through flip-pad-flip
     input_ids = pad_sequence(flipped, batch_first=True, padding_value=pad).flip(1)
     mask = pad_sequence([torch.ones(len(x), dtype=torch.long) for x in ids], batch_first=True).flip(1)
-    vision = processor.image_processor(images=[img for row in images for img in row], return_tensors="pt")
+    vision = _vision(processor, [img for row in images for img in row], seen)
     device = model.device
     inputs = {
         "input_ids": input_ids,
@@ -116,13 +145,13 @@ def rollout(
         )
         images.append(list(row["images"]))
         completions.append([])
-    cut = [False] * len(rows)
+    seen: dict[int, dict] = {}  # processed images by id; `images` keeps every one alive, so ids stay unique
     active = list(range(len(rows)))
     for turn in range(max_turns + 1):
         if not active:
             break
         new = _generate(
-            model, processor, [ids[i] for i in active], [images[i] for i in active], max_new_tokens, temperature
+            model, processor, [ids[i] for i in active], [images[i] for i in active], max_new_tokens, temperature, seen
         )
         still = []
         for i, new_ids in zip(active, new, strict=True):
@@ -133,7 +162,6 @@ def rollout(
             if not message.get("tool_calls"):
                 continue
             if turn == max_turns:
-                cut[i] = True
                 continue
             replies = [_execute(envs[i], call) for call in message["tool_calls"]]
             completions[i].extend(replies)
@@ -147,4 +175,4 @@ def rollout(
             ids[i] = ids[i] + tool_suffix_ids(processor, replies)
             still.append(i)
         active = still
-    return [Rollout(c, e, g, k) for c, e, g, k in zip(completions, envs, generated, cut, strict=True)]
+    return [Rollout(c, e, g) for c, e, g in zip(completions, envs, generated, strict=True)]

@@ -28,13 +28,11 @@ class ZoomEnv:
         trainer's loop separately bounds the rounds of calls."""
         self.spec = spec
         self.max_turns = max_turns
-        self.executed = 0  # calls executed over the instance's lifetime, across episodes
         self.reset(original_image=Image.new("RGB", (1, 1)))
 
-    def reset(self, original_image: Image.Image | None = None, images: list | None = None, **row) -> None:
-        """Start an episode on the row's original image (`original_image`, else the first of `images`)."""
-        image = original_image if original_image is not None else images[0]
-        self.image = image.convert("RGB")
+    def reset(self, original_image: Image.Image, **row) -> None:
+        """Start an episode on the row's full-resolution original (its `images` hold the downscaled view)."""
+        self.image = original_image if original_image.mode == "RGB" else original_image.convert("RGB")
         self.calls = 0
         self.boxes_px: list[tuple[int, int, int, int]] = []
         self.errors: list[str] = []
@@ -48,7 +46,6 @@ class ZoomEnv:
             label: what you expect to find in the box
         """
         self.calls += 1
-        self.executed += 1
         if self.max_turns is not None and self.calls > self.max_turns:
             return self._refuse(f"the limit of {self.max_turns} zoom calls is reached; give the final answer now")
         try:

@@ -24,6 +24,19 @@ SYSTEM_PROMPT = (
 )
 
 
+GLOBAL_VIEW_PIXELS = 1280 * 28 * 28  # the model sees the whole image downscaled to this many pixels
+
+
+def global_view_scale(width: int, height: int, max_pixels: int = GLOBAL_VIEW_PIXELS) -> float:
+    return min(1.0, math.sqrt(max_pixels / (width * height)))
+
+
+def global_view_size(width: int, height: int, max_pixels: int = GLOBAL_VIEW_PIXELS) -> tuple[int, int]:
+    """The size the model sees the whole image at: downscaled to its pixel budget, never upscaled."""
+    scale = global_view_scale(width, height, max_pixels)
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
 class ZoomError(ValueError):
     """A zoom call the tool refuses; its message is returned to the model as the observation."""
 

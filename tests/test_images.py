@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drim_data.images import ImageRejected, check_image, decode, global_view_size, to_rgb
+from drim_data.images import ImageRejected, check_image, decode, to_rgb
+from schemas.tool import global_view_size
 from tests.conftest import SHIPS
 
 

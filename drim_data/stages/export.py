@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 
 from drim_data import __version__
 from drim_data.card import dataset_card
-from drim_data.images import decode, encode_jpeg, global_view_size
+from drim_data.images import decode, encode_jpeg
 from drim_data.pipeline import Context
 from drim_data.recipe import sha256_json, to_plain
 from drim_data.versions import file_sha256
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
-from schemas.tool import SYSTEM_PROMPT, ZOOM, normalise
+from schemas.tool import SYSTEM_PROMPT, ZOOM, global_view_size, normalise
 
 FORMAT_VERSION = "drim-shards/1"
 SHARD_NAME = "train-{index:05d}-of-{count:05d}.parquet"

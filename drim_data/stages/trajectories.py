@@ -12,7 +12,7 @@ import json
 
 from PIL import Image
 
-from drim_data.images import encode_jpeg, global_view_size, sha256
+from drim_data.images import encode_jpeg, sha256
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import TrajectoryConfig, sha256_json
 from drim_data.stages.questions import COLUMNS, Question
@@ -20,7 +20,17 @@ from drim_data.teacher_tasks import drive_trajectory
 from schemas.answers import extract_answer, is_correct
 from schemas.rows import message
 from schemas.tables import validate_table
-from schemas.tool import GRID, SYSTEM_PROMPT, TOOL_NAME, ZOOM, ZoomError, observation_text, pixels_to_grid, tool_call
+from schemas.tool import (
+    GRID,
+    SYSTEM_PROMPT,
+    TOOL_NAME,
+    ZOOM,
+    ZoomError,
+    global_view_size,
+    observation_text,
+    pixels_to_grid,
+    tool_call,
+)
 
 NAME = "trajectories"
 VERSION = "1"

@@ -12,13 +12,14 @@ import json
 
 from drim_data import teacher_tasks
 from drim_data.builtin_teacher import centre_grid
-from drim_data.images import global_view_size, min_side_in_global_view
+from drim_data.images import min_side_in_global_view
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import VerifyConfig
 from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
 from schemas.answers import is_correct
 from schemas.tables import validate_table
+from schemas.tool import global_view_size
 
 NAME = "verify"
 VERSION = "1"

@@ -14,7 +14,15 @@ from PIL import Image, ImageDraw
 
 from drim_train.data import global_view, load_split
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
-from schemas.tool import SYSTEM_PROMPT, ZOOM, normalise, observation_text, pixels_to_grid, tool_call
+from schemas.tool import (
+    SYSTEM_PROMPT,
+    ZOOM,
+    global_view_size,
+    normalise,
+    observation_text,
+    pixels_to_grid,
+    tool_call,
+)
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
 SIZE = (448, 336)
@@ -54,7 +62,7 @@ def _common(i: int, colour: str, image: Image.Image) -> dict:
 
 def sft_row(i: int) -> dict:
     image, box, colour = scene(i)
-    view = global_view(image, max_pixels=200 * 150)
+    view = global_view(image, global_view_size(image.width, image.height, 200 * 150))
     grid = pixels_to_grid(box, *image.size)
     crop, box_px = ZOOM(image, grid)
     common = _common(i, colour, image)

@@ -77,7 +77,7 @@ def _rollout(calls: int, boxes: list, final: str | None, errors: int = 0) -> Rol
     completion = [{"role": "assistant", "reasoning_content": "t", "content": f"<answer>{final}</answer>"}]
     if final is None:
         completion = [{"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "zoom_in"}}]}]
-    return Rollout(completion, env, generated_tokens=10, cut=final is None)
+    return Rollout(completion, env, generated_tokens=10)
 
 
 def test_summary_numbers():

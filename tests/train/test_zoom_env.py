@@ -89,10 +89,10 @@ def test_turn_limit(env):
     assert len(env.boxes_px) == 3 and env.invalid_calls == 1
 
 
-def test_reset_starts_a_new_episode_but_keeps_the_lifetime_count(env):
+def test_reset_starts_a_new_episode_on_the_original(env):
     env.zoom_in([0, 0, 500, 500])
     env.zoom_in([0, 0, 1, 1])
-    env.reset(images=[Image.new("RGB", (300, 200))])  # without original_image, the first image is the original
-    assert (env.calls, env.boxes_px, env.errors, env.executed) == (0, [], [], 2)
+    env.reset(original_image=Image.new("RGB", (300, 200)), images=[Image.new("RGB", (30, 20))])
+    assert (env.calls, env.boxes_px, env.errors) == (0, [], [])
     env.zoom_in([0, 0, 1000, 1000])
-    assert env.boxes_px == [(0, 0, 300, 200)] and env.executed == 3
+    assert env.boxes_px == [(0, 0, 300, 200)] and env.calls == 1
