@@ -1,7 +1,7 @@
 """A stand-in for the Hugging Face Hub's servers on 127.0.0.1: the few HTTP endpoints the real `huggingface_hub`
 and `datasets` clients call to create a dataset repo, upload through the LFS protocol, commit, tag, and read back
-a revision. Point HF_ENDPOINT (or HfApi(endpoint=...)) at `url`. It keeps everything in memory and records every
-request, so tests can see what was sent; `outage_after_puts` makes the network fail once that many uploads landed.
+a revision. Point HF_ENDPOINT (or HfApi(endpoint=...)) at `url`. It keeps everything in memory, so tests can see
+what was stored; `outage_after_puts` makes the network fail once that many uploads landed.
 """
 
 from __future__ import annotations
@@ -67,7 +67,6 @@ class FakeHub(ThreadingHTTPServer):
         self.token = token
         self.repos: dict[str, Repo] = {}
         self.storage: dict[str, bytes] = {}  # LFS objects by sha256, shared like the Hub's content-addressed store
-        self.requests: list[tuple[str, str]] = []
         self.puts: list[str] = []  # LFS object ids uploaded, in order
         self.outage_after_puts: int | None = None
         self.lock = threading.Lock()
@@ -138,7 +137,6 @@ class Handler(BaseHTTPRequestHandler):
         self.body = self.rfile.read(length) if length else b""
         hub = self.server
         with hub.lock:
-            hub.requests.append((method, url.path))
             if hub.outage_after_puts is not None and len(hub.puts) >= hub.outage_after_puts:
                 self.close_connection = True  # the link is down: the connection drops without a reply
                 return

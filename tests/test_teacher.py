@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import threading
+import time
 
 import pytest
 from PIL import Image
@@ -153,7 +155,18 @@ def test_missing_key_names_the_variable(con, monkeypatch):
 
 
 def test_many_requests_run_concurrently_within_the_limit(con):
-    with FakeOpenAI(lambda body: "ok", latency=0.2) as server:
+    lock, now, peak = threading.Lock(), [0], [0]
+
+    def slow(body):  # the server answers each request in its own thread: count how many are in progress
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.2)
+        with lock:
+            now[0] -= 1
+        return "ok"
+
+    with FakeOpenAI(slow) as server:
         teacher = Teacher(endpoint(server, max_in_flight=8), con)
 
         async def run_all():
@@ -164,6 +177,7 @@ def test_many_requests_run_concurrently_within_the_limit(con):
 
         answers = asyncio.run(run_all())
     assert len(answers) == 16 and len(server.successful()) == 16
+    assert peak[0] == 8  # all 8 slots used at once, and never more
 
 
 def test_batch_mode_submits_polls_collects_and_resumes(con):

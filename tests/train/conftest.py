@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the root conftest has already made the Hub offline
 
 from pathlib import Path  # noqa: E402
 

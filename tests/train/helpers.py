@@ -115,9 +115,10 @@ def write_version(root: Path, n_sft: int = 8, n_rl: int = 8, schema_version: str
 
 
 DRILL_BOX = [150, 250, 750, 850]  # four different numbers: each token tells the next
+DRILL_ROWS = 12  # RL prompts of the demo the drill trains on
 
 
-def drill_version(source: Path, root: Path, n: int = 12) -> Path:
+def drill_version(source: Path, root: Path, n: int = DRILL_ROWS) -> Path:
     """A copy of `source` whose SFT rows are its first `n` RL prompts answered after one zoom into a fixed box.
 
     A constant call on real prompts is what a tiny random model learns in a few dozen steps, so tests get a policy

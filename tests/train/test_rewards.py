@@ -1,5 +1,3 @@
-import math
-
 import pytest
 from PIL import Image
 
@@ -255,4 +253,3 @@ def test_rewards_handle_a_batch_in_order():
     assert accuracy_reward(completions, **kwargs) == [0.0, 1.0, 1.0]
     assert format_reward(completions, **kwargs) == [1.0, 1.0, 0.0]
     assert RedundancyPenalty()(completions, **kwargs) == [pytest.approx(-0.125), 0.0, 0.0]
-    assert all(math.isfinite(v) for v in RedundancyPenalty()(completions, **kwargs))
