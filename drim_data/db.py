@@ -52,14 +52,18 @@ CREATE TABLE IF NOT EXISTS exports (
     rows_sft INTEGER, rows_rl INTEGER, created_at TIMESTAMP);
 """
 
-# What each stage writes; clearing a stage (its settings changed) clears these and everything downstream.
-STAGE_TABLES = {
-    "ingest": ["files", "images", "annotations"],
-    "mine": ["regions"],
-    "ground": ["regions WHERE source = 'teacher'"],
-    "generate": ["questions"],
-    "verify": ["verdicts", "votes"],
-    "trajectories": ["trajectories", "observations"],
+# How to undo what each stage wrote; a stage whose settings changed is undone, and everything downstream.
+STAGE_RESETS = {
+    "ingest": ["DELETE FROM files", "DELETE FROM images", "DELETE FROM annotations"],
+    "mine": ["DELETE FROM regions"],
+    # ground adds teacher regions and names the mined proposals it recognises
+    "ground": [
+        "DELETE FROM regions WHERE source = 'teacher'",
+        "UPDATE regions SET label = 'object' WHERE source = 'proposal'",
+    ],
+    "generate": ["DELETE FROM questions"],
+    "verify": ["DELETE FROM verdicts", "DELETE FROM votes"],
+    "trajectories": ["DELETE FROM trajectories", "DELETE FROM observations"],
 }
 
 
@@ -85,7 +89,7 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
 
 def reset_stage(con: duckdb.DuckDBPyConnection, stage: str) -> None:
     """Forget a stage's outputs, markers and drops (teacher calls stay cached)."""
-    for table in STAGE_TABLES[stage]:
-        con.execute(f"DELETE FROM {table}")  # a table, or a table with the condition selecting the stage's rows
+    for statement in STAGE_RESETS[stage]:
+        con.execute(statement)
     con.execute("DELETE FROM done WHERE stage = ?", [stage])
     con.execute("DELETE FROM drops WHERE stage = ?", [stage])

@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 import traceback
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,16 +51,16 @@ class Context:
     teacher: Any
     track: Track = _no_progress
     models: dict[str, Any] = field(default_factory=dict)
-    _images: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    decoded: tuple[str, Image.Image] | None = field(default=None, repr=False)
 
     def image(self, image_id: str) -> Image.Image:
-        """An input image's pixels. Stages take items grouped by image, so the last two decoded are kept."""
-        if image_id not in self._images:
+        """An input image's pixels. Stages take their items grouped by image, so only the last one decoded is kept
+        (a 100-megapixel image holds 400 MB)."""
+        if self.decoded is None or self.decoded[0] != image_id:
+            self.decoded = None  # free the previous image before decoding the next
             (data,) = self.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
-            self._images[image_id] = decode(data)
-            if len(self._images) > 2:
-                self._images.popitem(last=False)
-        return self._images[image_id]
+            self.decoded = (image_id, decode(data))
+        return self.decoded[1]
 
     def uses_model(self, stage: str) -> bool:
         return stage in self.recipe.teacher.stages
@@ -294,6 +294,7 @@ def _invalidate_if_changed(con: duckdb.DuckDBPyConnection, stage: str, fingerpri
 def _run_stage(ctx: Context, name: str, module: Any) -> StageStats:
     started = time.perf_counter()
     stats = module.run(ctx)
+    ctx.decoded = None
     stats.seconds = time.perf_counter() - started
     if stats.processed:
         module.validate(ctx.con)  # the stage's tables against their schemas, at the boundary

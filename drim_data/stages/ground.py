@@ -10,7 +10,6 @@ import asyncio
 
 import numpy as np
 
-from drim_data.images import decode
 from drim_data.measure import measure
 from drim_data.miner import region_problem
 from drim_data.pipeline import Context, StageStats
@@ -25,7 +24,7 @@ OVERLAP = 0.2  # tiles overlap so that an object on a tile edge is whole in a ne
 MERGE_IOU = 0.5
 
 PENDING = """
-SELECT image_id, data, width, height FROM images
+SELECT image_id, width, height FROM images
 WHERE image_id IN (SELECT item_id FROM done WHERE stage = 'mine')
   AND image_id NOT IN (SELECT item_id FROM done WHERE stage = 'ground')
 ORDER BY image_id
@@ -61,8 +60,8 @@ def tile_to_pixels(bbox: list[float], tile: tuple[int, int, int, int]) -> tuple[
     )
 
 
-async def _ground(ctx: Context, stats: StageStats, image_id: str, data: bytes, width: int, height: int):
-    image = decode(data)
+async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, height: int):
+    image = ctx.image(image_id)
     teacher = ctx.model()
     boxes = tiles(width, height, ctx.recipe.teacher.tile_grid)
     replies = await asyncio.gather(*(ground_tile(teacher, image.crop(t), max_objects=8, stage=NAME) for t in boxes))
