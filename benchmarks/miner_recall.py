@@ -40,8 +40,8 @@ def main() -> None:
     parser.add_argument("-k", type=int, nargs="+", default=[25, 50, 100])
     args = parser.parse_args()
     for image, boxes_folder in ANNOTATED:
-        pixels = decode(image.read_bytes())
-        width, height = pixels.size
+        data = image.read_bytes()
+        width, height = decode(data).size
         boxes = load_annotations(AnnotationSource("voc", boxes_folder))[image.stem]
         truth = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes])
         truth = truth[(truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) < SMALL * width * height]
@@ -50,7 +50,7 @@ def main() -> None:
         for min_side in args.min_side:
             cfg = MineConfig(min_resolvable_px=0, top_k=max(ks), proposal_min_side_px=min_side)
             started = time.perf_counter()
-            found = np.array([c.box for c in proposals(pixels, cfg)], float).reshape(-1, 4)
+            found = np.array([c.box for c in proposals(data, width, height, cfg)], float).reshape(-1, 4)
             seconds = time.perf_counter() - started
             factor = proposal_factor(width, height, cfg)
             print(f"\nproposal_min_side_px={min_side} (view 1/{factor}), {len(found)} proposals in {seconds:.2f} s")

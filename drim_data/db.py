@@ -8,7 +8,7 @@ import duckdb
 
 from drim_data.errors import DrimError
 
-DB_SCHEMA_VERSION = "2"  # 2: teacher calls record status, error, attempts and batch use
+DB_SCHEMA_VERSION = "3"  # 2: teacher calls record status, error, attempts and batch use; 3: regions unmeasured
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -27,8 +27,7 @@ CREATE TABLE IF NOT EXISTS annotations (
     image_id VARCHAR, label VARCHAR, x1 DOUBLE, y1 DOUBLE, x2 DOUBLE, y2 DOUBLE, source VARCHAR);
 CREATE TABLE IF NOT EXISTS regions (
     region_id VARCHAR PRIMARY KEY, image_id VARCHAR, source VARCHAR, label VARCHAR,
-    x1 INTEGER, y1 INTEGER, x2 INTEGER, y2 INTEGER, score DOUBLE,
-    colour VARCHAR, colour_share DOUBLE, brightness DOUBLE);
+    x1 INTEGER, y1 INTEGER, x2 INTEGER, y2 INTEGER, score DOUBLE);
 CREATE TABLE IF NOT EXISTS teacher_calls (
     call_key VARCHAR PRIMARY KEY, stage VARCHAR, model VARCHAR, purpose VARCHAR, request JSON, response JSON,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, created_at TIMESTAMP,

@@ -1,7 +1,9 @@
-"""Mining one image, in a worker process: decode once, propose on a reduced view, filter with reasons, measure.
+"""Mining one image, in a worker process: propose on a reduced decode, filter with reasons.
 
-Everything here is a function of the image's bytes, its annotation boxes and the settings alone, so the regions do
-not depend on how many workers ran or in which order.
+Mining never holds an image's full-size pixels: proposals need only a reduced view, and what is measured on a
+region's full-resolution pixels is measured where questions are written, for the regions kept. Everything here
+is a function of the image's bytes, its annotation boxes and the settings alone, so the regions do not depend on
+how many workers ran or in which order.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
-from drim_data.images import decode
-from drim_data.measure import measure
+from drim_data.images import reduced
 from drim_data.proposer import propose
 from drim_data.recipe import MineConfig, sha256_json
 from schemas.tool import GRID, global_view_scale
@@ -115,13 +115,13 @@ def side_range(width: int, height: int, cfg: MineConfig) -> tuple[float, float]:
     return low, min(math.sqrt(cfg.max_area_frac * pixels), _max_hidden_side(width, height, cfg))
 
 
-def proposals(image: Image.Image, cfg: MineConfig) -> list[Candidate]:
-    width, height = image.size
+def proposals(data: bytes, width: int, height: int, cfg: MineConfig) -> list[Candidate]:
+    """Proposals on an image's stored bytes; one whose objects all show in the model's view is not decoded."""
     low, high = side_range(width, height, cfg)
     if low > high:
         return []
     factor = proposal_factor(width, height, cfg)
-    view = np.asarray(image.reduce(factor) if factor > 1 else image)  # PIL averages factor x factor blocks
+    view = np.asarray(reduced(data, factor))
     found = propose(view, cfg.top_k, low / factor, high / factor)
     return [
         Candidate("proposal", GENERIC, tuple(round(v * factor) for v in box[:4]), round(float(box[4]), 4))
@@ -138,7 +138,6 @@ def _max_hidden_side(width: int, height: int, cfg: MineConfig) -> float:
 
 def _mine(job: Job) -> Mined:
     cfg, width, height = job.cfg, job.width, job.height
-    image = decode(job.data)  # the pixels every later stage sees; PIL holds them in 4 bytes, and no copy is made
     candidates = []
     if "annotations" in cfg.sources:
         for label, *box in job.annotations:
@@ -146,7 +145,7 @@ def _mine(job: Job) -> Mined:
             clamped = (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height))
             candidates.append(Candidate("annotation", label, clamped, 1.0))
     if "proposals" in cfg.sources and (cfg.proposals_on_annotated or not candidates):
-        candidates += proposals(image, cfg)
+        candidates += proposals(job.data, width, height, cfg)
 
     reasons: list[str | None] = [region_problem(c.box, width, height, cfg) for c in candidates]
     annotated = np.array([c.box for c in candidates if c.source == "annotation"], float).reshape(-1, 4)
@@ -165,9 +164,7 @@ def _mine(job: Job) -> Mined:
         if reason:
             mined.drops.append((region_id, reason))
             continue
-        m = measure(np.asarray(image.crop(c.box)))
-        row = (region_id, job.image_id, c.source, c.label, *c.box, c.score, m.colour, m.colour_share, m.brightness)
-        mined.regions.append(row)
+        mined.regions.append((region_id, job.image_id, c.source, c.label, *c.box, c.score))
     return mined
 
 

@@ -42,8 +42,6 @@ TABLES = {
             "y1": pa.Column(int, pa.Check.ge(0)),
             "x2": pa.Column(int),
             "y2": pa.Column(int),
-            "colour_share": pa.Column(float, pa.Check.in_range(0, 1)),
-            "brightness": pa.Column(float, pa.Check.in_range(0, 255)),
         },
         checks=[pa.Check(lambda df: (df.x2 > df.x1) & (df.y2 > df.y1), error="empty region box")],
         coerce=True,

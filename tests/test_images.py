@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drim_data.images import ImageRejected, check_image, decode, to_rgb
+from drim_data.images import ImageRejected, check_image, decode, reduced, to_rgb
 from schemas.tool import global_view_size
 from tests.conftest import SHIPS
 
@@ -97,3 +97,15 @@ def test_the_recipe_pixel_limit_governs_not_pils(monkeypatch):
         check_image(REAL_JPEG, max_pixels=3_000_000)
     assert err.value.reason == "too_many_pixels" and "exceeds limit of 3000000 pixels" in err.value.detail
     assert Image.MAX_IMAGE_PIXELS == 1_000_000  # PIL's setting is left as it was
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 16])
+def test_reduced_decode_matches_averaging_the_full_decode(factor):
+    full = decode(REAL_JPEG)
+    expected = np.asarray(full.reduce(factor), np.int16)
+    view = np.asarray(reduced(REAL_JPEG, factor), np.int16)  # a JPEG scales in its DCT: close, not identical
+    assert view.shape == expected.shape
+    assert np.abs(view - expected).mean() < 1.0  # a one-pixel shift differs by 6 to 8
+    png = io.BytesIO()
+    full.save(png, format="PNG")
+    assert np.array_equal(np.asarray(reduced(png.getvalue(), factor)), expected)  # other formats: exactly

@@ -11,10 +11,12 @@ import asyncio
 import json
 import time
 
+import numpy as np
 from PIL import Image
 
 from drim_data.builtin_teacher import ImageFacts, Region, centre_grid
 from drim_data.images import min_side_in_global_view
+from drim_data.measure import measure
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import sha256_json, to_plain
 from drim_data.replies import ReplyError
@@ -24,7 +26,7 @@ from schemas.tables import validate_table
 from schemas.tool import GRID, ZOOM, pixels_to_grid
 
 NAME = "generate"
-VERSION = "1"
+VERSION = "2"
 
 PENDING = """
 SELECT image_id, width, height FROM images
@@ -65,8 +67,8 @@ def context_crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Im
 
 
 async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, width: int, height: int):
-    facts = image_facts(ctx.con, image_id, width, height)
     image = ctx.image(image_id)
+    facts = image_facts(ctx.con, image, image_id)
     teacher, per_image = ctx.model(), ctx.recipe.teacher.questions_per_image
     view = ctx.recipe.verify  # paid questions only on regions verify will agree need a zoom
     small = [
@@ -159,26 +161,25 @@ def _insert_question(ctx: Context, stats: StageStats, image_id: str, q: dict) ->
     stats.count(f"questions:{q['question_type']}")
 
 
-def image_facts(con, image_id: str, width: int, height: int) -> ImageFacts:
-    regions = [
-        Region(rid, label, (x1, y1, x2, y2), colour, share, brightness)
-        for rid, label, x1, y1, x2, y2, colour, share, brightness in con.execute(
-            "SELECT region_id, label, x1, y1, x2, y2, colour, colour_share, brightness FROM regions "
-            "WHERE image_id = ? ORDER BY region_id",
-            [image_id],
-        ).fetchall()
-    ]
+def image_facts(con, image: Image.Image, image_id: str) -> ImageFacts:
+    """The image's kept regions, each measured on its full-resolution pixels, and its annotated boxes."""
+    regions = []
+    for rid, label, *box in con.execute(
+        "SELECT region_id, label, x1, y1, x2, y2 FROM regions WHERE image_id = ? ORDER BY region_id", [image_id]
+    ).fetchall():
+        m = measure(np.asarray(image.crop(box)))
+        regions.append(Region(rid, label, tuple(box), m.colour, m.colour_share, m.brightness))
     annotations = [
         (label, (x1, y1, x2, y2))
         for label, x1, y1, x2, y2 in con.execute(
             "SELECT label, x1, y1, x2, y2 FROM annotations WHERE image_id = ? ORDER BY x1, y1, x2, y2", [image_id]
         ).fetchall()
     ]
-    return ImageFacts(image_id, width, height, regions, annotations)
+    return ImageFacts(image_id, image.width, image.height, regions, annotations)
 
 
 def _generate(ctx: Context, stats: StageStats, image_id: str, width: int, height: int) -> None:
-    facts = image_facts(ctx.con, image_id, width, height)
+    facts = image_facts(ctx.con, ctx.image(image_id), image_id)
     teacher, cfg = ctx.teacher, ctx.recipe.generate
     request = {
         "image_id": image_id,

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
-
-from drim_data.measure import measure
 from drim_data.miner import region_problem
 from drim_data.pipeline import Context, StageStats
 from drim_data.recipe import sha256_json
@@ -19,7 +16,7 @@ from schemas.tables import validate_table
 from schemas.tool import GRID, iou
 
 NAME = "ground"
-VERSION = "1"
+VERSION = "2"
 OVERLAP = 0.2  # tiles overlap so that an object on a tile edge is whole in a neighbour
 MERGE_IOU = 0.5
 
@@ -73,7 +70,6 @@ async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, he
     existing = ctx.con.execute(
         "SELECT region_id, x1, y1, x2, y2 FROM regions WHERE image_id = ?", [image_id]
     ).fetchall()
-    rgb = np.asarray(image)
 
     def write() -> None:
         kept: list[tuple] = []
@@ -92,12 +88,8 @@ async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, he
             if problem:
                 ctx.drop(stats, region_id, problem)
                 continue
-            x1, y1, x2, y2 = box
-            m = measure(np.ascontiguousarray(rgb[y1:y2, x1:x2]))
-            ctx.con.execute(
-                "INSERT OR IGNORE INTO regions VALUES (?, ?, 'teacher', ?, ?, ?, ?, ?, 1.0, ?, ?, ?)",
-                [region_id, image_id, label, x1, y1, x2, y2, m.colour, m.colour_share, m.brightness],
-            )
+            row = [region_id, image_id, label, *box]
+            ctx.con.execute("INSERT OR IGNORE INTO regions VALUES (?, ?, 'teacher', ?, ?, ?, ?, ?, 1.0)", row)
             kept.append((label, box))
         stats.count("regions", len(kept))
 

@@ -20,7 +20,7 @@ from drim_data.workers import cpu_count, ordered_map
 from schemas.tables import validate_table
 
 NAME = "mine"
-VERSION = "2"
+VERSION = "3"
 
 PENDING = """
 SELECT i.image_id FROM images i
