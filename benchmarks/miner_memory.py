@@ -47,7 +47,7 @@ def main() -> None:
         print(f"decoded RGB alone: {args.side**2 * 3 / 2**20:.0f} MiB\n")
         print("| run | peak RSS (MiB) | seconds |")
         print("|---|---:|---:|")
-        for until in ("ingest", "mine", None):
+        for until in ("ingest", "mine", "generate", "verify", "trajectories", None):
             folder = tmp / (until or "all")
             folder.mkdir()
             recipe = {

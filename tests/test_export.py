@@ -108,3 +108,21 @@ def test_rl_schema_rejects_boxes_outside_the_unit_square(demo_version):
     rl.at[0, "target_boxes_norm"] = [[0.1, 0.1, 1.5, 0.2]]
     with pytest.raises(pandera.errors.SchemaErrors):
         RL_SCHEMA.validate(rl, lazy=True)
+
+
+def test_shards_are_checked_with_image_bytes_stood_in_for_by_their_length(demo_version):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from drim_data.stages.export import _checkable
+
+    table = pa.concat_tables(pq.read_table(p) for p in sorted((demo_version / "data" / "sft").glob("*.parquet")))
+    frame = _checkable(table.slice(1))  # a sliced chunk keeps its rows' own images
+    first = table.column("images")[1].as_py()
+    assert [img["bytes"] for img in frame.images[0]] == [len(img["bytes"]) for img in first]
+    SFT_SCHEMA.validate(frame, lazy=True)
+
+    rows = table.to_pylist()
+    rows[0]["images"][0]["bytes"] = b""
+    with pytest.raises(pandera.errors.SchemaErrors, match="images need bytes"):
+        SFT_SCHEMA.validate(_checkable(pa.Table.from_pylist(rows, schema=table.schema)), lazy=True)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drim_data import __version__
@@ -159,13 +161,34 @@ def _write_split(ctx: Context, staging: Path, split: str, items: list[tuple]) ->
     written = {}
     for index in range(count):
         chunk = items[index * size : (index + 1) * size]
-        rows = [_sft_row(ctx, item) if split == "sft" else _rl_row(ctx, item) for item in chunk]
+        if split == "sft":
+            views = {image_id: _global_view(ctx, image_id) for image_id in sorted({item[1] for item in chunk})}
+            rows = [_sft_row(ctx, item, views[item[1]]) for item in chunk]
+        else:
+            originals = {image_id: _image_bytes(ctx, image_id) for image_id in {item[1] for item in chunk}}
+            rows = [_rl_row(ctx, item, originals[item[1]]) for item in chunk]  # one copy of each image's bytes
         table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
-        schema.validate(table.to_pandas(), lazy=True)  # never write a shard that breaks the contract
+        del rows
+        schema.validate(_checkable(table), lazy=True)  # never write a shard that breaks the contract
         path = out / SHARD_NAME.format(index=index, count=count)
         pq.write_table(table, path, row_group_size=64, compression="zstd")
-        written[str(path.relative_to(staging))] = {"rows": len(rows), "sha256": file_sha256(path)}
+        written[str(path.relative_to(staging))] = {"rows": table.num_rows, "sha256": file_sha256(path)}
     return written
+
+
+def _checkable(table: pa.Table) -> pd.DataFrame:
+    """The shard as its schema checks it, each image's bytes stood in for by their length: the checks only ask
+    that bytes are there, and a copy of them as Python objects would cost more memory than the shard itself."""
+    stand_ins = pa.chunked_array(
+        [
+            pa.ListArray.from_arrays(
+                pc.subtract(chunk.offsets, chunk.offsets[0]),
+                pa.StructArray.from_arrays([pc.binary_length(pc.list_flatten(chunk).field("bytes"))], ["bytes"]),
+            )
+            for chunk in table.column("images").chunks
+        ]
+    )
+    return table.drop_columns(["images"]).append_column("images", stand_ins).to_pandas()
 
 
 def _common(item: tuple) -> dict:
@@ -186,18 +209,24 @@ def _image_bytes(ctx: Context, image_id: str) -> bytes:
     return ctx.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()[0]
 
 
-def _sft_row(ctx: Context, item: tuple) -> dict:
-    """The conversation with images[0] = the global view the model sees, then each zoom's crop in order."""
-    qid, image_id, width, height = item[0], item[1], item[13], item[14]
+def _global_view(ctx: Context, image_id: str) -> bytes:
+    """The downscaled whole image the model sees, resized as the trainer resizes an RL row's original. The
+    full-size pixels are freed on return, before the next image is decoded."""
     image = decode(_image_bytes(ctx, image_id))
-    view = image.resize(global_view_size(width, height, ctx.recipe.verify.model_max_pixels))
+    view = image.resize(global_view_size(image.width, image.height, ctx.recipe.verify.model_max_pixels))
+    return encode_jpeg(view, ctx.recipe.export.global_view_quality)
+
+
+def _sft_row(ctx: Context, item: tuple, view: bytes) -> dict:
+    """The conversation with images[0] = the global view the model sees, then each zoom's crop in order."""
+    qid = item[0]
     crops = [
         c
         for (c,) in ctx.con.execute(
             "SELECT crop FROM observations WHERE question_id = ? ORDER BY turn", [qid]
         ).fetchall()
     ]
-    images = [encode_jpeg(view, ctx.recipe.export.global_view_quality), *crops]
+    images = [view, *crops]
     return {
         **_common(item),
         "messages": json.loads(item[11]),
@@ -207,15 +236,15 @@ def _sft_row(ctx: Context, item: tuple) -> dict:
     }
 
 
-def _rl_row(ctx: Context, item: tuple) -> dict:
+def _rl_row(ctx: Context, item: tuple, original: bytes) -> dict:
     """The prompt and the original image: the trainer's zoom tool crops from full resolution."""
-    image_id, question, width, height = item[1], item[2], item[13], item[14]
+    question, width, height = item[2], item[13], item[14]
     targets = json.loads(item[8])
     view = global_view_size(width, height, ctx.recipe.verify.model_max_pixels)
     return {
         **_common(item),
         "prompt": [message("system", SYSTEM_PROMPT), message("user", question, images=1)],
-        "images": [{"bytes": _image_bytes(ctx, image_id), "path": None}],
+        "images": [{"bytes": original, "path": None}],
         "width": width,
         "height": height,
         "target_boxes_px": targets,
