@@ -1,11 +1,13 @@
 """Learnability on CPU, in minutes: does the training stack teach a tiny random Qwen3-VL anything?
 
-1. SFT: the tiny model is trained on drim-data's demo trajectories; every `--every` steps it is rolled out on the
-   held-out RL prompts and we count first turns that are a well-formed zoom_in call. Expected: about 0 -> >= 0.9.
+1. SFT: a tiny model (hidden size 256) is trained on drim-data's demo trajectories; every `--every` steps it is
+   rolled out on the held-out RL prompts and we count first turns that are a well-formed zoom_in call. Expected:
+   about 0 -> >= 0.9. (The 128-wide model of the other tests learns the format as fast but keeps miscounting a
+   box's four numbers on some prompts: 0.7 to 0.94 from step 100 on.)
 2. GRPO: on an easy generated task (a coloured square, red or blue, A or B), after a short SFT that teaches the
    format, redundancy-penalised GRPO runs for a few dozen steps; the mean reward per step should rise.
 
-    python benchmarks/learnability.py [--work runs/learnability] [--sft-steps 120] [--grpo-steps 40]
+    python benchmarks/learnability.py [--work runs/learnability] [--sft-steps 200] [--grpo-steps 40]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from drim_train.tiny_model import build_tiny_model
 from drim_train.zoom_env import ZoomEnv
 
 REPO = Path(__file__).resolve().parents[1]
+SFT_HIDDEN = 256  # the width of the tiny model the SFT check trains
 
 
 def demo_version(work: Path) -> Path:
@@ -134,9 +137,9 @@ def grpo_curve(tiny: Path, work: Path, sft_steps: int, steps: int, lr: float = 5
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "learnability")
-    parser.add_argument("--sft-steps", type=int, default=120)
+    parser.add_argument("--sft-steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)
-    parser.add_argument("--sft-lr", type=float, default=5e-3)
+    parser.add_argument("--sft-lr", type=float, default=3e-3)
     parser.add_argument("--easy-sft-steps", type=int, default=30)
     parser.add_argument("--grpo-steps", type=int, default=40)
     args = parser.parse_args()
@@ -144,7 +147,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     tiny = build_tiny_model(args.work / "tiny")
     version = demo_version(args.work)
-    curve = sft_curve(version, tiny, args.work, args.sft_steps, args.every, args.sft_lr)
+    wider = build_tiny_model(args.work / f"tiny-{SFT_HIDDEN}", hidden=SFT_HIDDEN)
+    curve = sft_curve(version, wider, args.work, args.sft_steps, args.every, args.sft_lr)
     print(f"SFT on {version}: share of held-out prompts whose first turn is a well-formed zoom_in call")
     print(f"{'step':>6}{'well-formed':>14}")
     for step, share in curve:

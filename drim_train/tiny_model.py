@@ -166,11 +166,11 @@ def build_model(processor: ImageOnlyQwen3VLProcessor, hidden: int = 128, seed: i
     return model
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, hidden: int = 128) -> Path:
     """Write a tiny Qwen3-VL (weights, tokenizer, processor) to out_dir and return it."""
     out_dir = Path(out_dir)
     processor = build_processor()
-    model = build_model(processor, seed=seed)
+    model = build_model(processor, hidden=hidden, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

@@ -5,10 +5,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_sft_teaches_well_formed_zoom_calls(demo_version, tiny_model, tmp_path):
-    from benchmarks.learnability import sft_curve
+def test_sft_teaches_well_formed_zoom_calls(tmp_path):
+    from benchmarks.learnability import SFT_HIDDEN, demo_version, sft_curve
+    from drim_train.tiny_model import build_tiny_model
 
-    curve = sft_curve(demo_version, tiny_model, tmp_path, steps=120, every=40, lr=5e-3)
+    wider = build_tiny_model(tmp_path / "tiny", hidden=SFT_HIDDEN)
+    curve = sft_curve(demo_version(tmp_path), wider, tmp_path, steps=200, every=40, lr=3e-3)
     assert curve[0] == (0, 0.0)
     assert curve[-1][1] >= 0.9
 
