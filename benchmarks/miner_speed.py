@@ -1,7 +1,7 @@
 """Mining throughput against a floor measured in the same run: a plain full decode of the same files.
 
-Per image: the fastest plain decode (PIL or OpenCV, whole image to RGB) against mining it (decode, proposals on
-the reduced view, filters, measurements), both single-threaded, best of --repeat. An image that is about the size
+Per image: the fastest plain decode (PIL or OpenCV, whole image to RGB) against mining it (a reduced decode,
+proposals on it, filters), both single-threaded, best of --repeat. An image that is about the size
 of the model's global view has no object that needs zooming: mining it costs nothing. Then the mine stage end to end
 (database reads and writes included) with one worker and with one per core, and, with --scale, the same stage
 on a set --scale times larger, whose time should grow --scale times. No annotations: every image is proposed on.

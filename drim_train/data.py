@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 from datasets import Dataset, load_dataset
-from PIL import Image as PILImage
 
 from schemas.rows import SCHEMA_VERSION, SPLITS
-from schemas.tool import ZoomSpec, global_view_size
+from schemas.tool import ZoomSpec, global_view
 
 Split = Literal["sft", "rl"]
 VALIDATE_BATCH = 256  # rows per pandera check; the `id` uniqueness check therefore holds within a batch
@@ -95,12 +94,6 @@ def validate_split(dataset: Dataset, split: Split) -> None:
             schema.validate(frame, lazy=True)
         except Exception as exc:  # pandera's SchemaErrors lists every failing check and row
             raise DataError(f"{split} rows {start}..{start + len(frame) - 1} break the shared schema:\n{exc}") from exc
-
-
-def global_view(image: PILImage.Image, size: tuple[int, int] | list[int] | None = None) -> PILImage.Image:
-    """The downscaled whole image the model starts from: the row's `global_view_size`, else the default budget's."""
-    size = tuple(int(v) for v in size) if size is not None else global_view_size(image.width, image.height)
-    return image if image.size == size else image.resize(size, PILImage.Resampling.BICUBIC)
 
 
 def _rl_view(batch: dict) -> dict:

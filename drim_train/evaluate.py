@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 
 from drim_train.configs import EvalArguments
-from drim_train.data import global_view, load_split, read_manifest, resolve, rl_for_training, zoom_spec
+from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
 from drim_train.models import load_model, load_processor
 from drim_train.rewards import RedundancyPenalty, answer_correct, final_answer, well_formed, well_formed_call
 from drim_train.rollout import Rollout, rollout
 from drim_train.zoom_env import ZoomEnv
 from schemas.answers import LETTERS, with_options
 from schemas.rows import message
-from schemas.tool import SYSTEM_PROMPT, ZOOM, ZoomSpec, iou
+from schemas.tool import SYSTEM_PROMPT, ZOOM, ZoomSpec, global_view, iou
 
 
 def _mean(values: Iterable[float | bool]) -> float:

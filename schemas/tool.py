@@ -37,6 +37,13 @@ def global_view_size(width: int, height: int, max_pixels: int = GLOBAL_VIEW_PIXE
     return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
+def global_view(image: Image.Image, size: Sequence[int] | None = None) -> Image.Image:
+    """The downscaled whole image the model starts from, at `size` (a row's `global_view_size`), else at the
+    default budget's; drim-data's SFT views and the trainer's RL views are both made here, so they are the same."""
+    size = tuple(int(v) for v in size) if size is not None else global_view_size(image.width, image.height)
+    return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
+
+
 class ZoomError(ValueError):
     """A zoom call the tool refuses; its message is returned to the model as the observation."""
 

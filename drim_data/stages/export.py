@@ -25,7 +25,7 @@ from drim_data.pipeline import Context
 from drim_data.recipe import sha256_json, to_plain
 from drim_data.versions import file_sha256
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
-from schemas.tool import SYSTEM_PROMPT, ZOOM, global_view_size, normalise
+from schemas.tool import SYSTEM_PROMPT, ZOOM, global_view, global_view_size, normalise
 
 FORMAT_VERSION = "drim-shards/1"
 SHARD_NAME = "train-{index:05d}-of-{count:05d}.parquet"
@@ -162,7 +162,7 @@ def _write_split(ctx: Context, staging: Path, split: str, items: list[tuple]) ->
     for index in range(count):
         chunk = items[index * size : (index + 1) * size]
         if split == "sft":
-            views = {image_id: _global_view(ctx, image_id) for image_id in sorted({item[1] for item in chunk})}
+            views = {image_id: _global_view(ctx, image_id) for image_id in {item[1] for item in chunk}}
             rows = [_sft_row(ctx, item, views[item[1]]) for item in chunk]
         else:
             originals = {image_id: _image_bytes(ctx, image_id) for image_id in {item[1] for item in chunk}}
@@ -210,10 +210,10 @@ def _image_bytes(ctx: Context, image_id: str) -> bytes:
 
 
 def _global_view(ctx: Context, image_id: str) -> bytes:
-    """The downscaled whole image the model sees, resized as the trainer resizes an RL row's original. The
-    full-size pixels are freed on return, before the next image is decoded."""
+    """The downscaled whole image the model sees; the full-size pixels are freed on return, before the next image
+    is decoded."""
     image = decode(_image_bytes(ctx, image_id))
-    view = image.resize(global_view_size(image.width, image.height, ctx.recipe.verify.model_max_pixels))
+    view = global_view(image, global_view_size(image.width, image.height, ctx.recipe.verify.model_max_pixels))
     return encode_jpeg(view, ctx.recipe.export.global_view_quality)
 
 

@@ -19,7 +19,7 @@ from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
 from schemas.answers import is_correct
 from schemas.tables import validate_table
-from schemas.tool import global_view_size
+from schemas.tool import global_view, global_view_size
 
 NAME = "verify"
 VERSION = "1"
@@ -86,7 +86,7 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
         return lambda: _record(ctx, stats, item, reason, min_side)
     image = ctx.image(item.image_id)
     crops = [context_crop(image, tuple(t)) for t in item.targets]
-    full = image.resize(global_view_size(item.width, item.height, ctx.recipe.verify.model_max_pixels))
+    full = global_view(image, global_view_size(item.width, item.height, ctx.recipe.verify.model_max_pixels))
     cfg, teacher, solver = ctx.recipe.teacher.verification, ctx.model(), ctx.model("solver")
 
     def ask(model, images, view, variant):

@@ -12,11 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from drim_train.data import global_view, load_split
+from drim_train.data import load_split
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
 from schemas.tool import (
     SYSTEM_PROMPT,
     ZOOM,
+    global_view,
     global_view_size,
     normalise,
     observation_text,
