@@ -61,7 +61,9 @@ def main() -> None:
             peak, seconds = peak_mib(command + (["--until", until] if until else []))
             run = f"--until {until}" if until else "(every stage and export)"
             print(f"| generate {run} | {peak:.0f} | {seconds:.1f} |")
-        baseline, _ = peak_mib([sys.executable, "-c", "import drim_data.cli, drim_data.miner, duckdb, pandas"])
+        baseline, _ = peak_mib(
+            [sys.executable, "-c", "import drim_data.cli, drim_data.pixels.candidates, duckdb, pandas"]
+        )
         print(f"| the interpreter with drim's imports, nothing done | {baseline:.0f} | |")
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from drim_data.annotations import load_annotations
-from drim_data.images import decode
-from drim_data.miner import proposal_factor, proposals
+from drim_data.pixels.annotations import load_annotations
+from drim_data.pixels.candidates import proposal_factor, proposals
+from drim_data.pixels.images import decode
 from drim_data.recipe import AnnotationSource, MineConfig
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"

@@ -26,10 +26,10 @@ import yaml
 from PIL import Image
 
 from drim_data.db import connect, reset_stage
-from drim_data.miner import Job, mine_image, side_range
 from drim_data.pipeline import run_pipeline
+from drim_data.pixels.candidates import Job, mine_image, side_range
+from drim_data.pixels.workers import cpu_count
 from drim_data.recipe import load_recipe
-from drim_data.workers import cpu_count
 
 sys.path.insert(0, str(Path(__file__).parent))
 from image_sets import demo_copies, huge_jpeg  # noqa: E402

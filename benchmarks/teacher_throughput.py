@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from drim_data.db import connect  # noqa: E402
 from drim_data.recipe import EndpointConfig  # noqa: E402
-from drim_data.teacher import Teacher, run  # noqa: E402
+from drim_data.teacher.client import Teacher, run  # noqa: E402
 
 
 async def send_all(teacher: Teacher, n: int, tag: str) -> None:

@@ -131,7 +131,7 @@ VersionArg = Annotated[Path, typer.Argument(help="a version folder, e.g. out/dri
 def versions(recipe: RecipeArg) -> None:
     """List the recipe's versions with parent, recipe hash, counts and the items added, removed, changed."""
     from drim_data.errors import DrimError
-    from drim_data.versions import list_versions
+    from drim_data.release.versions import list_versions
 
     try:
         loaded, con = _open_state(recipe)
@@ -168,7 +168,7 @@ def compare(
 ) -> None:
     """Items added, removed and changed from one version folder to another (both are verified first)."""
     from drim_data.errors import DrimError
-    from drim_data.versions import compare_versions
+    from drim_data.release.versions import compare_versions
 
     try:
         diff = compare_versions(old, new)
@@ -196,7 +196,7 @@ def publish(
 ) -> None:
     """Upload a version to the Hugging Face Hub and tag it v<N>; the token comes from HF_TOKEN or `hf auth login`."""
     from drim_data.errors import DrimError
-    from drim_data.publish import build_folder, upload
+    from drim_data.release.publish import build_folder, upload
 
     try:
         built = build_folder(version, folder, repo_id=repo_id)
@@ -231,7 +231,7 @@ def view(
 ) -> None:
     """Write a static review page for a version: images with boxes, zoom crops, dialogue, verdicts, filters."""
     from drim_data.errors import DrimError
-    from drim_data.view import build_view
+    from drim_data.release.view import build_view
 
     con = None
     try:

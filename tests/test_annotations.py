@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from drim_data.annotations import AnnotationError, Box, load_annotations
+from drim_data.pixels.annotations import AnnotationError, Box, load_annotations
 from drim_data.recipe import AnnotationSource
 from tests.conftest import DEMO_ANNOTATIONS
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drim_data.images import ImageRejected, check_image, decode, reduced, to_rgb
+from drim_data.pixels.images import ImageRejected, check_image, decode, reduced, to_rgb
 from schemas.tool import global_view_size
 from tests.conftest import SHIPS
 

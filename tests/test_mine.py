@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from drim_data.annotations import AnnotationError
-from drim_data.miner import Candidate, not_unique, proposal_factor, side_range
 from drim_data.pipeline import run_pipeline
+from drim_data.pixels.annotations import AnnotationError
+from drim_data.pixels.candidates import Candidate, not_unique, proposal_factor, side_range
 from drim_data.recipe import MineConfig, load_recipe
 from tests.conftest import DEMO_IMAGES, SHIPS, query, write_recipe
 

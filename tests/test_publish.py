@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from drim_data.cli import app
 from drim_data.errors import DrimError
-from drim_data.publish import build_folder, upload
+from drim_data.release.publish import build_folder, upload
 from tests.fake_hub import FakeHub
 from tests.test_versions import SOURCES, derive_version
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from drim_data.replies import ReplyError, parse_json, read_answer, read_objects, read_questions, read_tool_call
+from drim_data.teacher.replies import ReplyError, parse_json, read_answer, read_objects, read_questions, read_tool_call
 
 
 @pytest.mark.parametrize(

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from drim_data.builtin_teacher import BuiltinTeacher, ImageFacts, Region
-from drim_data.images import decode, min_side_in_global_view
-from drim_data.measure import measure
-from drim_data.miner import region_problem
 from drim_data.pipeline import run_pipeline
-from drim_data.proposer import propose
+from drim_data.pixels.candidates import region_problem
+from drim_data.pixels.images import decode, min_side_in_global_view
+from drim_data.pixels.measure import measure
+from drim_data.pixels.proposer import propose
 from drim_data.recipe import GenerateConfig, MineConfig, VerifyConfig, load_recipe
 from drim_data.stages.trajectories import replay
 from drim_data.stages.verify import difficulty
+from drim_data.teacher.builtin import BuiltinTeacher, ImageFacts, Region
 from schemas.tool import grid_to_pixels
 from tests.conftest import SHIPS, query, write_recipe
 

@@ -11,7 +11,7 @@ from PIL import Image
 from drim_data.db import connect
 from drim_data.errors import DrimError
 from drim_data.recipe import EndpointConfig
-from drim_data.teacher import Deferred, Teacher, TeacherFailed
+from drim_data.teacher.client import Deferred, Teacher, TeacherFailed
 from tests.openai_server import FakeOpenAI, Reply, completion
 
 KEY_ENV = "DRIM_TEST_TEACHER_KEY"

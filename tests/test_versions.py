@@ -10,13 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from drim_data.card import dataset_card
 from drim_data.cli import app
 from drim_data.db import connect
 from drim_data.errors import DrimError
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
-from drim_data.versions import compare_versions, list_versions, verify_version
+from drim_data.release.card import dataset_card
+from drim_data.release.versions import compare_versions, list_versions, verify_version
 from tests.conftest import DEMO_IMAGES, write_recipe
 
 runner = CliRunner()

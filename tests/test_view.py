@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from drim_data.cli import app
 from drim_data.db import connect
 from drim_data.errors import DrimError
-from drim_data.view import build_view, write_page
+from drim_data.release.view import build_view, write_page
 from tests.conftest import DEMO_IMAGES, write_recipe
 from tests.test_versions import derive_version
 

@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drim_data import __version__
-from drim_data.card import dataset_card
-from drim_data.images import decode, encode_jpeg
-from drim_data.pipeline import Context
+from drim_data.pixels.images import decode, encode_jpeg
 from drim_data.recipe import sha256_json, to_plain
-from drim_data.versions import file_sha256
+from drim_data.release.card import dataset_card
+from drim_data.release.versions import file_sha256
+from drim_data.stages.contract import Context
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
 from schemas.tool import SYSTEM_PROMPT, ZOOM, global_view, global_view_size, normalise
 

@@ -14,13 +14,13 @@ import time
 import numpy as np
 from PIL import Image
 
-from drim_data.builtin_teacher import ImageFacts, Region, centre_grid
-from drim_data.images import min_side_in_global_view
-from drim_data.measure import measure
-from drim_data.pipeline import Context, StageStats
+from drim_data.pixels.images import min_side_in_global_view
+from drim_data.pixels.measure import measure
 from drim_data.recipe import sha256_json, to_plain
-from drim_data.replies import ReplyError
-from drim_data.teacher_tasks import write_pair_questions, write_questions
+from drim_data.stages.contract import Context, StageStats
+from drim_data.teacher.builtin import ImageFacts, Region, centre_grid
+from drim_data.teacher.replies import ReplyError
+from drim_data.teacher.tasks import write_pair_questions, write_questions
 from schemas.answers import with_options
 from schemas.tables import validate_table
 from schemas.tool import GRID, ZOOM, pixels_to_grid

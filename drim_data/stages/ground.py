@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from drim_data.miner import region_problem
-from drim_data.pipeline import Context, StageStats
+from drim_data.pixels.candidates import region_problem
 from drim_data.recipe import sha256_json
-from drim_data.teacher_tasks import ground_tile
+from drim_data.stages.contract import Context, StageStats
+from drim_data.teacher.tasks import ground_tile
 from schemas.tables import validate_table
 from schemas.tool import GRID, iou
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from drim_data.annotations import Box, load_annotations
-from drim_data.images import ImageRejected, check_image
-from drim_data.pipeline import Context, StageStats
+from drim_data.pixels.annotations import Box, load_annotations
+from drim_data.pixels.images import ImageRejected, check_image
+from drim_data.stages.contract import Context, StageStats
 from schemas.tables import validate_table
 
 NAME = "ingest"

@@ -1,8 +1,8 @@
 """Mine: candidate small-object regions per image, from annotations and proposals, each drop with its reason.
 
-Worker processes decode, propose and measure (`drim_data.miner`); this process alone writes the database, in
-image order and in small transactions, so a killed run resumes where it stopped and the result does not depend on
-the number of workers.
+Worker processes decode, propose and measure (`drim_data.pixels.candidates`); this process alone writes the
+database, in image order and in small transactions, so a killed run resumes where it stopped and the result does
+not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from concurrent.futures.process import BrokenProcessPool
 import pyarrow as pa
 
 from drim_data.errors import DrimError
-from drim_data.miner import Job, Mined, mine_image
-from drim_data.pipeline import Context, StageStats
-from drim_data.workers import cpu_count, ordered_map
+from drim_data.pixels.candidates import Job, Mined, mine_image
+from drim_data.pixels.workers import cpu_count, ordered_map
+from drim_data.stages.contract import Context, StageStats
 from schemas.tables import validate_table
 
 NAME = "mine"
@@ -42,7 +42,7 @@ def run(ctx: Context) -> StageStats:
     pending = [row[0] for row in ctx.con.execute(PENDING).fetchall()]
     # unless set, a worker per core, each with enough images to be worth its start-up (about a second)
     workers = min(ctx.recipe.mine.workers or min(cpu_count(), len(pending) // 8), len(pending))
-    results = ordered_map(mine_image, _jobs(ctx, pending), workers, preload="drim_data.miner")
+    results = ordered_map(mine_image, _jobs(ctx, pending), workers, preload="drim_data.pixels.candidates")
     batch: list[Mined] = []
     started = time.monotonic()
     try:

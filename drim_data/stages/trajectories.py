@@ -12,11 +12,11 @@ import json
 
 from PIL import Image
 
-from drim_data.images import encode_jpeg, sha256
-from drim_data.pipeline import Context, StageStats
+from drim_data.pixels.images import encode_jpeg, sha256
 from drim_data.recipe import TrajectoryConfig, sha256_json
+from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.questions import COLUMNS, Question
-from drim_data.teacher_tasks import drive_trajectory
+from drim_data.teacher.tasks import drive_trajectory
 from schemas.answers import extract_answer, is_correct
 from schemas.rows import message
 from schemas.tables import validate_table

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from drim_data import teacher_tasks
-from drim_data.builtin_teacher import centre_grid
-from drim_data.images import min_side_in_global_view
-from drim_data.pipeline import Context, StageStats
+from drim_data.pixels.images import min_side_in_global_view
 from drim_data.recipe import VerifyConfig
+from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
+from drim_data.teacher import tasks as teacher_tasks
+from drim_data.teacher.builtin import centre_grid
 from schemas.answers import is_correct
 from schemas.tables import validate_table
 from schemas.tool import global_view, global_view_size

@@ -1,4 +1,4 @@
-"""Prompts live as versioned files in `drim_data/prompts/`; a prompt's version is part of every cache key."""
+"""Prompts live as versioned files in `drim_data/teacher/prompts/`; a prompt's version is part of every cache key."""
 
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import yaml
 from PIL import ImageDraw
 
-from drim_data.card import dataset_card
 from drim_data.errors import DrimError
-from drim_data.images import thumbnail
-from drim_data.versions import file_sha256, iter_rows, prepare_folder, verify_version
+from drim_data.pixels.images import thumbnail
+from drim_data.release.card import dataset_card
+from drim_data.release.versions import file_sha256, iter_rows, prepare_folder, verify_version
 from schemas.tool import GRID
 
 if TYPE_CHECKING:

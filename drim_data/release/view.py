@@ -15,8 +15,8 @@ from pathlib import Path
 import duckdb
 
 from drim_data.errors import DrimError
-from drim_data.images import thumbnail
-from drim_data.versions import iter_rows, prepare_folder, verify_version
+from drim_data.pixels.images import thumbnail
+from drim_data.release.versions import iter_rows, prepare_folder, verify_version
 from schemas.tool import GRID
 
 PAGE = Path(__file__).with_name("view.html")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from drim_data.images import reduced
-from drim_data.proposer import propose
+from drim_data.pixels.images import reduced
+from drim_data.pixels.proposer import propose
 from drim_data.recipe import MineConfig, sha256_json
 from schemas.tool import GRID, global_view_scale
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 from PIL import Image
 
 from drim_data.errors import DrimError
-from drim_data.images import encode_jpeg, sha256
+from drim_data.pixels.images import encode_jpeg, sha256
 from drim_data.recipe import EndpointConfig, sha256_json
 
 IMAGE_TOKENS_ESTIMATE = 800  # for the tokens-per-minute limit, before the server reports real usage

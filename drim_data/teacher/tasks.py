@@ -12,9 +12,9 @@ from typing import Any
 
 from PIL import Image
 
-from drim_data.prompt_files import load_prompt
-from drim_data.replies import ReplyError, parse_json, read_answer, read_objects, read_questions, read_tool_call
-from drim_data.teacher import Teacher
+from drim_data.teacher.client import Teacher
+from drim_data.teacher.prompt_files import load_prompt
+from drim_data.teacher.replies import ReplyError, parse_json, read_answer, read_objects, read_questions, read_tool_call
 from schemas.answers import extract_answer
 from schemas.tool import SYSTEM_PROMPT, ZOOM, ZoomError, observation_text
 

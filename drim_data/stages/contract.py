@@ -1,0 +1,180 @@
+"""The stage contract: what every stage gets (a typed context) and gives back (its stats), and how its items run.
+
+A stage module has a NAME, a VERSION (part of its fingerprint), `run(ctx) -> StageStats` and `validate(con)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+from PIL import Image
+
+from drim_data.pixels.images import decode
+from drim_data.recipe import Recipe, sha256_json
+
+Track = Callable[[Iterable[Any], str, int], Iterator[Any]]
+
+
+def _no_progress(items: Iterable[Any], description: str, total: int) -> Iterator[Any]:
+    yield from items
+
+
+@dataclass
+class StageStats:
+    stage: str
+    processed: int = 0
+    counts: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counts[key] += n
+
+
+@dataclass
+class Context:
+    con: duckdb.DuckDBPyConnection
+    recipe: Recipe
+    teacher: Any
+    track: Track = _no_progress
+    models: dict[str, Any] = field(default_factory=dict)
+    decoded: tuple[str, Image.Image] | None = field(default=None, repr=False)
+
+    def image(self, image_id: str) -> Image.Image:
+        """An input image's pixels. Stages take their items grouped by image, so only the last one decoded is kept
+        (a 100-megapixel image holds 400 MB)."""
+        if self.decoded is None or self.decoded[0] != image_id:
+            self.decoded = None  # free the previous image before decoding the next
+            (data,) = self.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
+            self.decoded = (image_id, decode(data))
+        return self.decoded[1]
+
+    def uses_model(self, stage: str) -> bool:
+        return stage in self.recipe.teacher.stages
+
+    def model(self, role: str = "teacher") -> Any:
+        """The model teacher (or the solver, which defaults to it), built on first use: only then is a key needed."""
+        if role == "solver" and self.recipe.teacher.solver is None:
+            role = "teacher"  # the same client, limits and cache as the teacher's, not a second copy of them
+        if role not in self.models:
+            from drim_data.teacher.client import Teacher
+
+            cfg = self.recipe.teacher
+            self.models[role] = Teacher(cfg.solver if role == "solver" else cfg.endpoint, self.con, role)
+        return self.models[role]
+
+    def drop(self, stats: StageStats, item_id: str, reason: str, detail: str = "") -> None:
+        """Record why an item leaves the pipeline; `status` counts these."""
+        self.con.execute("INSERT INTO drops VALUES (?, ?, ?, ?)", [stats.stage, item_id, reason, detail[:2000]])
+        stats.count(f"dropped:{reason}")
+
+    def log_teacher_call(
+        self, stage: str, model: str, purpose: str, request: Any, response: Any, latency: float, prompt_version: str
+    ) -> None:
+        """Keep every teacher exchange, keyed by its canonical content, so reruns and audits can replay it."""
+        key = sha256_json([model, purpose, prompt_version, request])
+        self.con.execute(
+            "INSERT OR REPLACE INTO teacher_calls VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, 'ok', NULL, 1, false)",
+            [
+                key,
+                stage,
+                model,
+                purpose,
+                json.dumps(request, default=str),
+                json.dumps(response),
+                latency,
+                datetime.now(UTC).replace(tzinfo=None),
+            ],
+        )
+
+    def for_each_pending(self, stats: StageStats, pending_sql: str, handle: Callable[[tuple], None]) -> None:
+        """Apply `handle` to each row of the stage's pending query, one transaction per item with a done-marker.
+
+        A killed run loses at most the item in flight. An unexpected error in one item drops that item with the
+        error as its reason, and the run goes on.
+        """
+        rows = self.con.execute(pending_sql).fetchall()
+        for row in self.track(rows, stats.stage, len(rows)):
+            item_id = row[0]
+            self.con.begin()
+            try:
+                handle(row)
+            except Exception as exc:  # one bad item must not stop the run
+                self.con.rollback()
+                self.con.begin()
+                self.drop(stats, item_id, "error", "".join(traceback.format_exception_only(exc)).strip())
+            self.con.execute("INSERT INTO done VALUES (?, ?)", [stats.stage, item_id])
+            self.con.commit()
+            stats.processed += 1
+
+    def for_each_pending_async(self, stats: StageStats, pending_sql: str, handle: Callable[[tuple], Any]) -> None:
+        """Run `handle(row)` for every pending row concurrently; it returns a writer run in the item's transaction.
+
+        Teacher requests of all items overlap (bounded by the endpoint's in-flight limit), while every item's
+        writes happen on this thread between awaits (the teacher's cache has its own writer). An item whose
+        teacher call failed after all retries is dropped with the reason but left pending, so a rerun tries it
+        again; in Batch API mode, items wait for their batch, which is submitted, polled and collected before
+        the next pass.
+        """
+        from drim_data.teacher.client import Deferred, TeacherFailed
+        from drim_data.teacher.replies import ReplyError
+
+        async def one(row: tuple, busy: asyncio.Semaphore) -> None:
+            item_id = row[0]
+            try:
+                async with busy:  # items decode and encode images before their first request: start few at once
+                    write = await handle(row)
+            except Deferred:
+                return
+            except TeacherFailed as exc:
+                failure = (f"teacher_{exc.reason}", exc.detail)
+                self._commit(stats, item_id, lambda: self.drop(stats, item_id, *failure), done=False)
+                return
+            except ReplyError as exc:
+                reason, _, detail = str(exc).partition(": ")
+                self._commit(stats, item_id, lambda: self.drop(stats, item_id, reason, detail))
+                return
+            except Exception as exc:  # one bad item must not stop the run
+                detail = "".join(traceback.format_exception_only(exc)).strip()
+                self._commit(stats, item_id, lambda: self.drop(stats, item_id, "error", detail))
+                return
+            self._commit(stats, item_id, write)
+
+        async def passes() -> None:
+            busy = asyncio.Semaphore(2 * self.recipe.teacher.endpoint.max_in_flight)
+            try:
+                for _ in range(self.recipe.teacher.max_turns + 3):
+                    rows = self.con.execute(pending_sql).fetchall()
+                    items = asyncio.as_completed([one(r, busy) for r in rows])
+                    for future in self.track(items, stats.stage, len(rows)):
+                        await future
+                    collected = 0
+                    for teacher in self.models.values():
+                        if teacher.cfg.batch:
+                            collected += await teacher.flush_batch(stats.stage)
+                    if not collected:
+                        return
+            finally:
+                for teacher in self.models.values():
+                    await teacher.close()
+
+        from drim_data.teacher.client import run
+
+        run(passes())
+
+    def _commit(self, stats: StageStats, item_id: str, write: Callable[[], None] | None, done: bool = True) -> None:
+        self.con.begin()
+        self.con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [stats.stage, item_id])
+        if write is not None:
+            write()
+        if done:
+            self.con.execute("INSERT INTO done VALUES (?, ?)", [stats.stage, item_id])
+            stats.processed += 1
+        self.con.commit()
