@@ -19,7 +19,7 @@ import numpy as np
 from drim_data.pixels.annotations import load_annotations
 from drim_data.pixels.candidates import proposal_factor, proposals
 from drim_data.pixels.images import decode
-from drim_data.recipe import AnnotationSource, MineConfig
+from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 ANNOTATED = [(DEMO / "images" / "neon_2019_YELL_2_541000_4977000_image_crop.png", DEMO / "annotations")]
@@ -48,9 +48,10 @@ def main() -> None:
         ks = sorted(set(args.k) | {len(truth), 1000})
         print(f"\n{image.name}: {width}x{height}, {len(truth)} ground-truth boxes under {SMALL:.0%} of the area")
         for min_side in args.min_side:
-            cfg = MineConfig(min_resolvable_px=0, top_k=max(ks), proposal_min_side_px=min_side)
+            cfg = MineConfig(top_k=max(ks), proposal_min_side_px=min_side)
+            view = ViewConfig(min_resolvable_px=0)
             started = time.perf_counter()
-            found = np.array([c.box for c in proposals(data, width, height, cfg)], float).reshape(-1, 4)
+            found = np.array([c.box for c in proposals(data, width, height, cfg, view)], float).reshape(-1, 4)
             seconds = time.perf_counter() - started
             factor = proposal_factor(width, height, cfg)
             print(f"\nproposal_min_side_px={min_side} (view 1/{factor}), {len(found)} proposals in {seconds:.2f} s")

@@ -101,14 +101,14 @@ def per_image(folder: Path, repeat: int) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     floors, mined = 0.0, 0.0
     for image_id, path, data, width, height in rows:
-        job = Job(image_id, data, width, height, [], recipe.mine)
+        job = Job(image_id, data, width, height, [], recipe.mine, recipe.view)
         error = mine_image(job).error  # mining returns its errors, which would look very fast
         if error:
             raise RuntimeError(f"mining {path} failed: {error}")
         pil, ocv = fastest_decode(data, repeat)
         cost = best_of(lambda: mine_image(job), repeat)  # noqa: B023
         name, mp = Path(path).name, width * height / 1e6
-        if not needs_proposals(width, height, recipe.mine):
+        if not needs_proposals(width, height, recipe):
             print(f"| {name} | {mp:.1f} | {pil:.3f} | {ocv:.3f} | {cost:.3f} | - (nothing needs zooming) |")
             continue
         floors, mined = floors + min(pil, ocv), mined + cost
@@ -116,9 +116,9 @@ def per_image(folder: Path, repeat: int) -> None:
     print(f"| all mined | | {floors:.3f} (fastest) | | {mined:.3f} | {mined / floors:.2f} |")
 
 
-def needs_proposals(width: int, height: int, cfg) -> bool:
+def needs_proposals(width: int, height: int, recipe) -> bool:
     """Whether the image has box sizes left to propose (one about the size of the model's view has none)."""
-    low, high = side_range(width, height, cfg)
+    low, high = side_range(width, height, recipe.mine, recipe.view)
     return low <= high
 
 
@@ -140,8 +140,8 @@ def main() -> None:
 
         files = demo_copies(tmp / "base" / "images", args.copies)
         megapixels = sum(Image.open(p).width * Image.open(p).height for p in files) / 1e6
-        mine_cfg = load_recipe(ingested(tmp / "base" / "probe", tmp / "base" / "images", 1)).mine
-        decoded = [p for p in files if needs_proposals(*Image.open(p).size, mine_cfg)]  # mining skips the others
+        probe = load_recipe(ingested(tmp / "base" / "probe", tmp / "base" / "images", 1))
+        decoded = [p for p in files if needs_proposals(*Image.open(p).size, probe)]  # mining skips the others
         floor = sum(min(fastest_decode(p.read_bytes(), args.repeat)) for p in decoded)
         decoded_mp = sum(Image.open(p).width * Image.open(p).height for p in decoded) / 1e6
         print(f"\nMine stage on {len(files)} images ({megapixels:.0f} MP), run by the CLI, best of {args.repeat}\n")

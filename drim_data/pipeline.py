@@ -54,9 +54,10 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
     from drim_data.teacher.prompt_files import load_prompt
 
     section = to_plain(getattr(recipe, stage, None))
+    settings: dict[str, Any] = {"stage": section}
     if stage == "mine":
         section.pop("workers")
-    settings: dict[str, Any] = {"stage": section}
+        settings["view"] = to_plain(recipe.view)  # the first reader of the view: every later stage inherits it
     if stage == "ingest":
         settings["annotation_files"] = [_file_digest(a.path) for a in recipe.ingest.annotations]
     teacher = recipe.teacher
@@ -67,8 +68,6 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
             "prompts": [load_prompt(p).version for p in prompts],
             **{k: _identity(teacher.solver) if k == "solver" else to_plain(getattr(teacher, k)) for k in keys},
         }
-        if stage == "generate":  # it asks only about regions that verify's view settings say need a zoom
-            settings["model"]["view"] = [recipe.verify.model_max_pixels, recipe.verify.min_resolvable_px]
     return settings
 
 
@@ -100,6 +99,8 @@ def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None 
     con = connect(recipe.db)
     try:
         ctx = Context(con, recipe, make_teacher(recipe), track)
+        if recipe.teacher.stages:  # a missing key or a malformed endpoint stops the run before any stage starts
+            ctx.model("teacher"), ctx.model("solver")
         results = []
         fingerprint = ""
         for name, module in stage_modules().items():

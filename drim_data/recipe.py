@@ -37,6 +37,14 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ViewConfig:
+    """The model's global view, declared once: mine, verify, generate and export all read it."""
+
+    max_pixels: int = GLOBAL_VIEW_PIXELS  # the whole image is downscaled to this many pixels
+    min_resolvable_px: float = 24.0  # a target whose shorter side is at least this in that view needs no zoom; 0: keep
+
+
+@dataclass(frozen=True)
 class MineConfig:
     # where candidates come from; a proposal overlapping an annotation box is a duplicate of it
     sources: list[Literal["annotations", "proposals"]] = field(default_factory=lambda: ["annotations", "proposals"])
@@ -45,8 +53,6 @@ class MineConfig:
     max_area_frac: float = 0.01  # the point is small objects
     min_side_px: int = 8
     border_px: int = 8  # boxes touching the image edge are likely cut off
-    model_max_pixels: int = GLOBAL_VIEW_PIXELS  # the model's global view, as in verify
-    min_resolvable_px: float = 24.0  # targets at least this wide (shorter side) in that view need no zoom; 0: keep
     unique_radius: int = 40  # on the 0..1000 grid: no other candidate of the same label this close; 0: no check
     top_k: int = 50  # proposals per image
     proposal_min_side_px: int = 32  # proposals look for objects this wide and up, on a view where they span 8+ px
@@ -68,8 +74,6 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    model_max_pixels: int = GLOBAL_VIEW_PIXELS  # the model's global view is the image downscaled to this budget
-    min_resolvable_px: float = 24.0  # targets whose shorter side in the global view is below this need zooming
     referent_radius: int = 40  # on the 0..1000 grid: no other candidate of the same label this close
 
 
@@ -155,6 +159,7 @@ class Recipe:
     license: str = "other"  # the dataset card's licence id (Hugging Face form, e.g. cc-by-sa-4.0)
     sources: list[Source] = field(default_factory=list)  # recorded in each version and stated in its card
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)

@@ -9,7 +9,7 @@ import pytest
 from drim_data.pipeline import run_pipeline
 from drim_data.pixels.annotations import AnnotationError
 from drim_data.pixels.candidates import Candidate, not_unique, proposal_factor, side_range
-from drim_data.recipe import MineConfig, load_recipe
+from drim_data.recipe import MineConfig, ViewConfig, load_recipe
 from tests.conftest import DEMO_IMAGES, SHIPS, query, write_recipe
 
 W, H = 2001, 1749  # the harbour scene; its global view (1M pixels) is 0.535x, so 45 px wide objects are visible
@@ -84,7 +84,7 @@ def test_an_empty_annotation_set_leaves_the_image_to_the_proposer(tmp_path):
     run_pipeline(recipe, until="mine")
     rows = query(recipe.db, "SELECT source, label, x1, y1, x2, y2, score FROM regions")
     assert rows and {(s, label) for s, label, *_ in rows} == {("proposal", "object")}
-    limit = side_range(W, H, recipe.mine)
+    limit = side_range(W, H, recipe.mine, recipe.view)
     assert all(limit[0] - 4 <= x2 - x1 <= limit[1] for *_, x1, _, x2, _, _ in rows)
     assert query(recipe.db, "SELECT count(*) FROM annotations") == [(0,)]
 
@@ -150,6 +150,9 @@ def test_the_proposal_view_shrinks_with_the_smallest_object_sought_and_the_image
     cfg = MineConfig()  # objects from 32 px, a view of at most 2048 px
     assert [proposal_factor(side, side, cfg) for side in (1000, 4000, 8192, 10_000)] == [4, 4, 4, 8]
     assert proposal_factor(1000, 1000, MineConfig(proposal_min_side_px=8)) == 1
-    low, high = side_range(10_000, 10_000, cfg)  # a 100 MP image seen at 1 MP: 0.1x
+    low, high = side_range(10_000, 10_000, cfg, ViewConfig())  # a 100 MP image seen at 1 MP: 0.1x
     assert (round(low), round(high)) == (45, 240)  # min_area_frac outweighs proposal_min_side_px here
-    assert side_range(4000, 3000, MineConfig(min_resolvable_px=0)) == (32, pytest.approx(np.sqrt(0.01 * 12e6)))
+    assert side_range(4000, 3000, MineConfig(), ViewConfig(min_resolvable_px=0)) == (
+        32,
+        pytest.approx(np.sqrt(0.01 * 12e6)),
+    )

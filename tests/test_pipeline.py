@@ -55,7 +55,7 @@ def test_rerun_is_a_no_op_and_changes_make_the_next_version(tmp_path, small_imag
     assert sorted(p.name for p in (tmp_path / "out" / "test-set").iterdir()) == ["v1"]
 
     # a verify setting changes: verify and later stages redo, earlier ones do not, and v2 follows v1
-    path = write_recipe(tmp_path, small_images, verify={"min_resolvable_px": 16.0})
+    path = write_recipe(tmp_path, small_images, verify={"referent_radius": 30})
     changed = run_pipeline(load_recipe(path))
     processed = {s.stage: s.processed for s in changed.stages}
     assert processed["ingest"] == processed["mine"] == processed["generate"] == 0
@@ -64,6 +64,15 @@ def test_rerun_is_a_no_op_and_changes_make_the_next_version(tmp_path, small_imag
     manifest = json.loads((changed.export.path / "manifest.json").read_text())
     assert manifest["parent"] == 1 and manifest["version"] == 2
     assert manifest["recipe_hash"] != json.loads((first.export.path / "manifest.json").read_text())["recipe_hash"]
+
+
+def test_the_view_setting_is_read_from_mining_on(tmp_path, small_images):
+    run_pipeline(load_recipe(write_recipe(tmp_path, small_images)), until="mine")
+    regions = query(tmp_path / "state.duckdb", "SELECT count(*) FROM regions")
+    changed = run_pipeline(load_recipe(write_recipe(tmp_path, small_images, view={"min_resolvable_px": 8.0})))
+    processed = {s.stage: s.processed for s in changed.stages}
+    assert processed["ingest"] == 0 and processed["mine"] == 2
+    assert query(tmp_path / "state.duckdb", "SELECT count(*) FROM regions") < regions  # fewer need a zoom
 
 
 def test_removing_an_input_image_removes_its_items(tmp_path, small_images):

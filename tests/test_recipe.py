@@ -18,7 +18,7 @@ def test_demo_recipe_loads_with_paths_relative_to_the_file():
     assert r.dataset == "drim-demo"
     assert r.ingest.images.is_dir() and r.ingest.images.name == "images"
     assert r.ingest.annotations[0].format == "voc"
-    assert r.verify.model_max_pixels == 1003520
+    assert r.view.max_pixels == 1003520
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_demo_recipe_loads_with_paths_relative_to_the_file():
             "missing required key 'ingest.annotations[0].path'",
         ),
         ("mine: 3\n", "mine: expected a mapping"),
-        ("verify: {min_resolvable_px: true}\n", "verify.min_resolvable_px: expected float, got bool"),
+        ("view: {min_resolvable_px: true}\n", "view.min_resolvable_px: expected float, got bool"),
     ],
 )
 def test_bad_keys_are_named_with_the_file(tmp_path, extra, message):

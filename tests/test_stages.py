@@ -12,7 +12,7 @@ from drim_data.pixels.candidates import region_problem
 from drim_data.pixels.images import decode, min_side_in_global_view
 from drim_data.pixels.measure import measure
 from drim_data.pixels.proposer import propose
-from drim_data.recipe import GenerateConfig, MineConfig, VerifyConfig, load_recipe
+from drim_data.recipe import GenerateConfig, MineConfig, ViewConfig, load_recipe
 from drim_data.stages.trajectories import replay
 from drim_data.stages.verify import difficulty
 from drim_data.teacher.builtin import BuiltinTeacher, ImageFacts, Region
@@ -66,7 +66,7 @@ def test_measurement_names_planted_colours(harbour_with_planted_objects):
     ],
 )
 def test_region_filters(box, problem):
-    assert region_problem(box, 1000, 1000, MineConfig()) == problem
+    assert region_problem(box, 1000, 1000, MineConfig(), ViewConfig()) == problem
 
 
 def facts_with(regions, annotations=()):
@@ -128,7 +128,7 @@ def test_brightness_comparison_picks_the_brighter_distant_object():
 def test_global_view_size_and_difficulty():
     # a 4000x3000 image seen at 1M pixels is scaled by ~0.289
     assert min_side_in_global_view([[0, 0, 40, 80]], 4000, 3000, 1_000_000) == pytest.approx(11.547, abs=1e-3)
-    cfg = VerifyConfig(min_resolvable_px=24)
+    cfg = ViewConfig(min_resolvable_px=24)
     assert [difficulty(s, 1, cfg) for s in (20, 10, 4)] == ["easy", "medium", "hard"]
     assert difficulty(20, 2, cfg) == "medium"
 
@@ -150,7 +150,7 @@ def mined_db(tmp_path_factory):
 def test_verified_items_need_zooming_and_refer_unambiguously(mined_db):
     kept = query(mined_db.db, "SELECT min_side_global FROM verdicts WHERE kept")
     dropped = dict(query(mined_db.db, "SELECT reason, count(*) FROM verdicts WHERE NOT kept GROUP BY reason"))
-    assert kept and all(s < mined_db.verify.min_resolvable_px for (s,) in kept)
+    assert kept and all(s < mined_db.view.min_resolvable_px for (s,) in kept)
     assert dropped and set(dropped) <= {"visible_without_zoom", "ambiguous_referent", "duplicate"}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from drim_data.pixels.images import reduced
 from drim_data.pixels.proposer import propose
-from drim_data.recipe import MineConfig, sha256_json
+from drim_data.recipe import MineConfig, ViewConfig, sha256_json
 from schemas.tool import GRID, global_view_scale
 
 GENERIC = "object"  # the label of a proposal: it could be anything, so it is ambiguous next to anything
@@ -31,6 +31,7 @@ class Job:
     height: int
     annotations: list[tuple]  # (label, x1, y1, x2, y2) in pixels
     cfg: MineConfig
+    view: ViewConfig
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ def mine_image(job: Job) -> Mined:
         return Mined(job.image_id, error="".join(traceback.format_exception_only(exc)).strip())
 
 
-def region_problem(box: tuple[int, int, int, int], width: int, height: int, cfg: MineConfig) -> str | None:
+def region_problem(
+    box: tuple[int, int, int, int], width: int, height: int, cfg: MineConfig, view: ViewConfig
+) -> str | None:
     """Why a candidate box is not a usable small-object region, or None."""
     x1, y1, x2, y2 = box
     area = (x2 - x1) * (y2 - y1) / (width * height)
@@ -67,7 +70,7 @@ def region_problem(box: tuple[int, int, int, int], width: int, height: int, cfg:
         return "too_small"
     if x1 < cfg.border_px or y1 < cfg.border_px or x2 > width - cfg.border_px or y2 > height - cfg.border_px:
         return "at_border"
-    if min(x2 - x1, y2 - y1) >= _max_hidden_side(width, height, cfg):
+    if min(x2 - x1, y2 - y1) >= _max_hidden_side(width, height, view):
         return "visible_without_zoom"
     return None
 
@@ -108,16 +111,16 @@ def proposal_factor(width: int, height: int, cfg: MineConfig) -> int:
     return factor
 
 
-def side_range(width: int, height: int, cfg: MineConfig) -> tuple[float, float]:
+def side_range(width: int, height: int, cfg: MineConfig, view: ViewConfig) -> tuple[float, float]:
     """The box sides, in pixels, a proposal may have to pass the filters."""
     pixels = width * height
     low = max(cfg.min_side_px, cfg.proposal_min_side_px, math.sqrt(cfg.min_area_frac * pixels))
-    return low, min(math.sqrt(cfg.max_area_frac * pixels), _max_hidden_side(width, height, cfg))
+    return low, min(math.sqrt(cfg.max_area_frac * pixels), _max_hidden_side(width, height, view))
 
 
-def proposals(data: bytes, width: int, height: int, cfg: MineConfig) -> list[Candidate]:
+def proposals(data: bytes, width: int, height: int, cfg: MineConfig, view: ViewConfig) -> list[Candidate]:
     """Proposals on an image's stored bytes; one whose objects all show in the model's view is not decoded."""
-    low, high = side_range(width, height, cfg)
+    low, high = side_range(width, height, cfg, view)
     if low > high:
         return []
     factor = proposal_factor(width, height, cfg)
@@ -129,11 +132,11 @@ def proposals(data: bytes, width: int, height: int, cfg: MineConfig) -> list[Can
     ]
 
 
-def _max_hidden_side(width: int, height: int, cfg: MineConfig) -> float:
+def _max_hidden_side(width: int, height: int, view: ViewConfig) -> float:
     """Targets narrower than this (in pixels) shrink below `min_resolvable_px` in the model's global view."""
-    if cfg.min_resolvable_px <= 0:
+    if view.min_resolvable_px <= 0:
         return math.inf
-    return cfg.min_resolvable_px / global_view_scale(width, height, cfg.model_max_pixels)
+    return view.min_resolvable_px / global_view_scale(width, height, view.max_pixels)
 
 
 def _mine(job: Job) -> Mined:
@@ -145,9 +148,9 @@ def _mine(job: Job) -> Mined:
             clamped = (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height))
             candidates.append(Candidate("annotation", label, clamped, 1.0))
     if "proposals" in cfg.sources and (cfg.proposals_on_annotated or not candidates):
-        candidates += proposals(job.data, width, height, cfg)
+        candidates += proposals(job.data, width, height, cfg, job.view)
 
-    reasons: list[str | None] = [region_problem(c.box, width, height, cfg) for c in candidates]
+    reasons: list[str | None] = [region_problem(c.box, width, height, cfg, job.view) for c in candidates]
     annotated = np.array([c.box for c in candidates if c.source == "annotation"], float).reshape(-1, 4)
     for i, c in enumerate(candidates):
         if c.source == "proposal" and len(annotated) and _max_iou(c.box, annotated) > DUPLICATE_IOU:

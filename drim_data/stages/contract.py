@@ -6,6 +6,7 @@ A stage module has a NAME, a VERSION (part of its fingerprint), `run(ctx) -> Sta
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import traceback
 from collections import Counter
@@ -17,6 +18,7 @@ from typing import Any
 import duckdb
 from PIL import Image
 
+from drim_data.errors import Drop, RunFault
 from drim_data.pixels.images import decode
 from drim_data.recipe import Recipe, sha256_json
 
@@ -97,19 +99,20 @@ class Context:
     def for_each_pending(self, stats: StageStats, pending_sql: str, handle: Callable[[tuple], None]) -> None:
         """Apply `handle` to each row of the stage's pending query, one transaction per item with a done-marker.
 
-        A killed run loses at most the item in flight. An unexpected error in one item drops that item with the
-        error as its reason, and the run goes on.
+        A killed run loses at most the item in flight. What an item's failure means is decided by `_failure`.
         """
         rows = self.con.execute(pending_sql).fetchall()
         for row in self.track(rows, stats.stage, len(rows)):
             item_id = row[0]
             self.con.begin()
+            self.con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [stats.stage, item_id])
             try:
                 handle(row)
-            except Exception as exc:  # one bad item must not stop the run
+            except BaseException as exc:
                 self.con.rollback()
-                self.con.begin()
-                self.drop(stats, item_id, "error", "".join(traceback.format_exception_only(exc)).strip())
+                reason, detail, done = _failure(exc)  # re-raises run faults and interrupts, recording nothing
+                self._commit(stats, item_id, functools.partial(self.drop, stats, item_id, reason, detail), done)
+                continue
             self.con.execute("INSERT INTO done VALUES (?, ?)", [stats.stage, item_id])
             self.con.commit()
             stats.processed += 1
@@ -118,13 +121,12 @@ class Context:
         """Run `handle(row)` for every pending row concurrently; it returns a writer run in the item's transaction.
 
         Teacher requests of all items overlap (bounded by the endpoint's in-flight limit), while every item's
-        writes happen on this thread between awaits (the teacher's cache has its own writer). An item whose
-        teacher call failed after all retries is dropped with the reason but left pending, so a rerun tries it
-        again; in Batch API mode, items wait for their batch, which is submitted, polled and collected before
-        the next pass.
+        writes happen on this thread between awaits (the teacher's cache has its own writer). The items of a pass
+        are one task group: a run fault or an interrupt cancels every item still in flight before the clients
+        close, so none of them is recorded as failed. In Batch API mode, items wait for their batch, which is
+        submitted, polled and collected before the next pass.
         """
-        from drim_data.teacher.client import Deferred, TeacherFailed
-        from drim_data.teacher.replies import ReplyError
+        from drim_data.teacher.client import Deferred, run
 
         async def one(row: tuple, busy: asyncio.Semaphore) -> None:
             item_id = row[0]
@@ -133,17 +135,9 @@ class Context:
                     write = await handle(row)
             except Deferred:
                 return
-            except TeacherFailed as exc:
-                failure = (f"teacher_{exc.reason}", exc.detail)
-                self._commit(stats, item_id, lambda: self.drop(stats, item_id, *failure), done=False)
-                return
-            except ReplyError as exc:
-                reason, _, detail = str(exc).partition(": ")
-                self._commit(stats, item_id, lambda: self.drop(stats, item_id, reason, detail))
-                return
-            except Exception as exc:  # one bad item must not stop the run
-                detail = "".join(traceback.format_exception_only(exc)).strip()
-                self._commit(stats, item_id, lambda: self.drop(stats, item_id, "error", detail))
+            except Exception as exc:
+                reason, detail, done = _failure(exc)
+                self._commit(stats, item_id, functools.partial(self.drop, stats, item_id, reason, detail), done)
                 return
             self._commit(stats, item_id, write)
 
@@ -152,9 +146,10 @@ class Context:
             try:
                 for _ in range(self.recipe.teacher.max_turns + 3):
                     rows = self.con.execute(pending_sql).fetchall()
-                    items = asyncio.as_completed([one(r, busy) for r in rows])
-                    for future in self.track(items, stats.stage, len(rows)):
-                        await future
+                    async with asyncio.TaskGroup() as group:
+                        items = [group.create_task(one(r, busy)) for r in rows]
+                        for future in self.track(asyncio.as_completed(items), stats.stage, len(rows)):
+                            await future
                     collected = 0
                     for teacher in self.models.values():
                         if teacher.cfg.batch:
@@ -165,9 +160,10 @@ class Context:
                 for teacher in self.models.values():
                     await teacher.close()
 
-        from drim_data.teacher.client import run
-
-        run(passes())
+        try:
+            run(passes())
+        except BaseExceptionGroup as group:  # the first run fault stopped the pass: say that one
+            raise group.exceptions[0] from None
 
     def _commit(self, stats: StageStats, item_id: str, write: Callable[[], None] | None, done: bool = True) -> None:
         self.con.begin()
@@ -178,3 +174,28 @@ class Context:
             self.con.execute("INSERT INTO done VALUES (?, ?)", [stats.stage, item_id])
             stats.processed += 1
         self.con.commit()
+
+
+def _failure(exc: BaseException) -> tuple[str, str, bool]:
+    """What an item's exception means: (reason, detail, done), or re-raised when it ends the run.
+
+    A `Drop` is the item's own bad input: recorded and done. A teacher call that failed after all its attempts
+    is recorded but left pending, so a rerun tries it again; so is an unexpected error, so that a fixed bug
+    needs no reset. Run faults and interrupts propagate with nothing recorded; DuckDB reports an interrupt
+    that lands inside a query as its own exception, which is an interrupt all the same.
+    """
+    from drim_data.teacher.client import TeacherFailed
+    from drim_data.teacher.replies import ReplyError
+
+    if isinstance(exc, duckdb.InterruptException):
+        raise KeyboardInterrupt from exc
+    if isinstance(exc, RunFault | KeyboardInterrupt) or not isinstance(exc, Exception):
+        raise exc
+    if isinstance(exc, Drop):
+        return exc.reason, exc.detail, True
+    if isinstance(exc, TeacherFailed):
+        return f"teacher_{exc.reason}", exc.detail, False
+    if isinstance(exc, ReplyError):
+        reason, _, detail = str(exc).partition(": ")
+        return reason, detail, True
+    return "error", "".join(traceback.format_exception_only(exc)).strip(), False

@@ -213,7 +213,7 @@ def _global_view(ctx: Context, image_id: str) -> bytes:
     """The downscaled whole image the model sees; the full-size pixels are freed on return, before the next image
     is decoded."""
     image = decode(_image_bytes(ctx, image_id))
-    view = global_view(image, global_view_size(image.width, image.height, ctx.recipe.verify.model_max_pixels))
+    view = global_view(image, global_view_size(image.width, image.height, ctx.recipe.view.max_pixels))
     return encode_jpeg(view, ctx.recipe.export.global_view_quality)
 
 
@@ -240,7 +240,7 @@ def _rl_row(ctx: Context, item: tuple, original: bytes) -> dict:
     """The prompt and the original image: the trainer's zoom tool crops from full resolution."""
     question, width, height = item[2], item[13], item[14]
     targets = json.loads(item[8])
-    view = global_view_size(width, height, ctx.recipe.verify.model_max_pixels)
+    view = global_view_size(width, height, ctx.recipe.view.max_pixels)
     return {
         **_common(item),
         "prompt": [message("system", SYSTEM_PROMPT), message("user", question, images=1)],

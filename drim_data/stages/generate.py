@@ -70,11 +70,11 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
     image = ctx.image(image_id)
     facts = image_facts(ctx.con, image, image_id)
     teacher, per_image = ctx.model(), ctx.recipe.teacher.questions_per_image
-    view = ctx.recipe.verify  # paid questions only on regions verify will agree need a zoom
+    view = ctx.recipe.view  # paid questions only on regions verify will agree need a zoom
     small = [
         r
         for r in facts.regions
-        if min_side_in_global_view([r.box], width, height, view.model_max_pixels) < view.min_resolvable_px
+        if min_side_in_global_view([r.box], width, height, view.max_pixels) < view.min_resolvable_px
     ]
     scores = dict(ctx.con.execute("SELECT region_id, score FROM regions WHERE image_id = ?", [image_id]).fetchall())
     regions = sorted(small, key=lambda r: (-scores[r.region_id], r.region_id))[:per_image]

@@ -75,7 +75,7 @@ async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, he
         kept: list[tuple] = []
         for label, box in found:
             region_id = sha256_json([image_id, "teacher", label, list(box)])[:24]
-            problem = region_problem(box, width, height, ctx.recipe.mine)
+            problem = region_problem(box, width, height, ctx.recipe.mine, ctx.recipe.view)
             if problem is None and any(iou(box, k) > MERGE_IOU for _, k in kept):
                 problem = "duplicate_of_teacher_box"
             if problem is None and any(iou(box, e[1:]) > MERGE_IOU for e in existing):

@@ -69,7 +69,7 @@ def _jobs(ctx: Context, pending: list[str]) -> Iterator[Job]:
         data, width, height = ctx.con.execute(
             "SELECT data, width, height FROM images WHERE image_id = ?", [image_id]
         ).fetchone()
-        yield Job(image_id, data, width, height, boxes.get(image_id, []), ctx.recipe.mine)
+        yield Job(image_id, data, width, height, boxes.get(image_id, []), ctx.recipe.mine, ctx.recipe.view)
 
 
 def _write(ctx: Context, stats: StageStats, batch: list[Mined]) -> None:

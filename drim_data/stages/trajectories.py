@@ -65,7 +65,7 @@ def run(ctx: Context) -> StageStats:
     async def handle_with_model(row: tuple):
         item = Question.from_row(row)
         full = ctx.image(item.image_id)
-        view = global_view(full, global_view_size(item.width, item.height, ctx.recipe.verify.model_max_pixels))
+        view = global_view(full, global_view_size(item.width, item.height, ctx.recipe.view.max_pixels))
         steps, final = await drive_trajectory(
             ctx.model(), full, view, item.question, ctx.recipe.teacher.max_turns, stage=NAME
         )

@@ -11,7 +11,7 @@ import asyncio
 import json
 
 from drim_data.pixels.images import min_side_in_global_view
-from drim_data.recipe import VerifyConfig
+from drim_data.recipe import ViewConfig
 from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
@@ -44,16 +44,16 @@ def run(ctx: Context) -> StageStats:
     return stats
 
 
-def difficulty(min_side: float, targets: int, cfg: VerifyConfig) -> str:
-    level = 2 if min_side < cfg.min_resolvable_px / 4 else 1 if min_side < cfg.min_resolvable_px / 2 else 0
+def difficulty(min_side: float, targets: int, view: ViewConfig) -> str:
+    level = 2 if min_side < view.min_resolvable_px / 4 else 1 if min_side < view.min_resolvable_px / 2 else 0
     return LEVELS[min(2, level + (targets > 1))]
 
 
 def _rule_checks(ctx: Context, item: Question) -> tuple[str | None, float]:
     """The checks that need no model; `duplicate` is checked when the verdict is written, against kept ones."""
-    cfg = ctx.recipe.verify
-    min_side = min_side_in_global_view(item.targets, item.width, item.height, cfg.model_max_pixels)
-    if min_side >= cfg.min_resolvable_px:
+    view = ctx.recipe.view
+    min_side = min_side_in_global_view(item.targets, item.width, item.height, view.max_pixels)
+    if min_side >= view.min_resolvable_px:
         return "visible_without_zoom", min_side
     if item.region_ids and _ambiguous(ctx, item):
         return "ambiguous_referent", min_side
@@ -70,7 +70,7 @@ def _record(ctx: Context, stats: StageStats, item: Question, reason: str | None,
     concurrently still see each other's kept verdicts."""
     if reason is None and _duplicate(ctx, item):
         reason = "duplicate"
-    level = None if reason else difficulty(min_side, len(item.targets), ctx.recipe.verify)
+    level = None if reason else difficulty(min_side, len(item.targets), ctx.recipe.view)
     ctx.con.execute(
         "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)", [item.question_id, reason is None, reason, min_side, level]
     )
@@ -86,7 +86,7 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
         return lambda: _record(ctx, stats, item, reason, min_side)
     image = ctx.image(item.image_id)
     crops = [context_crop(image, tuple(t)) for t in item.targets]
-    full = global_view(image, global_view_size(item.width, item.height, ctx.recipe.verify.model_max_pixels))
+    full = global_view(image, global_view_size(item.width, item.height, ctx.recipe.view.max_pixels))
     cfg, teacher, solver = ctx.recipe.teacher.verification, ctx.model(), ctx.model("solver")
 
     def ask(model, images, view, variant):
