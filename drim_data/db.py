@@ -8,7 +8,8 @@ import duckdb
 
 from drim_data.errors import DrimError
 
-DB_SCHEMA_VERSION = "3"  # 2: teacher calls record status, error, attempts and batch use; 3: regions unmeasured
+DB_SCHEMA_VERSION = "4"  # 2: teacher calls record status, error, attempts and batch use; 3: regions unmeasured;
+# 4: annotations keep their attributes, and each image the classes it has complete boxes for
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -24,7 +25,8 @@ CREATE TABLE IF NOT EXISTS images (
     image_id VARCHAR PRIMARY KEY, source_path VARCHAR, width INTEGER, height INTEGER, format VARCHAR,
     mode VARCHAR, exif_transposed BOOLEAN, data BLOB);
 CREATE TABLE IF NOT EXISTS annotations (
-    image_id VARCHAR, label VARCHAR, x1 DOUBLE, y1 DOUBLE, x2 DOUBLE, y2 DOUBLE, source VARCHAR);
+    image_id VARCHAR, label VARCHAR, x1 DOUBLE, y1 DOUBLE, x2 DOUBLE, y2 DOUBLE, source VARCHAR, attributes JSON);
+CREATE TABLE IF NOT EXISTS complete_categories (image_id VARCHAR, label VARCHAR, PRIMARY KEY (image_id, label));
 CREATE TABLE IF NOT EXISTS regions (
     region_id VARCHAR PRIMARY KEY, image_id VARCHAR, source VARCHAR, label VARCHAR,
     x1 INTEGER, y1 INTEGER, x2 INTEGER, y2 INTEGER, score DOUBLE);
@@ -53,7 +55,12 @@ CREATE TABLE IF NOT EXISTS exports (
 
 # How to undo what each stage wrote; a stage whose settings changed is undone, and everything downstream.
 STAGE_RESETS = {
-    "ingest": ["DELETE FROM files", "DELETE FROM images", "DELETE FROM annotations"],
+    "ingest": [
+        "DELETE FROM files",
+        "DELETE FROM images",
+        "DELETE FROM annotations",
+        "DELETE FROM complete_categories",
+    ],
     "mine": ["DELETE FROM regions"],
     # ground adds teacher regions and names the mined proposals it recognises
     "ground": [

@@ -26,6 +26,9 @@ class AnnotationSource:
     format: Literal["coco", "yolo", "voc"]
     path: Path  # COCO: one JSON file; YOLO / VOC: a folder of per-image files
     classes: list[str] = field(default_factory=list)  # YOLO class names by index (else classes.txt in the folder)
+    # classes whose every visible instance is boxed (counting questions need that); COCO files may also say so per
+    # image with `complete_categories`
+    complete: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,17 @@ from datasets import Features, Image, List, Value
 from schemas.answers import CHECKERS
 from schemas.tool import TOOL_NAME
 
-SCHEMA_VERSION = "1.0"
-# Built-in teacher: colour, count, compare_brightness. Model teachers: attribute, text, count, spatial, multi_target.
-QUESTION_TYPES = ("colour", "count", "compare_brightness", "attribute", "text", "spatial", "multi_target")
+SCHEMA_VERSION = "2.0"  # 2.0: both splits carry the class name, the image size, the targets and the view size
+QUESTION_TYPES = (
+    "colour",
+    "count",
+    "relative_position",
+    "text",
+    "compare_brightness",
+    "attribute",
+    "spatial",
+    "multi_target",
+)
 DIFFICULTIES = ("easy", "medium", "hard")
 PATTERNS = ("coarse_to_fine", "reflective", "multi_target", "direct")
 
@@ -41,6 +49,12 @@ _COMMON = {
     "checker": Value("string"),
     "question_type": Value("string"),
     "difficulty": Value("string"),
+    "label": Value("string"),  # the class name of the target(s)
+    "width": Value("int32"),  # the original image
+    "height": Value("int32"),
+    "target_boxes_px": _BOXES_PX,
+    "target_boxes_norm": List(List(Value("float32"))),
+    "global_view_size": List(Value("int32")),  # the size the model sees the whole image at
     "images": List(Image()),
 }
 
@@ -57,11 +71,6 @@ RL_FEATURES = Features(
     {
         **_COMMON,
         "prompt": List(MESSAGE),
-        "width": Value("int32"),
-        "height": Value("int32"),
-        "target_boxes_px": _BOXES_PX,
-        "target_boxes_norm": List(List(Value("float32"))),
-        "global_view_size": List(Value("int32")),
     }
 )
 
@@ -125,6 +134,19 @@ def _common_columns() -> dict:
         "checker": pa.Column(str, pa.Check.isin(CHECKERS)),
         "question_type": pa.Column(str, pa.Check.isin(QUESTION_TYPES)),
         "difficulty": pa.Column(str, pa.Check.isin(DIFFICULTIES)),
+        "label": pa.Column(str, pa.Check.str_length(min_value=1)),
+        "width": pa.Column("int32", pa.Check.gt(0)),
+        "height": pa.Column("int32", pa.Check.gt(0)),
+        "target_boxes_px": pa.Column(object, pa.Check(_boxes_ok, element_wise=True, error="bad target boxes")),
+        "target_boxes_norm": pa.Column(
+            object,
+            pa.Check(
+                lambda bs: _boxes_ok(bs) and all(0 <= v <= 1 for b in bs for v in b),
+                element_wise=True,
+                error="normalised boxes must lie in [0, 1]",
+            ),
+        ),
+        "global_view_size": pa.Column(object, pa.Check(lambda s: len(s) == 2 and min(s) > 0, element_wise=True)),
         "images": pa.Column(object, pa.Check(_image_bytes_ok, element_wise=True, error="images need bytes")),
     }
 
@@ -166,18 +188,6 @@ RL_SCHEMA = pa.DataFrameSchema(
         "prompt": pa.Column(
             object, pa.Check(lambda m: conversation_problem(m) is None, element_wise=True, error="bad prompt")
         ),
-        "width": pa.Column("int32", pa.Check.gt(0)),
-        "height": pa.Column("int32", pa.Check.gt(0)),
-        "target_boxes_px": pa.Column(object, pa.Check(_boxes_ok, element_wise=True, error="bad target boxes")),
-        "target_boxes_norm": pa.Column(
-            object,
-            pa.Check(
-                lambda bs: _boxes_ok(bs) and all(0 <= v <= 1 for b in bs for v in b),
-                element_wise=True,
-                error="normalised boxes must lie in [0, 1]",
-            ),
-        ),
-        "global_view_size": pa.Column(object, pa.Check(lambda s: len(s) == 2 and min(s) > 0, element_wise=True)),
     },
     checks=[
         pa.Check(lambda df: _placeholders_match(df, "prompt"), error="image placeholders != images"),

@@ -28,6 +28,7 @@ class Box:
     x2: float
     y2: float
     normalised: bool = False  # YOLO boxes are fractions of the image size until ingest knows the size
+    attributes: str = "{}"  # JSON: what the labeller recorded (COCO `attributes`, `confidence`), e.g. a colour
 
     def to_pixels(self, width: int, height: int) -> Box | None:
         """Pixel box clamped to the image, or None when nothing of it lies inside."""
@@ -36,7 +37,7 @@ class Box:
         y1, y2 = max(0.0, self.y1 * sy), min(float(height), self.y2 * sy)
         if x2 <= x1 or y2 <= y1:
             return None
-        return Box(self.label, x1, y1, x2, y2)
+        return Box(self.label, x1, y1, x2, y2, attributes=self.attributes)
 
 
 def load_annotations(source: AnnotationSource) -> dict[str, list[Box]]:
@@ -82,8 +83,30 @@ def _load_coco(source: AnnotationSource) -> dict[str, list[Box]]:
         if w <= 0 or h <= 0:
             raise AnnotationError(f"{where}: bbox width and height must be positive, got {w}x{h}")
         label = names.get(ann.get("category_id"), str(ann.get("category_id")))
-        boxes[files[ann["image_id"]]].append(Box(label, x, y, x + w, y + h))
+        attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+        if isinstance(ann.get("confidence"), str):
+            attributes = {**attributes, "confidence": ann["confidence"]}
+        boxes[files[ann["image_id"]]].append(Box(label, x, y, x + w, y + h, attributes=json.dumps(attributes)))
     return boxes
+
+
+def complete_categories(source: AnnotationSource) -> dict[str, list[str]]:
+    """Per image (keyed as `load_annotations` keys it), the classes whose every instance is boxed: the source's
+    `complete` list, plus a COCO image's own `complete_categories`. Only these may be counted."""
+    found = {
+        key: sorted({b.label for b in boxes} & set(source.complete)) for key, boxes in load_annotations(source).items()
+    }
+    if source.format == "coco":
+        doc = json.loads(source.path.read_text())
+        for im in doc["images"]:
+            listed = im.get("complete_categories") or []
+            if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+                raise AnnotationError(
+                    f"{source.path}: image {im.get('id')}: complete_categories must be a list of names"
+                )
+            key = Path(im["file_name"]).stem
+            found[key] = sorted(set(found.get(key, [])) | set(listed) | set(source.complete))
+    return found
 
 
 def _load_yolo(source: AnnotationSource) -> dict[str, list[Box]]:

@@ -31,7 +31,7 @@ FORMAT_VERSION = "drim-shards/1"
 SHARD_NAME = "train-{index:05d}-of-{count:05d}.parquet"
 ITEMS = """
 SELECT q.question_id, q.image_id, q.question, q.options, q.answer, q.checker, q.question_type, v.difficulty,
-       q.target_boxes, t.trajectory_id, t.pattern, t.messages, t.zoom_boxes_px, i.width, i.height
+       q.target_boxes, t.trajectory_id, t.pattern, t.messages, t.zoom_boxes_px, i.width, i.height, q.label
 FROM questions q
 JOIN verdicts v USING (question_id)
 JOIN trajectories t USING (question_id)
@@ -191,8 +191,9 @@ def _checkable(table: pa.Table) -> pd.DataFrame:
     return table.drop_columns(["images"]).append_column("images", stand_ins).to_pandas()
 
 
-def _common(item: tuple) -> dict:
+def _common(ctx: Context, item: tuple) -> dict:
     qid, image_id, question, options, answer, checker, qtype, difficulty = item[:8]
+    width, height, targets = item[13], item[14], json.loads(item[8])
     return {
         "id": qid,
         "image_id": image_id,
@@ -202,6 +203,12 @@ def _common(item: tuple) -> dict:
         "checker": checker,
         "question_type": qtype,
         "difficulty": difficulty,
+        "label": item[15],
+        "width": width,
+        "height": height,
+        "target_boxes_px": targets,
+        "target_boxes_norm": [normalise(b, width, height) for b in targets],
+        "global_view_size": list(global_view_size(width, height, ctx.recipe.view.max_pixels)),
     }
 
 
@@ -228,7 +235,7 @@ def _sft_row(ctx: Context, item: tuple, view: bytes) -> dict:
     ]
     images = [view, *crops]
     return {
-        **_common(item),
+        **_common(ctx, item),
         "messages": json.loads(item[11]),
         "pattern": item[10],
         "zoom_boxes_px": json.loads(item[12]),
@@ -238,16 +245,8 @@ def _sft_row(ctx: Context, item: tuple, view: bytes) -> dict:
 
 def _rl_row(ctx: Context, item: tuple, original: bytes) -> dict:
     """The prompt and the original image: the trainer's zoom tool crops from full resolution."""
-    question, width, height = item[2], item[13], item[14]
-    targets = json.loads(item[8])
-    view = global_view_size(width, height, ctx.recipe.view.max_pixels)
     return {
-        **_common(item),
-        "prompt": [message("system", SYSTEM_PROMPT), message("user", question, images=1)],
+        **_common(ctx, item),
+        "prompt": [message("system", SYSTEM_PROMPT), message("user", item[2], images=1)],
         "images": [{"bytes": original, "path": None}],
-        "width": width,
-        "height": height,
-        "target_boxes_px": targets,
-        "target_boxes_norm": [normalise(b, width, height) for b in targets],
-        "global_view_size": list(view),
     }

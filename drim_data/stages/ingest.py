@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from drim_data.pixels.annotations import Box, load_annotations
+from drim_data.pixels.annotations import Box, complete_categories, load_annotations
 from drim_data.pixels.images import ImageRejected, check_image
 from drim_data.stages.contract import Context, StageStats
 from schemas.tables import validate_table
@@ -26,9 +26,12 @@ def run(ctx: Context) -> StageStats:
 
         raise DrimError(f"{ctx.recipe.source}: ingest.images: {cfg.images} is not a folder")
     boxes: dict[str, list[Box]] = {}
+    complete: dict[str, set[str]] = {}
     for source in cfg.annotations:
         for stem, found in load_annotations(source).items():
             boxes.setdefault(stem, []).extend(found)
+        for stem, labels in complete_categories(source).items():
+            complete.setdefault(stem, set()).update(labels)
 
     known = {
         path: (size, mtime) for path, size, mtime in con.execute("SELECT path, size, mtime_ns FROM files").fetchall()
@@ -47,14 +50,18 @@ def run(ctx: Context) -> StageStats:
     for key, path, st in ctx.track(pending, NAME, len(pending)):
         con.begin()
         con.execute("DELETE FROM files WHERE path = ?", [key])
-        status, image_id = _ingest_file(ctx, stats, key, path, boxes.get(path.stem, []))
+        status, image_id = _ingest_file(
+            ctx, stats, key, path, boxes.get(path.stem, []), complete.get(path.stem, set())
+        )
         con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", [key, st.st_size, st.st_mtime_ns, image_id, status])
         con.commit()
         stats.processed += 1
     return stats
 
 
-def _ingest_file(ctx: Context, stats: StageStats, key: str, path: Path, boxes: list[Box]) -> tuple[str, str | None]:
+def _ingest_file(
+    ctx: Context, stats: StageStats, key: str, path: Path, boxes: list[Box], complete: set[str]
+) -> tuple[str, str | None]:
     try:
         checked = check_image(path.read_bytes(), ctx.recipe.ingest.max_pixels)
     except ImageRejected as exc:
@@ -87,9 +94,20 @@ def _ingest_file(ctx: Context, stats: StageStats, key: str, path: Path, boxes: l
             ctx.drop(stats, f"{key}#{box.label}@{box.x1:g},{box.y1:g}", "annotation_outside_image")
             continue
         con.execute(
-            "INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [checked.image_id, clamped.label, clamped.x1, clamped.y1, clamped.x2, clamped.y2, os.fspath(path)],
+            "INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                checked.image_id,
+                clamped.label,
+                clamped.x1,
+                clamped.y1,
+                clamped.x2,
+                clamped.y2,
+                os.fspath(path),
+                clamped.attributes,
+            ],
         )
+    for label in sorted(complete):
+        con.execute("INSERT OR IGNORE INTO complete_categories VALUES (?, ?)", [checked.image_id, label])
     stats.count("images")
     stats.count("annotations", len(boxes))
     return "ok", checked.image_id

@@ -47,7 +47,7 @@ def scene(i: int) -> tuple[Image.Image, tuple[int, int, int, int], str]:
     return image, box, colour
 
 
-def _common(i: int, colour: str, image: Image.Image) -> dict:
+def _common(i: int, colour: str, image: Image.Image, box: tuple) -> dict:
     question = "What colour is the small square?\nA. red\nB. blue\nAnswer with the option's letter."
     return {
         "id": f"q{i:04d}",
@@ -58,6 +58,12 @@ def _common(i: int, colour: str, image: Image.Image) -> dict:
         "checker": "choice",
         "question_type": "colour",
         "difficulty": "easy",
+        "label": "square",
+        "width": image.width,
+        "height": image.height,
+        "target_boxes_px": [list(box)],
+        "target_boxes_norm": [normalise(box, *image.size)],
+        "global_view_size": [200, 150],
     }
 
 
@@ -66,7 +72,7 @@ def sft_row(i: int) -> dict:
     view = global_view(image, global_view_size(image.width, image.height, 200 * 150))
     grid = pixels_to_grid(box, *image.size)
     crop, box_px = ZOOM(image, grid)
-    common = _common(i, colour, image)
+    common = _common(i, colour, image, box)
     messages = [
         message("system", SYSTEM_PROMPT),
         message("user", common["question"], images=1),
@@ -85,16 +91,11 @@ def sft_row(i: int) -> dict:
 
 def rl_row(i: int) -> dict:
     image, box, colour = scene(i)
-    common = _common(i, colour, image)
+    common = _common(i, colour, image, box)
     return {
         **common,
         "prompt": [message("system", SYSTEM_PROMPT), message("user", common["question"], images=1)],
         "images": [_png(image)],
-        "width": image.width,
-        "height": image.height,
-        "target_boxes_px": [list(box)],
-        "target_boxes_norm": [normalise(box, *image.size)],
-        "global_view_size": [200, 150],
     }
 
 
@@ -135,12 +136,11 @@ def drill_version(source: Path, root: Path, n: int = DRILL_ROWS) -> Path:
             message("tool", observation_text(DRILL_BOX, box_px), images=1, name="zoom_in"),
             message("assistant", f"<think>Seen.</think>\n<answer>{row['answer']}</answer>"),
         ]
-        common = {k: row[k] for k in ("id", "image_id", "question", "options", "answer", "checker", "question_type")}
+        common = {k: v for k, v in row.items() if k not in ("prompt", "images")}
         view = global_view(image, row["global_view_size"])
         rows.append(
             {
                 **common,
-                "difficulty": row["difficulty"],
                 "messages": messages,
                 "pattern": "coarse_to_fine",
                 "zoom_boxes_px": [list(box_px)],

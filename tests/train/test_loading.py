@@ -23,7 +23,7 @@ def test_loads_and_validates_what_drim_data_exports(demo_version):
 
 def test_refuses_another_schema_version(tmp_path):
     version = write_version(tmp_path, n_sft=1, n_rl=1, schema_version="0.9")
-    with pytest.raises(SchemaVersionError, match=r"schema version '0.9'.*reads schema version '1.0'"):
+    with pytest.raises(SchemaVersionError, match=r"schema version '0.9'.*reads schema version '2.0'"):
         load_split(version, "sft")
 
 
