@@ -9,12 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from drim_data.stages import ORDER
+
 app = typer.Typer(
     help="Build verifiable multi-turn zoom-in VQA datasets.", no_args_is_help=True, pretty_exceptions_enable=False
 )
 console = Console()
 RecipeArg = Annotated[Path, typer.Argument(help="a YAML recipe, e.g. pipelines/demo.yaml")]
-STAGES = ["ingest", "mine", "ground", "generate", "verify", "trajectories"]
 
 
 def _fail(exc: Exception) -> None:
@@ -23,21 +24,22 @@ def _fail(exc: Exception) -> None:
 
 
 def _open_state(recipe: Path):
-    """The recipe and a connection to its existing database; a recipe that has not run is a clear error."""
-    from drim_data.db import connect
+    """The recipe and a read-only connection to its existing database (also while a run holds it); a recipe that
+    has not run is a clear error."""
+    from drim_data.db import read_only
     from drim_data.errors import DrimError
     from drim_data.recipe import load_recipe
 
     loaded = load_recipe(recipe)
     if not loaded.db.exists():
         raise DrimError(f"{loaded.db} does not exist yet: run drim-data generate {recipe} first")
-    return loaded, connect(loaded.db)
+    return loaded, read_only(loaded.db)
 
 
 @app.command()
 def generate(
     recipe: RecipeArg,
-    until: Annotated[str | None, typer.Option(help=f"stop after this stage: {', '.join(STAGES)}")] = None,
+    until: Annotated[str | None, typer.Option(help=f"stop after this stage: {', '.join(ORDER)}")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Run the pipeline; resumes where a previous run stopped and writes a new version only if anything changed."""
@@ -47,8 +49,8 @@ def generate(
     from drim_data.pipeline import run_pipeline
     from drim_data.recipe import load_recipe
 
-    if until is not None and until not in STAGES:
-        _fail(ValueError(f"--until must be one of {', '.join(STAGES)}"))
+    if until is not None and until not in ORDER:
+        _fail(ValueError(f"--until must be one of {', '.join(ORDER)}"))
     bars = Progress(
         TextColumn("{task.description:<13}"),
         BarColumn(),
@@ -68,6 +70,9 @@ def generate(
             result = run_pipeline(loaded, track=track, until=until)
     except DrimError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        console.print("interrupted: nothing was exported; the same command resumes where this run stopped")
+        raise typer.Exit(130) from None
     table = Table(title=f"drim-data generate {recipe}")
     for col in ("stage", "processed", "kept / written", "dropped", "seconds"):
         table.add_column(col, justify="left" if col == "stage" else "right")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -90,6 +93,27 @@ def connect(path: Path) -> duckdb.DuckDBPyConnection:
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [DB_SCHEMA_VERSION])
     elif found[0] != DB_SCHEMA_VERSION:
         raise DrimError(f"{path} has database schema {found[0]}; this drim-data uses {DB_SCHEMA_VERSION}")
+    return con
+
+
+def read_only(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open a recipe's existing database to read. While a run holds it, DuckDB lets no other process in, so read
+    a private copy of it (its file and log) instead: what the run has committed so far."""
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            raise DrimError(f"cannot open {path}: {exc}") from None
+        folder = Path(tempfile.mkdtemp(prefix="drim-read-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        for suffix in ("", ".wal"):
+            if path.with_name(path.name + suffix).exists():
+                shutil.copy2(path.with_name(path.name + suffix), folder / (path.name + suffix))
+        con = duckdb.connect(str(folder / path.name), read_only=True)
+    found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if found is None or found[0] != DB_SCHEMA_VERSION:
+        con.close()
+        raise DrimError(f"{path} has database schema {found and found[0]}; this drim-data uses {DB_SCHEMA_VERSION}")
     return con
 
 

@@ -16,24 +16,10 @@ from typing import Any
 
 import duckdb
 
-from drim_data import __version__
+from drim_data import __version__, stages
 from drim_data.db import connect, reset_stage
 from drim_data.recipe import Recipe, sha256_json, to_plain
-from drim_data.stages.contract import Context, StageStats, Track, _no_progress
-
-
-def stage_modules() -> dict[str, Any]:
-    from drim_data.stages import generate, ground, ingest, mine, trajectories, verify
-
-    return {
-        "ingest": ingest,
-        "mine": mine,
-        "ground": ground,
-        "generate": generate,
-        "verify": verify,
-        "trajectories": trajectories,
-    }
-
+from drim_data.stages.contract import Context, StageStats, Track, _no_progress, as_run_fault
 
 # The teacher-driven part each stage may have, the prompts it uses and the teacher settings it reads.
 MODEL_PARTS = {
@@ -93,28 +79,47 @@ class RunResult:
 
 
 def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None = None) -> RunResult:
-    """Run every stage (or up to and including `until`), then export a new version if anything changed."""
-    from drim_data.stages import export
+    """Run every stage (or up to and including `until`), then export a new version if anything changed.
 
+    Raises `RunFault` for a fault of the whole run (disk full, read-only output, a failed database, or what a
+    stage reports) and `KeyboardInterrupt` for an interrupt; either way nothing is exported and the database
+    holds only whole items, so the same call resumes.
+    """
     con = connect(recipe.db)
     try:
-        ctx = Context(con, recipe, make_teacher(recipe), track)
-        if recipe.teacher.stages:  # a missing key or a malformed endpoint stops the run before any stage starts
-            ctx.model("teacher"), ctx.model("solver")
-        results = []
-        fingerprint = ""
-        for name, module in stage_modules().items():
-            fingerprint = sha256_json([fingerprint, name, module.VERSION, stage_settings(recipe, name)])
-            _invalidate_if_changed(con, name, fingerprint)
-            results.append(_run_stage(ctx, name, module))
-            if name == until:
-                return RunResult(results, None)
-        started = time.perf_counter()
-        outcome = export.run(ctx, fingerprint)
-        _record_run(con, recipe, "export", started, 1 if outcome.written else 0, outcome.counts())
-        return RunResult(results, outcome)
+        return _run(con, recipe, track, until)
+    except duckdb.InterruptException as exc:  # an interrupt that landed inside a query
+        raise KeyboardInterrupt from exc
+    except (OSError, duckdb.Error) as exc:
+        fault = as_run_fault(exc)
+        if fault is None:
+            raise
+        raise fault from exc
     finally:
-        con.close()
+        try:
+            con.close()
+        except duckdb.Error:
+            pass  # a database that failed has nothing left to close
+
+
+def _run(con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: str | None) -> RunResult:
+    from drim_data.stages import export
+
+    ctx = Context(con, recipe, make_teacher(recipe), track)
+    if recipe.teacher.stages:  # a missing key or a malformed endpoint stops the run before any stage starts
+        ctx.model("teacher"), ctx.model("solver")
+    results = []
+    fingerprint = ""
+    for name, module in stages.modules().items():
+        fingerprint = sha256_json([fingerprint, name, module.VERSION, stage_settings(recipe, name)])
+        _invalidate_if_changed(con, name, fingerprint)
+        results.append(_run_stage(ctx, name, module))
+        if name == until:
+            return RunResult(results, None)
+    started = time.perf_counter()
+    outcome = export.run(ctx, fingerprint)
+    _record_run(con, recipe, "export", started, 1 if outcome.written else 0, outcome.counts())
+    return RunResult(results, outcome)
 
 
 def _invalidate_if_changed(con: duckdb.DuckDBPyConnection, stage: str, fingerprint: str) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from drim_data.stages import ORDER, sql_order
+
 STAGE_COUNTS = {
     "ingest": "SELECT count(*) FILTER (status = 'ok') FROM files",
     "mine": "SELECT count(*) FROM regions WHERE source != 'teacher'",
@@ -55,7 +57,8 @@ def read_status(con: duckdb.DuckDBPyConnection, prices: dict | None = None) -> S
     """Counts, drops and teacher usage; `prices` maps model names to a recipe Price for cost."""
     prices = prices or {}
     stages = []
-    for stage, sql in STAGE_COUNTS.items():
+    for stage in ORDER:
+        sql = STAGE_COUNTS[stage]
         processed = con.execute("SELECT count(*) FROM done WHERE stage = ?", [stage]).fetchone()[0]
         if stage == "ingest":
             processed = con.execute("SELECT count(*) FROM files").fetchone()[0]
@@ -65,8 +68,7 @@ def read_status(con: duckdb.DuckDBPyConnection, prices: dict | None = None) -> S
             StageStatus(stage, processed, con.execute(sql).fetchone()[0], OUTPUT_NAMES[stage], dropped, seconds[0])
         )
     drops = con.execute(
-        "SELECT stage, reason, count(*) AS n FROM drops GROUP BY stage, reason ORDER BY "
-        "list_position(['ingest','mine','ground','generate','verify','trajectories'], stage), n DESC, reason"
+        f"SELECT stage, reason, count(*) AS n FROM drops GROUP BY stage, reason ORDER BY {sql_order()}, n DESC, reason"
     ).fetchall()
     teacher = [
         (*row[:6], _cost(prices.get(row[1]), row[4], row[5], row[6]))
@@ -74,7 +76,7 @@ def read_status(con: duckdb.DuckDBPyConnection, prices: dict | None = None) -> S
             "SELECT stage, model, count(*) FILTER (status = 'ok'), count(*) FILTER (status = 'failed'), "
             "coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), "
             "coalesce(sum(prompt_tokens) FILTER (via_batch), 0) FROM teacher_calls GROUP BY stage, model "
-            "ORDER BY list_position(['ground','generate','verify','trajectories'], stage), model"
+            f"ORDER BY {sql_order()}, model"
         ).fetchall()
     ]
     versions = con.execute("SELECT version, parent, rows_sft, rows_rl, path FROM exports ORDER BY version").fetchall()

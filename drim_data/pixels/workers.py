@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -33,7 +34,8 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, pr
         context.set_forkserver_preload([preload])
     else:  # Windows
         context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup)
+    try:
         in_flight: deque = deque()
         for item in items:
             in_flight.append(pool.submit(fn, item))
@@ -41,9 +43,16 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, pr
                 yield in_flight.popleft().result()
         while in_flight:
             yield in_flight.popleft().result()
+    except BaseException:  # an interrupt or a fault: drop queued work instead of finishing it first
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
-def _single_threaded() -> None:
+def _worker_setup() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # the processes already use every core
+    # Ctrl-C reaches the whole process group: the parent alone decides what it means, and the workers finish
+    # their current item instead of each printing a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -6,6 +6,7 @@ A stage module has a NAME, a VERSION (part of its fingerprint), `run(ctx) -> Sta
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import traceback
@@ -176,6 +177,20 @@ class Context:
         self.con.commit()
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def as_run_fault(exc: BaseException) -> RunFault | None:
+    """The run-level fault an exception stands for, if any: storage that refuses writes, or a failed database."""
+    if isinstance(exc, RunFault):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return RunFault(f"cannot write {exc.filename or 'to disk'}: {exc.strerror or exc}")
+    if isinstance(exc, duckdb.IOException | duckdb.FatalException | duckdb.OutOfMemoryException):
+        return RunFault(f"the database failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    return None
+
+
 def _failure(exc: BaseException) -> tuple[str, str, bool]:
     """What an item's exception means: (reason, detail, done), or re-raised when it ends the run.
 
@@ -189,8 +204,11 @@ def _failure(exc: BaseException) -> tuple[str, str, bool]:
 
     if isinstance(exc, duckdb.InterruptException):
         raise KeyboardInterrupt from exc
-    if isinstance(exc, RunFault | KeyboardInterrupt) or not isinstance(exc, Exception):
+    if isinstance(exc, KeyboardInterrupt) or not isinstance(exc, Exception):
         raise exc
+    fault = as_run_fault(exc)
+    if fault is not None:
+        raise fault from exc
     if isinstance(exc, Drop):
         return exc.reason, exc.detail, True
     if isinstance(exc, TeacherFailed):
