@@ -19,7 +19,7 @@ import duckdb
 from drim_data import __version__, stages
 from drim_data.db import connect, reset_stage
 from drim_data.recipe import Recipe, sha256_json, to_plain
-from drim_data.stages.contract import Context, StageStats, Track, _no_progress, as_run_fault
+from drim_data.stages.contract import Context, StageStats, Track, _no_progress, as_run_fault, is_interrupt
 
 # The teacher-driven part each stage may have, the prompts it uses and the teacher settings it reads.
 MODEL_PARTS = {
@@ -88,9 +88,9 @@ def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None 
     con = connect(recipe.db)
     try:
         return _run(con, recipe, track, until)
-    except duckdb.InterruptException as exc:  # an interrupt that landed inside a query
-        raise KeyboardInterrupt from exc
-    except (OSError, duckdb.Error) as exc:
+    except (OSError, RuntimeError, duckdb.Error) as exc:
+        if is_interrupt(exc):  # a Ctrl-C that landed inside a query
+            raise KeyboardInterrupt from exc
         fault = as_run_fault(exc)
         if fault is None:
             raise

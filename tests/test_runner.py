@@ -58,7 +58,12 @@ def clean_shards(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    "interrupt", [KeyboardInterrupt(), duckdb.InterruptException("INTERRUPT Error: Interrupted!")]
+    "interrupt",
+    [
+        KeyboardInterrupt(),
+        duckdb.InterruptException("INTERRUPT Error: Interrupted"),
+        RuntimeError("Query interrupted"),
+    ],
 )
 def test_an_interrupt_records_nothing_exports_nothing_and_the_rerun_matches_a_clean_run(
     tmp_path, small_images, monkeypatch, clean_shards, interrupt

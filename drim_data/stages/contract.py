@@ -177,6 +177,13 @@ class Context:
         self.con.commit()
 
 
+def is_interrupt(exc: BaseException) -> bool:
+    """DuckDB turns a Ctrl-C that lands inside a query into an exception of its own (one of two kinds)."""
+    return isinstance(exc, KeyboardInterrupt | duckdb.InterruptException) or (
+        isinstance(exc, RuntimeError) and str(exc) == "Query interrupted"
+    )
+
+
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
@@ -202,10 +209,10 @@ def _failure(exc: BaseException) -> tuple[str, str, bool]:
     from drim_data.teacher.client import TeacherFailed
     from drim_data.teacher.replies import ReplyError
 
-    if isinstance(exc, duckdb.InterruptException):
-        raise KeyboardInterrupt from exc
     if isinstance(exc, KeyboardInterrupt) or not isinstance(exc, Exception):
         raise exc
+    if is_interrupt(exc):
+        raise KeyboardInterrupt from exc
     fault = as_run_fault(exc)
     if fault is not None:
         raise fault from exc
