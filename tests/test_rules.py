@@ -12,7 +12,7 @@ from drim_data.pipeline import run_pipeline
 from drim_data.pixels.candidates import region_problem
 from drim_data.recipe import load_recipe
 from drim_data.stages.ground import MERGE_IOU, tile_to_pixels
-from schemas.geometry import centre_grid, iou, pixels_to_grid
+from schemas.geometry import centre_grid, distance, iou, pixels_to_grid
 from tests.conftest import NEON, SHIPS, query, write_recipe
 from tests.openai_server import FakeOpenAI, Reply
 from tests.test_teacher_stages import KEY_ENV, SECRET, competent_teacher, teacher_recipe
@@ -55,7 +55,7 @@ def add_neighbours(recipe, grid_offset: int, label: str | None) -> list[tuple]:
     the region's own); returns the questions with their target's label."""
     con = duckdb.connect(str(recipe.db))
     questions = single_target_questions(con)
-    for qid, image_id, own, x1, y1, x2, y2, width, height in questions:
+    for qid, image_id, own, x1, y1, x2, y2, width, _ in questions:
         dx = round(grid_offset / 1000 * width)
         box = [x1 + dx, y1, x2 + dx, y2]
         row = [f"n-{qid}", image_id, "annotation", label or own, *box, 1.0]
@@ -150,7 +150,7 @@ def test_ground_merges_above_the_threshold_adds_below_it_and_drops_a_confusable_
     (same, same_px), (beside, beside_px), (twin, twin_px) = on_tile(0.15), on_tile(0.5), on_tile(1.1)
     assert iou(same_px, box) > MERGE_IOU > iou(beside_px, box)  # the premise: one box above, one below
     assert iou(twin_px, beside_px) < MERGE_IOU and iou(twin_px, box) == 0
-    assert sum((a - b) ** 2 for a, b in zip(*(centre_grid(b, W, H) for b in (twin_px, beside_px)))) < 40**2
+    assert distance(centre_grid(twin_px, W, H), centre_grid(beside_px, W, H)) < plain.mine.unique_radius
     assert region_problem(beside_px, W, H, plain.mine, plain.view) is None
     assert region_problem(twin_px, W, H, plain.mine, plain.view) is None
 
