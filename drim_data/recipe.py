@@ -1,10 +1,13 @@
-"""Recipes: flat YAML mapped one to one onto frozen dataclasses, with unknown or ill-typed keys refused by name."""
+"""Recipes: flat YAML mapped one to one onto frozen dataclasses; unknown, repeated, ill-typed or out-of-range keys
+are refused by name, with the file. Every numeric setting's range is declared once, in `RANGES`."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +59,7 @@ class MineConfig:
     max_area_frac: float = 0.01  # the point is small objects
     min_side_px: int = 8
     border_px: int = 8  # boxes touching the image edge are likely cut off
-    unique_radius: int = 40  # on the 0..1000 grid: no other candidate of the same label this close; 0: no check
+    unique_radius: int = 40  # on the 0..1000 grid, for mine, ground and verify: see candidates.confusable; 0: no check
     top_k: int = 50  # proposals per image
     proposal_min_side_px: int = 32  # proposals look for objects this wide and up, on a view where they span 8+ px
     proposal_max_side: int = 2048  # ... and on a view no wider or taller than this
@@ -77,7 +80,8 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    referent_radius: int = 40  # on the 0..1000 grid: no other candidate of the same label this close
+    """Verify's own settings; the uniqueness of a referent is `mine.unique_radius`, shared by mine, ground and
+    verify."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,86 @@ class Recipe:
         return sha256_json(to_plain(self))
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: at least `ge` or more than `gt`, and at most `le`."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if self.ge is not None and value < self.ge:
+            return f"must be at least {self.ge:g}"
+        if self.gt is not None and value <= self.gt:
+            return f"must be more than {self.gt:g}"
+        if self.le is not None and value > self.le:
+            return f"must be at most {self.le:g}"
+        return None
+
+
+COUNT = Range(ge=1)  # counts and sizes: zero or fewer would make an empty dataset or divide by zero
+OFF_OR_MORE = Range(ge=0)  # 0 switches the setting off (or means "pick for me")
+SHARE = Range(ge=0, le=1)
+POSITIVE = Range(gt=0)
+QUALITY = Range(ge=1, le=100)  # JPEG quality
+
+# The one place every numeric setting gets its range (tests check that none is missing).
+RANGES: dict[type, dict[str, Range]] = {
+    IngestConfig: {"max_pixels": COUNT},
+    ViewConfig: {"max_pixels": COUNT, "min_resolvable_px": OFF_OR_MORE},
+    MineConfig: {
+        "min_area_frac": SHARE,
+        "max_area_frac": Range(gt=0, le=1),
+        "min_side_px": OFF_OR_MORE,
+        "border_px": OFF_OR_MORE,
+        "unique_radius": OFF_OR_MORE,
+        "top_k": COUNT,
+        "proposal_min_side_px": COUNT,
+        "proposal_max_side": Range(ge=16),  # the proposer needs a few blobs' width to work with
+        "workers": OFF_OR_MORE,
+    },
+    GenerateConfig: {
+        "per_image": COUNT,
+        "short_answer_share": SHARE,
+        "min_colour_share": SHARE,
+        "min_brightness_gap": Range(ge=0, le=255),
+        "seed": Range(),
+    },
+    VerifyConfig: {},
+    TrajectoryConfig: {"reflective_share": SHARE, "context_scale": Range(ge=1), "crop_quality": QUALITY},
+    ExportConfig: {"rl_share": SHARE, "rows_per_shard": COUNT, "global_view_quality": QUALITY},
+    Price: {"input": OFF_OR_MORE, "output": OFF_OR_MORE},
+    EndpointConfig: {
+        "temperature": Range(ge=0, le=2),
+        "max_tokens": COUNT,
+        "timeout_s": POSITIVE,
+        "max_in_flight": COUNT,
+        "requests_per_minute": OFF_OR_MORE,
+        "tokens_per_minute": OFF_OR_MORE,
+        "max_attempts": COUNT,
+        "backoff_base_s": OFF_OR_MORE,
+        "backoff_max_s": OFF_OR_MORE,
+        "image_max_pixels": Range(ge=28 * 28),  # one vision patch
+        "batch_poll_s": POSITIVE,
+    },
+    TeacherVerification: {
+        "votes": COUNT,
+        "min_agreement": SHARE,
+        "solver_samples": COUNT,
+        "solver_max_pass": SHARE,
+        "crop_min_pass": SHARE,
+    },
+    TeacherConfig: {"tile_grid": COUNT, "questions_per_image": COUNT, "max_turns": COUNT},
+}
+# Settings that moved, so an old recipe is told where to.
+MOVED = {"verify.referent_radius": "mine.unique_radius (one radius for mine, ground and verify)"}
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # `dataset` is a folder inside output_dir, and a Hub name
+EXTENSION = re.compile(r"\.[a-z0-9]+")
+
+
 def sha256_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -194,17 +278,69 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read a recipe; relative paths in it are relative to the recipe file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
-    except yaml.YAMLError as exc:
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe: {exc.strerror or exc}") from None
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader)
+    except _DuplicateKey as exc:
+        raise RecipeError(f"{path}: line {exc.line}: key {exc.key!r} is given twice") from None
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:  # a bad date is a ValueError
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys to values")
     recipe = _build(Recipe, data, path, "")
     if recipe.teacher.stages and recipe.teacher.endpoint is None:
         raise RecipeError(f"{path}: teacher.stages {recipe.teacher.stages} need teacher.endpoint")
+    if not PLAIN_NAME.fullmatch(recipe.dataset):
+        raise RecipeError(
+            f"{path}: dataset: {recipe.dataset!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
+            "no '/' or '..'): it names the folder inside output_dir and the Hub dataset"
+        )
+    if recipe.mine.min_area_frac > recipe.mine.max_area_frac:
+        raise RecipeError(f"{path}: mine.min_area_frac must be at most mine.max_area_frac: no region could pass")
+    ingest = dataclasses.replace(recipe.ingest, extensions=_extensions(recipe.ingest.extensions, path))
+    recipe = dataclasses.replace(recipe, ingest=ingest)
     return dataclasses.replace(_resolve_paths(recipe, path.parent.resolve()), source=path)
+
+
+def _extensions(extensions: list[str], file: Path) -> list[str]:
+    """File name endings as ingest compares them: lower case, with the dot ("JPG" is ".jpg")."""
+    if not extensions:
+        raise RecipeError(f"{file}: ingest.extensions is empty: no image would be read")
+    normalised = ["." + e.strip().lower().removeprefix(".") for e in extensions]
+    for i, e in enumerate(normalised):
+        if not EXTENSION.fullmatch(e):
+            raise RecipeError(f"{file}: ingest.extensions[{i}]: {extensions[i]!r} is not a file extension like .jpg")
+    return normalised
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int):
+        self.key, self.line = key, line
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error instead of the last one winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden key by key
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base loader names it
+                break
+            if duplicate:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
 
 
 def _resolve_paths(obj: Any, base: Path) -> Any:
@@ -223,11 +359,14 @@ def _build(cls: type, data: Any, file: Path, where: str) -> Any:
         raise RecipeError(f"{file}: {where.rstrip('.') or 'recipe'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(str(k) for k in data if k not in fields)
     if unknown:
+        moved = MOVED.get(where + unknown[0])
         raise RecipeError(
-            f"{file}: unknown key {where + unknown[0]!r}; {where or 'the top level '}expects {', '.join(fields)}"
+            f"{file}: unknown key {where + unknown[0]!r}; "
+            + (f"it is now {moved}" if moved else f"{where or 'the top level '}expects {', '.join(fields)}")
         )
+    ranges = RANGES.get(cls, {})
     values = {}
     for name, f in fields.items():
         key = where + name
@@ -236,6 +375,10 @@ def _build(cls: type, data: Any, file: Path, where: str) -> Any:
                 raise RecipeError(f"{file}: missing required key {key!r}")
             continue
         values[name] = _convert(hints[name], data[name], file, key)
+        if name in ranges and isinstance(values[name], int | float):
+            problem = ranges[name].problem(values[name])
+            if problem:
+                raise RecipeError(f"{file}: {key}: {values[name]!r} {problem}")
     return cls(**values)
 
 
@@ -257,11 +400,13 @@ def _convert(tp: Any, value: Any, file: Path, key: str) -> Any:
             raise RecipeError(f"{file}: {key}: expected a list, got {type(value).__name__}")
         return [_convert(args[0], v, file, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is Path:
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value:
             raise RecipeError(f"{file}: {key}: expected a path string, got {value!r}")
         return Path(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    if tp is float and isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
         return float(value)
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise RecipeError(f"{file}: {key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is int and abs(value) >= 2**63:
+        raise RecipeError(f"{file}: {key}: {value} does not fit in 64 bits")
     return value

@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+# the box maths live in schemas.geometry; these names stay importable from here, where the tool uses them
+from schemas.geometry import GRID, grid_to_pixels, iou, normalise, pixels_to_grid  # noqa: F401
+
 TOOL_NAME = "zoom_in"
-GRID = 1000  # coordinates are integers on a 0..GRID grid over the original image
 
 SYSTEM_PROMPT = (
     "You answer questions about high-resolution images. The image you see is downscaled, so small details may be "
@@ -35,6 +37,12 @@ def global_view_size(width: int, height: int, max_pixels: int = GLOBAL_VIEW_PIXE
     """The size the model sees the whole image at: downscaled to its pixel budget, never upscaled."""
     scale = global_view_scale(width, height, max_pixels)
     return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def min_side_in_global_view(boxes: Sequence[Sequence[float]], width: int, height: int, max_pixels: int) -> float:
+    """The smallest target's shorter side, in pixels of the downscaled view the model sees without zooming."""
+    scale = global_view_scale(width, height, max_pixels)
+    return min(min(b[2] - b[0], b[3] - b[1]) for b in boxes) * scale
 
 
 def global_view(image: Image.Image, size: Sequence[int] | None = None) -> Image.Image:
@@ -127,44 +135,6 @@ class ZoomSpec:
     def __call__(self, image: Image.Image, bbox_2d: object) -> tuple[Image.Image, tuple[int, int, int, int]]:
         box = self.resolve(bbox_2d, image.width, image.height)
         return self.crop(image, box), box
-
-
-def grid_to_pixels(box: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """0..GRID box -> integer pixel box clamped to the image."""
-    x1, y1, x2, y2 = box
-    x1, x2 = sorted((x1, x2))
-    y1, y2 = sorted((y1, y2))
-
-    def clamp(v: float, hi: int) -> int:
-        return min(max(round(v / GRID * hi), 0), hi)
-
-    return clamp(x1, width), clamp(y1, height), clamp(x2, width), clamp(y2, height)
-
-
-def pixels_to_grid(box: Sequence[float], width: int, height: int) -> list[int]:
-    """Pixel box -> integer 0..GRID box, rounded outwards so it still covers the pixels."""
-    x1, y1, x2, y2 = box
-    return [
-        math.floor(x1 / width * GRID),
-        math.floor(y1 / height * GRID),
-        math.ceil(x2 / width * GRID),
-        math.ceil(y2 / height * GRID),
-    ]
-
-
-def normalise(box: Sequence[float], width: int, height: int) -> list[float]:
-    """Pixel box -> [0, 1] box relative to the image."""
-    x1, y1, x2, y2 = box
-    return [x1 / width, y1 / height, x2 / width, y2 / height]
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two [x1, y1, x2, y2] boxes in the same coordinates; 0 for degenerate boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def observation_text(bbox_2d: Sequence[float], box_px: Sequence[int]) -> str:

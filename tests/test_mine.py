@@ -8,8 +8,9 @@ import pytest
 
 from drim_data.pipeline import run_pipeline
 from drim_data.pixels.annotations import AnnotationError
-from drim_data.pixels.candidates import Candidate, not_unique, proposal_factor, side_range
+from drim_data.pixels.candidates import Candidate, ambiguous, not_unique, proposal_factor, side_range
 from drim_data.recipe import MineConfig, ViewConfig, load_recipe
+from schemas.geometry import centre_grid
 from tests.conftest import DEMO_IMAGES, SHIPS, query, write_recipe
 
 W, H = 2001, 1749  # the harbour scene; its global view (1M pixels) is 0.535x, so 45 px wide objects are visible
@@ -144,6 +145,19 @@ def test_uniqueness_is_by_label_and_distance_on_the_grid(boxes, labels, expected
     candidates = [Candidate("annotation", label, box, 1.0) for label, box in zip(labels, boxes, strict=True)]
     assert not_unique(candidates, 2000, 1000, radius=40).tolist() == expected
     assert not not_unique(candidates, 2000, 1000, radius=0).any()
+    # verify and ground ask the same question one referent at a time, and get the same answers
+    points = [(c.label, centre_grid(c.box, 2000, 1000)) for c in candidates]
+    one_by_one = [ambiguous([p], points[:i] + points[i + 1 :], radius=40) for i, p in enumerate(points)]
+    assert one_by_one == expected
+
+
+def test_mine_reads_the_size_of_the_view(tmp_path):
+    """Seen whole at full size (`view.max_pixels` above the image's 3.5 MP), a 30 px boat needs no zoom."""
+    recipe = harbour(tmp_path, write_annotations(tmp_path / "ann", "voc"), view={"max_pixels": 4_000_000})
+    run_pipeline(recipe, until="mine")
+    assert query(recipe.db, "SELECT count(*) FROM regions") == [(0,)]
+    reasons = sorted(r for (r,) in query(recipe.db, "SELECT reason FROM drops WHERE stage = 'mine'"))
+    assert reasons == ["at_border", "no_regions", "too_large", "too_small"] + ["visible_without_zoom"] * 5  # buoys too
 
 
 def test_the_proposal_view_shrinks_with_the_smallest_object_sought_and_the_image():

@@ -54,12 +54,12 @@ def test_rerun_is_a_no_op_and_changes_make_the_next_version(tmp_path, small_imag
     assert all(s.processed == 0 for s in again.stages)
     assert sorted(p.name for p in (tmp_path / "out" / "test-set").iterdir()) == ["v1"]
 
-    # a verify setting changes: verify and later stages redo, earlier ones do not, and v2 follows v1
-    path = write_recipe(tmp_path, small_images, verify={"referent_radius": 30})
+    # a trajectories setting changes: that stage and later ones redo, earlier ones do not, and v2 follows v1
+    path = write_recipe(tmp_path, small_images, trajectories={"reflective_share": 0.5})
     changed = run_pipeline(load_recipe(path))
     processed = {s.stage: s.processed for s in changed.stages}
-    assert processed["ingest"] == processed["mine"] == processed["generate"] == 0
-    assert processed["verify"] > 0
+    assert processed["ingest"] == processed["mine"] == processed["generate"] == processed["verify"] == 0
+    assert processed["trajectories"] > 0
     assert changed.export.written and changed.export.version == 2
     manifest = json.loads((changed.export.path / "manifest.json").read_text())
     assert manifest["parent"] == 1 and manifest["version"] == 2

@@ -9,14 +9,15 @@ from PIL import Image
 
 from drim_data.pipeline import run_pipeline
 from drim_data.pixels.candidates import region_problem
-from drim_data.pixels.images import decode, min_side_in_global_view
+from drim_data.pixels.images import decode
 from drim_data.pixels.measure import measure
 from drim_data.pixels.proposer import propose
 from drim_data.recipe import GenerateConfig, MineConfig, ViewConfig, load_recipe
 from drim_data.stages.trajectories import replay
 from drim_data.stages.verify import difficulty
 from drim_data.teacher.builtin import BuiltinTeacher, ImageFacts, Region
-from schemas.tool import grid_to_pixels
+from schemas.geometry import grid_to_pixels
+from schemas.tool import min_side_in_global_view
 from tests.conftest import SHIPS, query, write_recipe
 
 # Three small saturated objects on open water, like boats seen from orbit.

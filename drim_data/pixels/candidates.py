@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,8 @@ import numpy as np
 from drim_data.pixels.images import reduced
 from drim_data.pixels.proposer import propose
 from drim_data.recipe import MineConfig, ViewConfig, sha256_json
-from schemas.tool import GRID, global_view_scale
+from schemas.geometry import centre_grid, iou_many
+from schemas.tool import global_view_scale
 
 GENERIC = "object"  # the label of a proposal: it could be anything, so it is ambiguous next to anything
 DUPLICATE_IOU = 0.3  # a proposal overlapping an annotation box more than this is the same object
@@ -75,29 +77,54 @@ def region_problem(
     return None
 
 
-def not_unique(candidates: list[Candidate], width: int, height: int, radius: int) -> np.ndarray:
-    """Whether another candidate of the same label is centred within `radius` (for a generic proposal, any other).
+def confusable(
+    labels: Sequence[str], points: np.ndarray, other_labels: Sequence[str], other_points: np.ndarray, radius: int
+) -> np.ndarray:
+    """The uniqueness rule, for mine, ground and verify: an (n, m) matrix of whether the j-th other object could be
+    taken for the i-th referent, named by its label and its centre on the grid.
 
-    A labelled box is taken to be the only one of its label there, as annotations and teachers label every
-    instance; an unlabelled blob could be anything, even another of them. Centres are compared on the 0..1000
-    grid, where questions point at their referents.
+    It could when it is centred within `radius` of the referent and carries the referent's label, or any label if
+    the referent is a generic proposal. A labelled box is taken to be the only one of its label there, as
+    annotations and teachers label every instance; an unlabelled blob could be anything, even another of them.
+    Centres are compared on the 0..1000 grid, where questions point at their referents. Radius 0: no check.
     """
+    points, other_points = np.reshape(points, (-1, 2)), np.reshape(other_points, (-1, 2))
+    if radius <= 0:
+        return np.zeros((len(points), len(other_points)), bool)
+    labels = np.array([label.lower() for label in labels], dtype=str)
+    others = np.array([label.lower() for label in other_labels], dtype=str)
+    close = ((points[:, None, :] - other_points[None, :, :]) ** 2).sum(axis=2) < radius**2
+    related = (labels[:, None] == others[None, :]) | (labels == GENERIC)[:, None]
+    return close & related
+
+
+def grid_centres(boxes: Sequence[Sequence[float]], width: int, height: int) -> np.ndarray:
+    return np.array([centre_grid(b, width, height) for b in boxes], float).reshape(-1, 2)
+
+
+def not_unique(candidates: list[Candidate], width: int, height: int, radius: int) -> np.ndarray:
+    """For each candidate, whether another candidate could be taken for it (`confusable`)."""
     n = len(candidates)
-    if not n or radius <= 0:
-        return np.zeros(n, bool)
-    boxes = np.array([c.box for c in candidates], float)
-    centres = np.round((boxes[:, :2] + boxes[:, 2:]) / 2 / [width, height] * GRID)
-    labels = np.array([c.label.lower() for c in candidates])
-    generic = labels == GENERIC
+    centres = grid_centres([c.box for c in candidates], width, height)
+    labels = [c.label for c in candidates]
     found = np.zeros(n, bool)
     for start in range(0, n, 1024):  # blocks of rows keep the pairwise matrix small for thousands of boxes
         rows = slice(start, min(n, start + 1024))
-        close = ((centres[rows, None, :] - centres[None, :, :]) ** 2).sum(axis=2) < radius**2
-        related = (labels[rows, None] == labels[None, :]) | generic[rows, None]
-        close &= related
-        close[np.arange(close.shape[0]), np.arange(start, rows.stop)] = False
+        close = confusable(labels[rows], centres[rows], labels, centres, radius)
+        close[np.arange(close.shape[0]), np.arange(start, rows.stop)] = False  # not itself
         found[rows] = close.any(axis=1)
     return found
+
+
+def ambiguous(
+    referents: Sequence[tuple[str, Sequence[float]]], others: Sequence[tuple[str, Sequence[float]]], radius: int
+) -> bool:
+    """Whether any (label, grid point) referent could be taken for one of the other (label, grid point) objects."""
+    if not referents or not others:
+        return False
+    labels, points = zip(*referents, strict=True)
+    other_labels, other_points = zip(*others, strict=True)
+    return bool(confusable(labels, np.array(points, float), other_labels, np.array(other_points, float), radius).any())
 
 
 def proposal_factor(width: int, height: int, cfg: MineConfig) -> int:
@@ -153,7 +180,7 @@ def _mine(job: Job) -> Mined:
     reasons: list[str | None] = [region_problem(c.box, width, height, cfg, job.view) for c in candidates]
     annotated = np.array([c.box for c in candidates if c.source == "annotation"], float).reshape(-1, 4)
     for i, c in enumerate(candidates):
-        if c.source == "proposal" and len(annotated) and _max_iou(c.box, annotated) > DUPLICATE_IOU:
+        if c.source == "proposal" and len(annotated) and iou_many(c.box, annotated).max() > DUPLICATE_IOU:
             reasons[i] = reasons[i] or "duplicate"
     distinct = [i for i, c in enumerate(candidates) if reasons[i] != "duplicate"]
     crowded = not_unique([candidates[i] for i in distinct], width, height, cfg.unique_radius)
@@ -169,11 +196,3 @@ def _mine(job: Job) -> Mined:
             continue
         mined.regions.append((region_id, job.image_id, c.source, c.label, *c.box, c.score))
     return mined
-
-
-def _max_iou(box: tuple, others: np.ndarray) -> float:
-    w = np.maximum(np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0]), 0)
-    h = np.maximum(np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1]), 0)
-    inter = w * h
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return float((inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)).max())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from schemas.tool import global_view_scale
+from schemas.tool import min_side_in_global_view  # noqa: F401  (its home is schemas.tool, with the view)
 
 # Pillow stores a large image as a chain of blocks, 16 MB each by default. glibc serves blocks that size from its heap
 # once the first has been freed, and keeps them after a 100-megapixel image is freed; blocks over its 32 MB limit
@@ -153,9 +153,3 @@ def encode_jpeg(image: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     to_rgb(image).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def min_side_in_global_view(boxes: list, width: int, height: int, max_pixels: int) -> float:
-    """The smallest target's shorter side, in pixels of the downscaled view the model sees without zooming."""
-    scale = global_view_scale(width, height, max_pixels)
-    return min(min(b[2] - b[0], b[3] - b[1]) for b in boxes) * scale

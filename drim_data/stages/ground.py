@@ -1,24 +1,25 @@
 """Ground: a model teacher lists small, single-instance objects on overlapping tiles of each image.
 
 Boxes come back on the tile's 0..1000 grid, are mapped to original pixels, filtered like mined regions, and merged
-with the miner's candidates: a teacher box that overlaps an existing candidate adds nothing but its label.
+with the miner's candidates: a teacher box that overlaps an existing candidate adds nothing but its label, and one
+that another object could be taken for is dropped, by mine's uniqueness rule.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from drim_data.pixels.candidates import region_problem
+from drim_data.pixels.candidates import GENERIC, ambiguous, region_problem
 from drim_data.recipe import sha256_json
 from drim_data.stages.contract import Context, StageStats
 from drim_data.teacher.tasks import ground_tile
+from schemas.geometry import GRID, centre_grid, iou
 from schemas.tables import validate_table
-from schemas.tool import GRID, iou
 
 NAME = "ground"
 VERSION = "2"
 OVERLAP = 0.2  # tiles overlap so that an object on a tile edge is whole in a neighbour
-MERGE_IOU = 0.5
+MERGE_IOU = 0.5  # a teacher box overlapping a region more than this is the same object
 
 PENDING = """
 SELECT image_id, width, height FROM images
@@ -72,19 +73,31 @@ async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, he
     ).fetchall()
 
     def write() -> None:
-        kept: list[tuple] = []
+        """Merge the teacher's boxes with the image's regions. A box over an existing region (IoU above MERGE_IOU)
+        is that object, so it only names a generic proposal; a box another object could be taken for (mine's
+        uniqueness rule) is dropped as `not_unique`, the object already there staying."""
+        radius = ctx.recipe.mine.unique_radius
+        rows = ctx.con.execute("SELECT region_id, label FROM regions WHERE image_id = ?", [image_id]).fetchall()
+        labels = dict(rows)
+        kept: list[tuple[str, tuple]] = []
         for label, box in found:
             region_id = sha256_json([image_id, "teacher", label, list(box)])[:24]
             problem = region_problem(box, width, height, ctx.recipe.mine, ctx.recipe.view)
             if problem is None and any(iou(box, k) > MERGE_IOU for _, k in kept):
                 problem = "duplicate_of_teacher_box"
-            if problem is None and any(iou(box, e[1:]) > MERGE_IOU for e in existing):
-                match = next(e[0] for e in existing if iou(box, e[1:]) > MERGE_IOU)
+            match = None if problem else next((rid for rid, *e in existing if iou(box, e) > MERGE_IOU), None)
+            if match is not None:
                 ctx.con.execute(
-                    "UPDATE regions SET label = ? WHERE region_id = ? AND label = 'object'", [label, match]
+                    "UPDATE regions SET label = ? WHERE region_id = ? AND label = ?", [label, match, GENERIC]
                 )
+                if labels.get(match) == GENERIC:
+                    labels[match] = label
                 stats.count("labelled_existing")
                 continue
+            others = [(labels.get(rid, GENERIC), e) for rid, *e in existing] + kept
+            here = _on_grid([(label, box)], width, height)
+            if problem is None and ambiguous(here, _on_grid(others, width, height), radius):
+                problem = "not_unique"
             if problem:
                 ctx.drop(stats, region_id, problem)
                 continue
@@ -94,6 +107,11 @@ async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, he
         stats.count("regions", len(kept))
 
     return write
+
+
+def _on_grid(objects: list[tuple[str, tuple]], width: int, height: int) -> list[tuple[str, tuple[int, int]]]:
+    """(label, pixel box) -> (label, centre on the grid), as the uniqueness rule compares them."""
+    return [(label, centre_grid(box, width, height)) for label, box in objects]
 
 
 def validate(con) -> None:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 
-from drim_data.pixels.images import min_side_in_global_view
+from drim_data.pixels.candidates import ambiguous
 from drim_data.recipe import ViewConfig
 from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
 from drim_data.teacher import tasks as teacher_tasks
-from drim_data.teacher.builtin import centre_grid
 from schemas.answers import is_correct
+from schemas.geometry import centre_grid
 from schemas.tables import validate_table
-from schemas.tool import global_view, global_view_size
+from schemas.tool import global_view, global_view_size, min_side_in_global_view
 
 NAME = "verify"
 VERSION = "1"
@@ -135,20 +135,18 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
 
 
 def _ambiguous(ctx: Context, item: Question) -> bool:
-    """Another candidate of the same label lies within the referent radius of a referred point."""
-    others = ctx.con.execute(
-        "SELECT region_id, x1, y1, x2, y2 FROM regions WHERE image_id = ? AND lower(label) = ?",
-        [item.image_id, item.label],
+    """Another region of the image could be taken for a target the question points at: mine's uniqueness rule
+    (`candidates.confusable`, radius `mine.unique_radius`), each target under its own label."""
+    regions = ctx.con.execute(
+        "SELECT region_id, label, x1, y1, x2, y2 FROM regions WHERE image_id = ?", [item.image_id]
     ).fetchall()
-    radius = ctx.recipe.verify.referent_radius
-    for point in item.referent:
-        for rid, *box in others:
-            if rid in item.region_ids:
-                continue
-            cx, cy = centre_grid(box, item.width, item.height)
-            if (cx - point[0]) ** 2 + (cy - point[1]) ** 2 < radius**2:
-                return True
-    return False
+    labels = {rid: label for rid, label, *_ in regions}
+    referents = [
+        (labels.get(rid, item.label), point) for rid, point in zip(item.region_ids, item.referent, strict=False)
+    ]
+    size = item.width, item.height
+    others = [(label, centre_grid(box, *size)) for rid, label, *box in regions if rid not in item.region_ids]
+    return ambiguous(referents, others, ctx.recipe.mine.unique_radius)
 
 
 def _duplicate(ctx: Context, item: Question) -> bool:
