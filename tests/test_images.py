@@ -95,7 +95,7 @@ def test_the_recipe_pixel_limit_governs_not_pils(monkeypatch):
     assert decode(REAL_JPEG).size == (2001, 1749)  # stored images were checked against the recipe at ingest
     with pytest.raises(ImageRejected) as err:
         check_image(REAL_JPEG, max_pixels=3_000_000)
-    assert err.value.reason == "too_many_pixels" and "exceeds limit of 3000000 pixels" in err.value.detail
+    assert err.value.reason == "too_many_pixels" and "ingest.max_pixels: 3000000 (3 MP)" in err.value.detail
     assert Image.MAX_IMAGE_PIXELS == 1_000_000  # PIL's setting is left as it was
 
 
