@@ -2,7 +2,7 @@
 
 An image is its content (sha256): a renamed or restored file is the same image and keeps what was made from it.
 Identical files under several current paths are one image, named by the first path in sorted order; the others
-are dropped as `duplicate`. Which path comes first, and which annotation entry names which path, depend on the
+are dropped as `duplicate`, and the image takes the annotations of its first path that has any. Which path comes first, and which annotation entry names which path, depend on the
 whole folder, so both are settled again at the end of every run, from the folder as it is.
 """
 
@@ -149,39 +149,40 @@ def _check_file(ctx: Context, stats: StageStats, key: str, path: Path) -> str | 
 
 
 def _settle(ctx: Context, stats: StageStats, relative: dict[str, str], matched: Matched) -> None:
-    """Name each image by its first current path, mark the other paths duplicates, and give each image the
-    annotations that name its first path. Annotations of an image are rewritten only when they differ."""
+    """Name each image by its first current path and mark its other paths duplicates; give it the annotations of
+    its first path that has any (those of its other paths are dropped, not added twice). Annotations are
+    rewritten only where they differ from what is stored."""
     con = ctx.con
     rows = sorted(con.execute("SELECT path, image_id, status FROM files WHERE status <> 'quarantined'").fetchall())
-    first: dict[str, str] = {}
+    paths: dict[str, list[str]] = {}
     for path, image_id, _ in rows:
-        first.setdefault(image_id, path)
+        paths.setdefault(image_id, []).append(path)
     drops = list(matched.drops)
     for path, image_id, status in rows:
-        wanted = "ok" if first[image_id] == path else "duplicate"
+        wanted = "ok" if paths[image_id][0] == path else "duplicate"
         if status != wanted:
             con.execute("UPDATE files SET status = ? WHERE path = ?", [wanted, path])
         if wanted == "duplicate":
-            drops.append((path, "duplicate", f"same content as {first[image_id]}"))
-            for entry in matched.entries.get(relative[path], []):
-                drops.append(
-                    (entry, "duplicate_annotations", f"{relative[path]} is a duplicate; {first[image_id]} is used")
-                )
+            drops.append((path, "duplicate", f"same content as {paths[image_id][0]}"))
     stored = _stored_annotations(ctx)
-    for image_id, path in sorted(first.items(), key=lambda item: item[1]):
+    for image_id, current in sorted(paths.items(), key=lambda item: item[1][0]):
         source_path, width, height = con.execute(
             "SELECT source_path, width, height FROM images WHERE image_id = ?", [image_id]
         ).fetchone()
-        if source_path != path:
-            con.execute("UPDATE images SET source_path = ? WHERE image_id = ?", [path, image_id])
+        if source_path != current[0]:
+            con.execute("UPDATE images SET source_path = ? WHERE image_id = ?", [current[0], image_id])
+        labelled = [relative[p] for p in current if relative[p] in matched.entries] or [relative[current[0]]]
+        for other in labelled[1:]:
+            for entry in matched.entries[other]:
+                drops.append((entry, "duplicate_annotations", f"{other} has the same content as {labelled[0]}"))
         boxes = []
-        for entry, box in matched.boxes.get(relative[path], []):
+        for entry, box in matched.boxes.get(labelled[0], []):
             clamped = box.to_pixels(width, height)
             if clamped is None:
-                drops.append((f"{path}#{box.label}@{box.x1:g},{box.y1:g}", "annotation_outside_image", entry))
+                drops.append((f"{entry}#{box.label}@{box.x1:g},{box.y1:g}", "annotation_outside_image", ""))
                 continue
             boxes.append((clamped.label, clamped.x1, clamped.y1, clamped.x2, clamped.y2, entry, clamped.attributes))
-        wanted = (sorted(boxes), sorted(matched.complete.get(relative[path], set())))
+        wanted = (sorted(boxes), sorted(matched.complete.get(labelled[0], set())))
         if stored.get(image_id, ([], [])) != wanted:
             _write_annotations(ctx, stats, image_id, *wanted)
     _record_afresh(ctx, stats, SETTLED_REASONS, drops)
