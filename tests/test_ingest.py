@@ -214,3 +214,25 @@ def test_annotations_follow_the_path_they_name_when_files_move(tmp_path, cameras
     ingest(tmp_path, cameras, **sections)
     assert "camA/0009.jpg" not in boxes_by_path(tmp_path)  # the entry names a path that is gone: applied to none
     assert drops(tmp_path) == {"ann.json": "unmatched_annotation"}
+
+
+def test_a_duplicate_keeps_the_annotations_of_its_first_annotated_path_once(tmp_path, cameras):
+    shutil.copy(cameras / "camA" / "0001.jpg", cameras / "aaa.jpg")  # first in sorted order, no annotations
+    shutil.copy(cameras / "camA" / "0001.jpg", cameras / "camZ.jpg")  # annotated too: not added a second time
+    doc = {
+        "images": [{"id": 1, "file_name": "camA/0001.jpg"}, {"id": 2, "file_name": "camZ.jpg"}],
+        "categories": [{"id": 1, "name": "ship"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 1, "bbox": [10, 10, 30, 30]},
+            {"image_id": 2, "category_id": 1, "bbox": [10, 10, 30, 30]},
+        ],
+    }
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    ingest(tmp_path, cameras, ingest={"annotations": [{"format": "coco", "path": str(tmp_path / "ann.json")}]})
+    assert boxes_by_path(tmp_path) == {"aaa.jpg": ["ship"]}  # the image is named by aaa.jpg, boxed by camA/0001.jpg
+    found = query(tmp_path / "state.duckdb", "SELECT item_id, reason FROM drops ORDER BY item_id")
+    assert [(os.path.relpath(item_id, tmp_path), reason) for item_id, reason in found] == [
+        ("ann.json#camZ.jpg", "duplicate_annotations"),
+        ("images/camA/0001.jpg", "duplicate"),
+        ("images/camZ.jpg", "duplicate"),
+    ]
