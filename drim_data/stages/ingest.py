@@ -2,8 +2,9 @@
 
 An image is its content (sha256): a renamed or restored file is the same image and keeps what was made from it.
 Identical files under several current paths are one image, named by the first path in sorted order; the others
-are dropped as `duplicate`, and the image takes the annotations of its first path that has any. Which path comes first, and which annotation entry names which path, depend on the
-whole folder, so both are settled again at the end of every run, from the folder as it is.
+are dropped as `duplicate`, and the image takes the annotations of its first path that has any. Which path comes
+first, and which annotation entry names which path, depend on the whole folder, so both are settled again at the
+end of every run, from the folder as it is.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def run(ctx: Context) -> StageStats:
     for key, path, st in ctx.track(pending, NAME, len(pending)):
         con.begin()
         con.execute("DELETE FROM files WHERE path = ?", [key])
-        con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [NAME, key])  # a fixed file drops its old drop
+        con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [NAME, key])  # a fixed file: no old drop
         image_id = _check_file(ctx, stats, key, path)
         status = "quarantined" if image_id is None else "ok"  # `_settle` tells the first path from its duplicates
         con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", [key, st.st_size, st.st_mtime_ns, image_id, status])
