@@ -28,9 +28,9 @@ def test_voc_reads_the_real_forest_file():
     assert trees[0] == Box("Tree", 1012, 161, 1041, 196)
 
 
-def test_coco_boxes_are_xywh_keyed_by_stem(tmp_path):
+def test_coco_boxes_are_xywh_keyed_by_file_name(tmp_path):
     boxes = load_annotations(coco(tmp_path, COCO))
-    assert boxes == {"a": [Box("ship", 10, 20, 40, 60)], "b": []}  # an image without boxes is an empty set
+    assert boxes == {"sub/a.jpg": [Box("ship", 10, 20, 40, 60)], "b.png": []}  # an image without boxes: empty
 
 
 def test_yolo_boxes_are_normalised_until_the_size_is_known(tmp_path):

@@ -95,7 +95,7 @@ def test_the_recipe_pixel_limit_governs_not_pils(monkeypatch):
     assert decode(REAL_JPEG).size == (2001, 1749)  # stored images were checked against the recipe at ingest
     with pytest.raises(ImageRejected) as err:
         check_image(REAL_JPEG, max_pixels=3_000_000)
-    assert err.value.reason == "too_many_pixels" and "exceeds limit of 3000000 pixels" in err.value.detail
+    assert err.value.reason == "too_many_pixels" and "ingest.max_pixels: 3000000 (3 MP)" in err.value.detail
     assert Image.MAX_IMAGE_PIXELS == 1_000_000  # PIL's setting is left as it was
 
 
@@ -109,3 +109,10 @@ def test_reduced_decode_matches_averaging_the_full_decode(factor):
     png = io.BytesIO()
     full.save(png, format="PNG")
     assert np.array_equal(np.asarray(reduced(png.getvalue(), factor)), expected)  # other formats: exactly
+
+
+def test_the_bomb_message_quotes_the_recipes_limit():
+    with pytest.raises(ImageRejected) as err:
+        check_image(png_header_only(40_000, 40_000), max_pixels=200_000_000)  # PIL's error path: over twice the limit
+    assert err.value.reason == "too_many_pixels"
+    assert "40000x40000 is 1600 MP, over ingest.max_pixels: 200000000 (200 MP)" == err.value.detail

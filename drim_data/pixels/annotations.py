@@ -1,7 +1,8 @@
-"""COCO, YOLO and Pascal VOC box annotations, keyed by image file stem.
+"""COCO, YOLO and Pascal VOC box annotations, matched to images by their path under the images folder.
 
 A malformed file stops the run with an error naming the file and the entry or line: ground truth that is
-silently skipped would quietly change what the dataset is about.
+silently skipped would quietly change what the dataset is about. For the same reason an entry that matches no
+image, or more than one, is recorded as a drop and applied to none.
 """
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from drim_data.errors import DrimError
 from drim_data.recipe import AnnotationSource
@@ -41,6 +42,8 @@ class Box:
 
 
 def load_annotations(source: AnnotationSource) -> dict[str, list[Box]]:
+    """Boxes per image, keyed by where the source says the image is, relative to the images folder: a COCO
+    `file_name` as written; a YOLO or VOC file's path under its folder, without the extension."""
     if not source.path.exists():
         raise AnnotationError(f"{source.path}: annotation {source.format} path does not exist")
     loaders = {"coco": _load_coco, "yolo": _load_yolo, "voc": _load_voc}
@@ -63,8 +66,8 @@ def _load_coco(source: AnnotationSource) -> dict[str, list[Box]]:
         raise AnnotationError(f"{path}: a COCO file needs 'images' and 'annotations' lists")
     try:
         names = {c["id"]: str(c["name"]) for c in doc.get("categories", [])}
-        files = {im["id"]: Path(im["file_name"]).stem for im in doc["images"]}
-    except (KeyError, TypeError) as exc:
+        files = {im["id"]: _relative(im["file_name"]) for im in doc["images"]}
+    except (KeyError, TypeError, AttributeError) as exc:
         raise AnnotationError(
             f"{path}: images need 'id' and 'file_name', categories 'id' and 'name' ({exc})"
         ) from None
@@ -104,7 +107,7 @@ def complete_categories(source: AnnotationSource) -> dict[str, list[str]]:
                 raise AnnotationError(
                     f"{source.path}: image {im.get('id')}: complete_categories must be a list of names"
                 )
-            key = Path(im["file_name"]).stem
+            key = _relative(im["file_name"])
             found[key] = sorted(set(found.get(key, [])) | set(listed) | set(source.complete))
     return found
 
@@ -115,10 +118,10 @@ def _load_yolo(source: AnnotationSource) -> dict[str, list[Box]]:
     if not classes and (folder / "classes.txt").exists():
         classes = [line.strip() for line in (folder / "classes.txt").read_text().splitlines() if line.strip()]
     boxes: dict[str, list[Box]] = {}
-    for file in sorted(folder.glob("*.txt")):
+    for file in sorted(folder.rglob("*.txt")):
         if file.name == "classes.txt":
             continue
-        found = boxes.setdefault(file.stem, [])
+        found = boxes.setdefault(_mirrored(file, folder), [])
         for lineno, line in enumerate(file.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
@@ -141,14 +144,14 @@ def _load_yolo(source: AnnotationSource) -> dict[str, list[Box]]:
 
 
 def _load_voc(source: AnnotationSource) -> dict[str, list[Box]]:
-    files = [source.path] if source.path.is_file() else sorted(source.path.glob("*.xml"))
+    files = [source.path] if source.path.is_file() else sorted(source.path.rglob("*.xml"))
     boxes: dict[str, list[Box]] = {}
     for file in files:
         try:
             root = ET.parse(file).getroot()
         except ET.ParseError as exc:
             raise AnnotationError(f"{file}: line {exc.position[0]}: not valid XML: {exc}") from None
-        found = boxes.setdefault(file.stem, [])
+        found = boxes.setdefault(file.stem if file == source.path else _mirrored(file, source.path), [])
         for i, obj in enumerate(root.iter("object")):
             where = f"{file}: object[{i}]"
             name = obj.findtext("name")
@@ -163,3 +166,73 @@ def _load_voc(source: AnnotationSource) -> dict[str, list[Box]]:
                 raise AnnotationError(f"{where}: empty box ({x1}, {y1}, {x2}, {y2})")
             found.append(Box(name.strip(), x1, y1, x2, y2))
     return boxes
+
+
+def _relative(file_name: str) -> str:
+    """A COCO `file_name` as a POSIX path: `./a/b.jpg` and `a\\b.jpg` are `a/b.jpg`."""
+    return PurePosixPath(file_name.replace("\\", "/")).as_posix()
+
+
+def _mirrored(file: Path, folder: Path) -> str:
+    """A per-image file's path under its folder, without the extension: `labels/camA/0001.txt` is `camA/0001`."""
+    return file.relative_to(folder).with_suffix("").as_posix()
+
+
+def _entry(source: AnnotationSource, key: str) -> str:
+    """Where an entry is written, to name it in drops."""
+    if source.format == "coco":
+        return f"{source.path}#{key}"
+    if source.path.is_file():
+        return str(source.path)
+    return str(source.path / f"{key}.{'txt' if source.format == 'yolo' else 'xml'}")
+
+
+@dataclass
+class Matched:
+    """The annotation entries matched to image paths (relative to the images folder), and those that were not."""
+
+    boxes: dict[str, list[tuple[str, Box]]] = field(default_factory=dict)  # (entry, box)
+    complete: dict[str, set[str]] = field(default_factory=dict)
+    entries: dict[str, list[str]] = field(default_factory=dict)
+    drops: list[tuple[str, str, str]] = field(default_factory=list)  # (entry, reason, detail)
+
+
+def match_annotations(sources: list[AnnotationSource], paths: list[str]) -> Matched:
+    """Each entry of each source to the one image path it names.
+
+    A COCO `file_name` names a path with its extension, a YOLO or VOC file the path without it. An entry without a
+    folder (`0001.jpg`) that names no path exactly may name an image of that name in any folder, when exactly one
+    has it: `camA/0001.jpg` and `camB/0001.jpg` never get each other's boxes. An entry with nothing in it (no
+    boxes, no complete classes) loses nothing when it matches no image, so only entries with content are dropped.
+    """
+    by_path: dict[str, list[str]] = {}
+    by_stem: dict[str, list[str]] = {}
+    by_name: dict[str, list[str]] = {}
+    by_bare_stem: dict[str, list[str]] = {}
+    for path in sorted(paths):
+        pure = PurePosixPath(path)
+        by_path.setdefault(path, []).append(path)
+        by_stem.setdefault(pure.with_suffix("").as_posix(), []).append(path)
+        by_name.setdefault(pure.name, []).append(path)
+        by_bare_stem.setdefault(pure.stem, []).append(path)
+    matched = Matched()
+    for source in sources:
+        boxes, complete = load_annotations(source), complete_categories(source)
+        exact, bare = (by_path, by_name) if source.format == "coco" else (by_stem, by_bare_stem)
+        for key in sorted(boxes.keys() | complete.keys()):
+            entry, found, labels = _entry(source, key), boxes.get(key, []), complete.get(key, [])
+            if not found and not labels:
+                continue
+            candidates = exact.get(key) or ([] if "/" in key else bare.get(key, []))
+            if len(candidates) > 1:
+                shown = ", ".join(candidates[:3]) + (f" and {len(candidates) - 3} more" if len(candidates) > 3 else "")
+                matched.drops.append((entry, "ambiguous_annotation", f"{key!r} could be any of {shown}"))
+                continue
+            if not candidates:
+                matched.drops.append((entry, "unmatched_annotation", f"no image at {key!r} under the images folder"))
+                continue
+            (path,) = candidates
+            matched.boxes.setdefault(path, []).extend((entry, box) for box in found)
+            matched.complete.setdefault(path, set()).update(labels)
+            matched.entries.setdefault(path, []).append(entry)
+    return matched
