@@ -115,12 +115,12 @@ ROWS = {
             "s4", "colour", "person", "What colour is the leftmost person's coat?", COLOURS, "A", "choice",
             "reflective",
             [([600, 500, 800, 660], 200), ([50, 50, 150, 130], 120)],
-            ["Someone stands at the right.", "That is not the leftmost person; the left edge has one.", "Red."],
+            ["Someone stands at 600 px.", "That is not the leftmost person; the left edge has one.", "Red."],
         ),
         # one zoom (scale 0.5, gain 2); "people" names the class person
         sft(
             "s5", "count", "person", "How many people are in the top half of the image?", [], "3", "number",
-            "direct", [([0, 0, 1000, 400], 500)], ["The top half holds a few people.", "I count three."],
+            "direct", [([0, 0, 1000, 400], 500)], ["Someone stands at 40 px.", "I count three."],
         ),
     ],
     "rl": [
@@ -203,6 +203,7 @@ def test_each_figure_on_the_hand_made_version(version):
             "low_detail_gain_share": 1 / 9,
             "reflective_sft_share": 1 / 5,
             "distinct_think_share": 13 / 14,  # fourteen <think> texts, SHARED twice
+            "distinct_think_template_share": 12 / 14,  # and "Someone stands at # px." twice
             # A 3, B 2, C 1, D 0 of six choice rows; uniform (5 rows of four options, one of two) is 7/24, 7/24,
             # 5/24, 5/24
             "letter_max_deviation": 5 / 24,

@@ -42,6 +42,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "low_detail_gain_share": ("max", f"share of zooms gaining less than {MIN_DETAIL_GAIN}x detail"),
     "reflective_sft_share": ("min", "share of SFT rows with a reflective trajectory"),
     "distinct_think_share": ("min", "distinct <think> texts over all <think> texts"),
+    "distinct_think_template_share": ("min", "the same with every number masked: templates filled with numbers"),
     "letter_max_deviation": ("max", "largest gap between an answer letter's share and its uniform share"),
     "question_types": ("min", "distinct question types"),
 }
@@ -65,6 +66,7 @@ COORDINATES = re.compile(
 GENERIC_LABELS = {"", "object", "objects", "region", "regions", "thing", "things", "item", "patch", "spot", "blob"}
 IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children", "foot": "feet"}
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
 
 
 def has_coordinates(text: str) -> bool:
@@ -221,6 +223,7 @@ class Tally:
             "low_detail_gain_share": _share(sum(g < MIN_DETAIL_GAIN for g in self.gains), len(self.gains)),
             "reflective_sft_share": _share(self.patterns["sft"]["reflective"], sft),
             "distinct_think_share": _share(len(set(everything)), len(everything)),
+            "distinct_think_template_share": _share(len({_DIGITS.sub("#", t) for t in everything}), len(everything)),
             "letter_max_deviation": deviation,
             "question_types": len(set(self.types["sft"]) | set(self.types["rl"])),
         }
