@@ -279,6 +279,8 @@ def test_coordinates_in_text(text, expected):
         ("Is the ship left of the oil island?", "ship, oil island", True),
         ("Is the ship left of the island?", "ship, oil island", False),
         ("What colour is the object?", "boat", False),
+        ("What colour is the object next to the boat?", "boat", False),
+        ("How many boats are in the region left of the oil island?", "boat", True),
         ("What colour is the boathouse?", "boat", False),
         ("What colour is the region?", "region", False),
         ("What colour is it?", None, False),
@@ -353,6 +355,13 @@ def test_cli_table(version):
     assert result.exit_code == 0, result.output
     assert "identical_zooms" in result.output and "at most" in result.output
     assert "patterns: sft {'coarse_to_fine': 3, 'direct': 1, 'reflective': 1}, rl {}" in result.output
+
+
+def test_a_crop_that_is_not_an_image_is_a_clear_error(tmp_path):
+    row = ROWS["sft"][0]
+    broken = {**row, "images": [row["images"][0], {"bytes": b"not an image", "path": None}, row["images"][2]]}
+    result = runner.invoke(app, ["audit", str(write_shards(tmp_path / "v", {"sft": [broken], "rl": []}))])
+    assert result.exit_code == 2 and "row s1: the crop of zoom 1 is not an image" in result.output
 
 
 def test_a_tampered_version_is_refused(version):

@@ -64,6 +64,7 @@ COORDINATES = re.compile(
 )
 # labels that name nothing: a proposal without a class, or a placeholder
 GENERIC_LABELS = {"", "object", "objects", "region", "regions", "thing", "things", "item", "patch", "spot", "blob"}
+GENERIC_NOUNS = re.compile(r"\b(?:object|thing)s?\b", re.IGNORECASE)  # "the object next to the boat" names no target
 IRREGULAR_PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children", "foot": "feet"}
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _DIGITS = re.compile(r"\d+(?:\.\d+)?")
@@ -83,10 +84,10 @@ def _plurals(word: str) -> list[str]:
 
 
 def names_class(question: str, label: str | None) -> bool:
-    """Whether the question names the target's class (in the singular or plural); a generic label never counts.
-    A label of several classes ("ship, oil island") must have each named."""
+    """Whether the question names the target's class (in the singular or plural) and calls nothing an "object" or
+    a "thing"; a generic label never counts. A label of several classes ("ship, oil island") must have each named."""
     parts = [p.strip() for p in re.split(r"[,;|/]| and ", (label or "").lower().replace("_", " "))]
-    if not parts or any(p in GENERIC_LABELS for p in parts):
+    if not parts or any(p in GENERIC_LABELS for p in parts) or GENERIC_NOUNS.search(question):
         return False
     text = question.lower()
     for part in parts:
@@ -115,8 +116,11 @@ def detail_gains(row: dict) -> list[float]:
     next target, is chosen from the whole image). A crop's scale is its width over its box's width in pixels."""
     views = [(None, row["global_view_size"][0] / row["width"])]  # (pixel box, scale), the global view first
     gains = []
-    for box, crop in zip(row["zoom_boxes_px"] or [], (row["images"] or [])[1:], strict=False):
-        width = Image.open(io.BytesIO(crop["bytes"])).width  # reads the header only
+    for turn, (box, crop) in enumerate(zip(row["zoom_boxes_px"] or [], (row["images"] or [])[1:], strict=False)):
+        try:
+            width = Image.open(io.BytesIO(crop["bytes"])).width  # reads the header only
+        except OSError:
+            raise DrimError(f"row {row['id']}: the crop of zoom {turn + 1} is not an image") from None
         scale = width / max(1, box[2] - box[0])
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         source = next(s for b, s in reversed(views) if b is None or (b[0] <= cx <= b[2] and b[1] <= cy <= b[3]))
