@@ -251,3 +251,49 @@ def view(
     console.print(
         f"wrote {result.page} ({result.kept} items, {result.dropped} dropped); open it in a browser", highlight=False
     )
+
+
+@app.command()
+def audit(
+    version: VersionArg,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object: figures, breakdown, rows")] = False,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-on",
+            help="KEY=VALUE, repeatable: exit 1 when the figure breaks it (an upper bound for bad things such as "
+            "identical_zooms, a lower bound for good things such as median_detail_gain)",
+        ),
+    ] = None,
+) -> None:
+    """Figures that say whether a version teaches visual search, and a flag per row, from its shards alone."""
+    import json
+
+    from drim_data.errors import DrimError
+    from drim_data.release.audit import FIGURES, audit_version, broken_thresholds, parse_thresholds
+
+    try:
+        thresholds = parse_thresholds(fail_on or [])
+        result = audit_version(version)
+    except DrimError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        table = Table(title=f"drim-data audit {version}")
+        for col in ("figure", "value", "bound"):
+            table.add_column(col, justify="right" if col == "value" else "left")
+        for key, value in result.figures.items():
+            shown = "-" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+            table.add_row(key, shown, "at most" if FIGURES[key][0] == "max" else "at least")
+        console.print(table)
+        for name, per_split in result.breakdown.items():
+            if isinstance(per_split, dict) and set(per_split) == {"sft", "rl"}:
+                console.print(f"{name}: sft {per_split['sft']}, rl {per_split['rl']}", highlight=False)
+        console.print(f"answer letters: {result.breakdown['answer_letters']}", highlight=False)
+        console.print(f"rows flagged: {result.breakdown['flags']}", highlight=False)
+    broken = broken_thresholds(result.figures, thresholds)
+    for line in broken:
+        typer.echo(f"fail: {line}", err=True)
+    if broken:
+        raise typer.Exit(1)

@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 from drim_data.cli import app
 from drim_data.db import connect
 from drim_data.errors import DrimError
+from drim_data.release.audit import FLAGS as AUDIT_FLAGS
 from drim_data.release.view import build_view, write_page
 from tests.conftest import DEMO_IMAGES, write_recipe
+from tests.test_audit import FLAGS, flawed_version
 from tests.test_versions import derive_version
 
 runner = CliRunner()
@@ -92,6 +94,7 @@ def test_page_data_without_the_recipe(demo_version, tmp_path):
     assert result.kept == len(data["items"]) == sum(manifest["rows"].values()) and result.dropped == 0
     for item in data["items"]:
         assert (tmp_path / "view" / item["image"]).is_file()
+        assert set(item["flags"]) <= set(AUDIT_FLAGS)
         if item["split"] == "sft":
             crops = [t["crop"] for t in item["turns"] if t["crop"]]
             assert len(crops) == len(item["zooms"]) >= 1
@@ -202,6 +205,37 @@ def test_ten_thousand_items_render_one_page_at_a_time(tmp_path, browser):
     choose(browser, "type", "count")
     assert browser.find_element("id", "count").text == "3333 of 10000 items"
     assert [a.get_attribute("data-id") for a in shown(browser)] == [f"item{i:05d}" for i in range(1, 75, 3)]
+
+
+def test_the_page_shows_each_rows_audit_flags_and_filters_by_them(tmp_path, browser):
+    out = tmp_path / "view"
+    result = build_view(flawed_version(tmp_path), out, page_size=25)
+    assert result.kept == 9
+    assert {item["id"]: item["flags"] for item in read_items(out)["items"]} == FLAGS
+
+    browser.get((out / "index.html").as_uri())
+    assert console_errors(browser) == []
+    count = browser.find_element("id", "count")
+    options = [o.get_attribute("value") for o in browser.find_elements("css selector", "#f-flag option")]
+    assert options == ["(all)", "(any)", "(none)", *sorted({f for flags in FLAGS.values() for f in flags})]
+    badges = {
+        a.get_attribute("data-id"): [b.text for b in a.find_elements("css selector", ".badges .flag")]
+        for a in shown(browser)
+    }
+    assert badges == FLAGS
+    for flag, ids in [
+        ("coordinates", ["r3", "s2"]),
+        ("near_identical_zooms", ["s2", "s3"]),
+        ("low_detail_gain", ["s2"]),
+        ("(any)", ["r3", "r4", "s2", "s3"]),
+        ("(none)", ["r1", "r2", "s1", "s4", "s5"]),
+    ]:
+        choose(browser, "flag", flag)
+        assert count.text == f"{len(ids)} of 9 items"
+        assert [a.get_attribute("data-id") for a in shown(browser)] == ids
+    choose(browser, "split", "sft")  # filters combine
+    assert [a.get_attribute("data-id") for a in shown(browser)] == ["s1", "s4", "s5"]
+    assert console_errors(browser) == []
 
 
 def test_drops_come_only_from_the_database_that_made_the_version(demo_version, demo_recipe, tmp_path):

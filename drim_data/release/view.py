@@ -3,6 +3,7 @@
 The page pages through a sidecar data file (`items.js`) in the browser, and every image is a small JPEG written
 beside it (one downscaled image per source image, one thumbnail per zoom crop), so 10,000 items stay fast. With the
 recipe, the page also shows the verdict rows from its database and the items the pipeline dropped, with reasons.
+Each row carries the flags `drim-data audit` gives it, shown as badges and filtered by.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import duckdb
 
 from drim_data.errors import DrimError
 from drim_data.pixels.images import thumbnail
+from drim_data.release.audit import Tally
 from drim_data.release.versions import iter_rows, prepare_folder, verify_version
 from schemas.tool import GRID
 
@@ -45,7 +47,13 @@ def build_view(
     (folder / "img").mkdir()
     (folder / "crops").mkdir()
     images = _ImageWriter(folder)
-    items = [_shard_item(split, row, images) for split, row in iter_rows(version_dir, manifest)]
+    tally = Tally()  # the audit's flags, from the rows the page reads anyway
+    items = []
+    for split, row in iter_rows(version_dir, manifest):
+        tally.add(split, row)
+        items.append(_shard_item(split, row, images))
+    for item, audited in zip(items, tally.result().rows, strict=True):
+        item["flags"] = audited["flags"]
     dropped = []
     if con is not None:
         _check_same_database(con, manifest, version_dir)
@@ -207,6 +215,7 @@ def _add_database(con, items: list[dict], images: _ImageWriter) -> list[dict]:
             "verdict": verdict,
             "votes": votes.get(qid, []),
             "reason": reason,
+            "flags": [],  # the audit reads shards: a dropped item is in none
         }
         _trajectory_from_database(con, item, images)
         dropped.append(item)
