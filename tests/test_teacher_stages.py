@@ -15,94 +15,11 @@ from drim_data.pipeline import run_pipeline
 from drim_data.recipe import RecipeError, load_recipe
 from drim_data.status import read_status
 from tests.conftest import write_recipe
+from tests.fake_teacher import competent_teacher, task_of
 from tests.openai_server import FakeOpenAI, Reply, completion
 
 KEY_ENV = "DRIM_TEST_TEACHER_KEY"
 SECRET = "sk-test-secret-abcdef0123456789"
-TRUTH = "green"  # the fake teacher 'sees' every object as green
-
-
-def _task(body: dict) -> str:
-    first = body["messages"][0]["content"]
-    return re.match(r"TASK: (\w+)", first).group(1) if isinstance(first, str) else ""
-
-
-def _question(body: dict) -> str:
-    return next(
-        p["text"]
-        for m in body["messages"]
-        if m["role"] == "user" and isinstance(m["content"], list)
-        for p in m["content"]
-        if p["type"] == "text"
-    )
-
-
-def _correct(question: str) -> str:
-    options = re.findall(r"^([A-D])\. (.+)$", question, re.MULTILINE)
-    return next((letter for letter, text in options if text == TRUTH), TRUTH)
-
-
-def _centres(question: str) -> list[tuple[int, int]]:
-    return [(int(x), int(y)) for x, y in re.findall(r"centred at \((\d+), (\d+)\)", question)]
-
-
-def competent_teacher(body: dict):
-    """Answers like a good teacher would, from what the request itself says."""
-    task = _task(body)
-    if task == "ground":
-        return json.dumps({"objects": [{"label": "buoy", "bbox_2d": [480, 480, 515, 520]}]})
-    if task == "questions":
-        referent = re.search(r'exactly as "(.+?)"', body["messages"][0]["content"]).group(1)
-        return json.dumps(
-            {
-                "questions": [
-                    {
-                        "type": "attribute",
-                        "question": f"What colour is {referent}?",
-                        "options": ["red", TRUTH, "blue", "white"],
-                        "answer": TRUTH,
-                    },
-                    {"type": "count", "question": f"How many parts has {referent}?", "options": [], "answer": "oops"},
-                    {"type": "bogus", "question": "Something else entirely?", "options": [], "answer": "x"},
-                ]
-            }
-        )
-    if task == "questions_pair":
-        a, b = re.findall(r'"(the [^"]+? on a 0-1000 grid over the image)"', body["messages"][0]["content"])[:2]
-        return (
-            "```json\n"
-            + json.dumps(
-                {
-                    "questions": [
-                        {
-                            "type": "multi_target",
-                            "question": f"Do {a} and {b} share a colour?",
-                            "options": [],
-                            "answer": "yes",
-                        }
-                    ]
-                }
-            )
-            + "\n```"
-        )
-    if task == "answer":
-        question = _question(body)
-        if "whole scene" in body["messages"][0]["content"]:
-            return json.dumps({"answer": "C"})  # the solver cannot tell without zooming
-        return json.dumps({"answer": "yes" if "share a colour" in question else _correct(question)})
-    if task == "validate":
-        return json.dumps({"unambiguous": True, "reason": "one object"})
-    if task == "trajectory":
-        question = _question(body)
-        zooms_done = sum(1 for m in body["messages"] if m["role"] == "assistant")
-        centres = _centres(question)
-        if zooms_done < len(centres):
-            x, y = centres[zooms_done]
-            call = {"name": "zoom_in", "arguments": {"bbox_2d": [x - 30, y - 30, x + 30, y + 30]}}
-            return f"<think>I need a closer look at ({x}, {y}).</think>\n<tool_call>{json.dumps(call)}</tool_call>"
-        answer = "yes" if "share a colour" in question else _correct(question)
-        return f"<think>Now I can see it.</think>\n<answer>{answer}</answer>"
-    return Reply(400)
 
 
 def teacher_recipe(tmp_path, images, server, stages, **teacher):
@@ -178,7 +95,7 @@ def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
 
     def flaky(body):
         calls["n"] += 1
-        task, n = _task(body), calls["n"]
+        task, n = task_of(body), calls["n"]
         if n % 7 == 0:
             return Reply(429, headers={"Retry-After": "0"})
         if n % 11 == 0:
