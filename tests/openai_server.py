@@ -31,6 +31,7 @@ class Reply:
     headers: dict = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False  # close the connection without an answer
+    echo_headers: bool = False  # the error body quotes the request's Authorization header, as careless servers do
 
 
 def completion(
@@ -184,7 +185,10 @@ class FakeOpenAI:
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
-                    error = {"error": {"message": f"status {reply.status}", "type": "server_error"}}
+                    message = f"status {reply.status}"
+                    if reply.echo_headers:
+                        message += f" for a request with Authorization: {self.headers.get('Authorization')}"
+                    error = {"error": {"message": message, "type": "server_error"}}
                     sent = reply.body if reply.body is not None else error
                     try:
                         self._send(reply.status, sent, reply.headers)

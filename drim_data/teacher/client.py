@@ -319,7 +319,7 @@ class Teacher:
                 error = self.truncation(outcome.body)
                 row = call_row(key, stage, self.model, purpose, canonical, outcome.body, outcome.latency, attempt)
                 if error:
-                    await self.store.put((*row[:10], "failed", error, *row[12:]))
+                    self.store.record((*row[:10], "failed", error, *row[12:]))
                     raise TeacherFailed("truncated", error.partition(": ")[2])
                 await self.store.put(row)
                 return _answer(outcome.body, cached=False)
@@ -332,7 +332,7 @@ class Teacher:
             self.waits.append(outcome.wait if outcome.wait is not None else self._backoff(attempt))
             await asyncio.sleep(self.waits[-1])
         error = f"{outcome.reason}: {outcome.detail}"[:1000]
-        await self.store.put(call_row(key, stage, self.model, purpose, canonical, None, None, attempt, error=error))
+        self.store.record(call_row(key, stage, self.model, purpose, canonical, None, None, attempt, error=error))
         raise TeacherFailed(outcome.reason, outcome.detail)
 
     def _fault(self, outcome: _Outcome) -> RunFault:

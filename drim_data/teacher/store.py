@@ -102,13 +102,18 @@ class CallStore:
 
     async def put(self, row: tuple) -> None:
         """Queue a row for the next group write and wait until it is in the database."""
+        await self.record(row)
+
+    def record(self, row: tuple) -> asyncio.Future:
+        """Queue a row for the next group write; the future is done once it is written. A failure's row is not
+        waited for: its item is left for the next run whether or not the row survives."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self._unwritten[row[0]] = row
         self._queue.append((row, done))
         if self._timer is None:
             self._timer = loop.call_later(FLUSH_DELAY_S, self._flush)
-        await done
+        return done
 
     def _flush(self) -> None:
         """Hand the queue to the writer thread (DuckDB releases the GIL), so requests keep flowing meanwhile."""
@@ -123,7 +128,7 @@ class CallStore:
         self._writes.discard(write)
         error = None if write.cancelled() else write.exception()
         for _, done in queue:
-            if done.done():  # its waiter was cancelled; the row is written all the same
+            if done.cancelled():  # its waiter was cancelled; the row is written all the same
                 continue
             if error is None:
                 done.set_result(None)
