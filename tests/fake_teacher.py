@@ -90,7 +90,8 @@ def competent_teacher(body: dict):
         return json.dumps({"unambiguous": True, "reason": "one object"})
     if task == "trajectory":
         question = _question(body)
-        zooms_done = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        # each zoom's crop comes back as a user turn with an image (a repair request's turn is text only)
+        zooms_done = sum(1 for m in body["messages"][2:] if m["role"] == "user" and isinstance(m["content"], list))
         centres = _centres(question)
         if zooms_done < len(centres):
             x, y = centres[zooms_done]
