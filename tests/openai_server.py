@@ -31,6 +31,7 @@ class Reply:
     headers: dict = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False  # close the connection without an answer
+    echo_headers: bool = False  # the error body quotes the request's Authorization header, as careless servers do
 
 
 def completion(
@@ -63,6 +64,7 @@ class LoggedRequest:
     path: str
     body: dict | None
     status: int
+    answered: bool = False  # a 200 whose body has choices: a reply the client was billed for and could use
 
     @property
     def digest(self) -> str:
@@ -99,11 +101,12 @@ class FakeOpenAI:
         self._server.server_close()
 
     def successful(self, path: str = "/v1/chat/completions") -> list[LoggedRequest]:
-        return [r for r in self.log if r.path == path and r.status == 200]
+        return [r for r in self.log if r.path == path and r.answered]
 
-    def _record(self, path: str, body: dict | None, status: int) -> None:
+    def _record(self, path: str, body: dict | None, status: int, sent: object = None) -> None:
+        answered = status == 200 and isinstance(sent, dict) and bool(sent.get("choices"))
         with self._lock:
-            self.log.append(LoggedRequest(path, body, status))
+            self.log.append(LoggedRequest(path, body, status, answered))
 
     def _new_id(self, prefix: str) -> str:
         with self._lock:
@@ -122,7 +125,7 @@ class FakeOpenAI:
         for line in self.files[batch["input_file_id"]].decode().splitlines():
             request = json.loads(line)
             reply = self._reply_for(request["body"])
-            self._record("batch:" + request["url"], request["body"], reply.status)
+            self._record("batch:" + request["url"], request["body"], reply.status, reply.body)
             body = reply.body if isinstance(reply.body, dict) else {"raw": reply.body}
             lines.append(
                 json.dumps(
@@ -182,13 +185,17 @@ class FakeOpenAI:
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
-                    error = {"error": {"message": f"status {reply.status}", "type": "server_error"}}
+                    message = f"status {reply.status}"
+                    if reply.echo_headers:
+                        message += f" for a request with Authorization: {self.headers.get('Authorization')}"
+                    error = {"error": {"message": message, "type": "server_error"}}
+                    sent = reply.body if reply.body is not None else error
                     try:
-                        self._send(reply.status, reply.body if reply.body is not None else error, reply.headers)
+                        self._send(reply.status, sent, reply.headers)
                     except OSError:  # the client went away: nothing was delivered
                         server._record(self.path, body, 0)
                         return
-                    server._record(self.path, body, reply.status)
+                    server._record(self.path, body, reply.status, sent)
                 elif self.path == "/v1/files":
                     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
                         b"Content-Type: " + self.headers["Content-Type"].encode() + b"\r\n\r\n" + raw

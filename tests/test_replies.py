@@ -1,8 +1,25 @@
 """Reading teacher replies: tolerant JSON, per-task structure, tool calls (pure functions, tables of cases)."""
 
-import pytest
+import json
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drim_data.errors import Drop
 from drim_data.teacher.replies import ReplyError, parse_json, read_answer, read_objects, read_questions, read_tool_call
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+KEYS = st.sampled_from(["objects", "questions", "answer", "label", "bbox_2d", "type", "question", "options", "x"])
+DOCS = st.dictionaries(KEYS, JSON, max_size=4)  # near misses of what the readers expect, and arbitrary JSON
+QUESTION = st.fixed_dictionaries(
+    {"type": st.just("count"), "question": st.text(min_size=10), "options": JSON, "answer": st.text() | st.integers()}
+)
+OBJECT = st.fixed_dictionaries({"label": JSON, "bbox_2d": JSON})
 
 
 @pytest.mark.parametrize(
@@ -125,3 +142,56 @@ def test_tool_calls_in_text_or_in_the_api_field(content, calls, expected):
 def test_malformed_tool_calls_are_errors(content):
     with pytest.raises(ReplyError):
         read_tool_call(content, [])
+
+
+def test_a_reply_error_is_a_drop_with_its_reason():
+    with pytest.raises(Drop) as err:
+        read_tool_call('<tool_call>{"name": "crop"}</tool_call>', [])
+    assert isinstance(err.value, ReplyError) and err.value.reason == "malformed_tool_call"
+    assert "crop" in err.value.detail
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.one_of(st.text(max_size=200), JSON.map(json.dumps), DOCS.map(lambda d: f"Sure:\n```json\n{json.dumps(d)}\n```"))
+)
+def test_parse_json_gives_an_object_or_a_reply_error(text):
+    try:
+        assert isinstance(parse_json(text), dict)
+    except ReplyError as exc:
+        assert exc.reason == "unparseable_reply" and exc.detail
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(DOCS | st.fixed_dictionaries({"objects": st.lists(OBJECT, min_size=1, max_size=3)}))
+def test_readers_give_a_value_or_a_reply_error(doc):
+    for read in (read_objects, read_questions, read_answer):
+        try:
+            value = read(doc)
+        except ReplyError as exc:
+            assert exc.reason and exc.detail
+            continue
+        assert isinstance(value, list | str)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(QUESTION, min_size=1, max_size=3))
+def test_questions_of_any_shape_are_kept_or_skipped(questions):
+    found = read_questions({"questions": questions})
+    assert all(q["checker"] in ("choice", "number", "text") and len(q["options"]) in (0, 4) for q in found)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.one_of(st.none(), st.text(max_size=80), JSON.map(lambda v: f"<tool_call>{json.dumps(v)}</tool_call>")),
+    st.one_of(
+        st.just([]), st.lists(JSON, max_size=2), st.lists(st.fixed_dictionaries({"function": JSON}), max_size=1)
+    ),
+)
+def test_tool_calls_give_a_box_none_or_a_reply_error(content, calls):
+    try:
+        box = read_tool_call(content, calls)
+    except ReplyError as exc:
+        assert exc.reason == "malformed_tool_call"
+        return
+    assert box is None or (len(box) == 4 and box[0] < box[2] and box[1] < box[3])

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import socket
 import threading
 import time
 
@@ -9,9 +10,11 @@ import pytest
 from PIL import Image
 
 from drim_data.db import connect
-from drim_data.errors import DrimError
+from drim_data.errors import RunFault
 from drim_data.recipe import EndpointConfig
+from drim_data.teacher import store
 from drim_data.teacher.client import Deferred, Teacher, TeacherFailed
+from drim_data.teacher.together import together
 from tests.openai_server import FakeOpenAI, Reply, completion
 
 KEY_ENV = "DRIM_TEST_TEACHER_KEY"
@@ -39,14 +42,37 @@ def endpoint(server, **kw) -> EndpointConfig:
     return EndpointConfig(**{**defaults, **kw})
 
 
+def messages(text: str) -> list[dict]:
+    image = Image.new("RGB", (64, 48), "red")
+    return [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "image", "image": image}]}]
+
+
+def asking(teacher, text="hello", **kw):
+    return teacher.ask(messages(text), purpose="test", stage="generate", prompt_version="v1", **kw)
+
+
 def ask(teacher, text="hello", **kw):
-    messages = [
-        {
-            "role": "user",
-            "content": [{"type": "text", "text": text}, {"type": "image", "image": Image.new("RGB", (64, 48), "red")}],
-        }
-    ]
-    return asyncio.run(teacher.ask(messages, purpose="test", stage="generate", prompt_version="v1", **kw))
+    """One request as a stage of its own: its event loop ends with the teacher closed."""
+
+    async def one():
+        try:
+            return await asking(teacher, text, **kw)
+        finally:
+            await teacher.close()
+
+    return asyncio.run(one())
+
+
+def stage(teacher, *requests):
+    """Run requests as one stage does: on their own event loop, closing the teacher at the end."""
+
+    async def run_all():
+        try:
+            return await together(*requests)
+        finally:
+            await teacher.close()
+
+    return asyncio.run(run_all())
 
 
 def scripted(*replies):
@@ -150,8 +176,125 @@ def test_independent_samples_are_distinct_requests(con):
 
 def test_missing_key_names_the_variable(con, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
-    with FakeOpenAI(lambda body: "x") as server, pytest.raises(DrimError, match=KEY_ENV):
+    with FakeOpenAI(lambda body: "x") as server, pytest.raises(RunFault, match=KEY_ENV):
         Teacher(endpoint(server), con)
+    assert not server.log
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.com/v1", "http:///v1", "api.openai.com"])
+def test_malformed_base_url_is_a_run_fault(con, url):
+    with pytest.raises(RunFault, match="base_url"):
+        Teacher(EndpointConfig(base_url=url, model="m", api_key_env=KEY_ENV), con)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_stop_the_run_naming_endpoint_model_and_variable(con, status):
+    with FakeOpenAI(lambda body: Reply(status)) as server:
+        with pytest.raises(RunFault) as err:
+            ask(Teacher(endpoint(server), con))
+    assert server.base_url in str(err.value) and "teacher-model" in str(err.value) and KEY_ENV in str(err.value)
+    assert len(server.log) == 1  # no retry can fix a refused key
+    assert con.execute("SELECT count(*) FROM teacher_calls").fetchone() == (0,)
+
+
+def test_unknown_model_or_path_stops_the_run(con):
+    with FakeOpenAI(lambda body: Reply(404)) as server:
+        with pytest.raises(RunFault, match="404.*model name"):
+            ask(Teacher(endpoint(server), con))
+    assert len(server.log) == 1
+
+
+def test_unreachable_endpoint_stops_the_run_after_the_retries(con):
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    teacher = Teacher(EndpointConfig(base_url=url, model="m", api_key_env=KEY_ENV, backoff_base_s=0.01), con)
+    with pytest.raises(RunFault, match=f"{url}.*cannot be reached"):
+        ask(teacher)
+    assert teacher.sent == teacher.cfg.max_attempts and len(teacher.waits) == teacher.cfg.max_attempts - 1
+
+
+def test_truncated_replies_fail_and_are_never_served_from_the_cache(con):
+    cut = completion('{"questions": [{"type": "attri')
+    cut["choices"][0]["finish_reason"] = "length"
+    with FakeOpenAI(scripted(cut)) as server:
+        with pytest.raises(TeacherFailed) as err:
+            ask(Teacher(endpoint(server), con))
+        assert err.value.reason == "truncated" and len(server.log) == 1  # the same request would be cut again
+        assert con.execute("SELECT status, error LIKE 'truncated:%' FROM teacher_calls").fetchall() == [
+            ("failed", True)
+        ]
+        again = ask(Teacher(endpoint(server), con))  # the next run asks again
+    assert again.content == "ok" and not again.cached and len(server.log) == 2
+
+
+def test_a_key_echoed_by_the_server_is_never_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    path = tmp_path / "echo.duckdb"
+    con = connect(path)
+    with FakeOpenAI(lambda body: Reply(500, echo_headers=True)) as server:
+        with pytest.raises(TeacherFailed) as err:
+            ask(Teacher(endpoint(server, max_attempts=2), con))
+    con.close()
+    assert "Authorization: [redacted]" in err.value.detail and SECRET not in str(err.value)
+    assert SECRET.encode() not in path.read_bytes()
+    con = connect(path)
+    assert con.execute("SELECT status, error LIKE '%[redacted]%' FROM teacher_calls").fetchall() == [("failed", True)]
+    con.close()
+
+
+def test_identical_requests_in_flight_are_sent_once(con):
+    with FakeOpenAI(lambda body: Reply(body=completion("shared"), delay=0.3)) as server:
+        teacher = Teacher(endpoint(server, timeout_s=5), con)
+        answers = stage(teacher, asking(teacher), asking(teacher), asking(teacher))
+    assert [a.content for a in answers] == ["shared"] * 3
+    assert len(server.log) == 1 and teacher.sent == 1
+
+
+def test_a_failed_request_cancels_its_siblings_and_their_received_replies_are_stored(con, monkeypatch):
+    """A stage that ends right after an item failed leaves no reply unstored and nothing queued for the next."""
+    monkeypatch.setattr(store, "FLUSH_DELAY_S", 60.0)  # only the stage's end can write in time
+    answered = threading.Event()
+
+    def replies(body):
+        text = body["messages"][0]["content"][0]["text"]
+        if text == "bad":
+            answered.wait(5)  # the siblings' replies are out first
+            return Reply(400, delay=0.2)
+        if text == "b":
+            answered.set()
+        return f"reply to {text}"
+
+    with FakeOpenAI(replies) as server:
+        teacher = Teacher(endpoint(server), con)
+        with pytest.raises(TeacherFailed, match="http_400"):
+            stage(teacher, asking(teacher, "a"), asking(teacher, "b"), asking(teacher, "bad"))
+        stored = con.execute("SELECT purpose, status FROM teacher_calls ORDER BY status").fetchall()
+        assert stored == [("test", "failed"), ("test", "ok"), ("test", "ok")]
+        monkeypatch.setattr(store, "FLUSH_DELAY_S", 0.01)
+        later = stage(teacher, asking(teacher, "a"), asking(teacher, "c"))  # the next stage is not held up
+    assert [a.content for a in later] == ["reply to a", "reply to c"] and later[0].cached
+    assert len(server.successful()) == 3
+
+
+def test_a_cancelled_stage_still_stores_what_it_received(con, monkeypatch):
+    monkeypatch.setattr(store, "FLUSH_DELAY_S", 60.0)
+    with FakeOpenAI(lambda body: "paid for") as server:
+        teacher = Teacher(endpoint(server), con)
+
+        async def interrupted():
+            item = asyncio.create_task(asking(teacher))
+            key = teacher.build(messages("hello"), prompt_version="v1")[0]
+            while teacher.store.response(key) is None:
+                await asyncio.sleep(0.01)  # received, and waiting for its group write
+            item.cancel()
+            await asyncio.gather(item, return_exceptions=True)
+            await teacher.close()
+
+        asyncio.run(interrupted())
+        assert con.execute("SELECT status FROM teacher_calls").fetchall() == [("ok",)]
+        assert ask(Teacher(endpoint(server), con)).cached and len(server.log) == 1
 
 
 def test_many_requests_run_concurrently_within_the_limit(con):

@@ -4,108 +4,29 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import duckdb
 import pytest
+from typer.testing import CliRunner
 
+from drim_data.cli import app
+from drim_data.errors import RunFault
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import RecipeError, load_recipe
 from drim_data.status import read_status
-from tests.conftest import write_recipe
+from tests.conftest import query, write_recipe
+from tests.fake_teacher import competent_teacher, task_of
 from tests.openai_server import FakeOpenAI, Reply, completion
 
 KEY_ENV = "DRIM_TEST_TEACHER_KEY"
 SECRET = "sk-test-secret-abcdef0123456789"
-TRUTH = "green"  # the fake teacher 'sees' every object as green
 
 
-def _task(body: dict) -> str:
-    first = body["messages"][0]["content"]
-    return re.match(r"TASK: (\w+)", first).group(1) if isinstance(first, str) else ""
-
-
-def _question(body: dict) -> str:
-    return next(
-        p["text"]
-        for m in body["messages"]
-        if m["role"] == "user" and isinstance(m["content"], list)
-        for p in m["content"]
-        if p["type"] == "text"
-    )
-
-
-def _correct(question: str) -> str:
-    options = re.findall(r"^([A-D])\. (.+)$", question, re.MULTILINE)
-    return next((letter for letter, text in options if text == TRUTH), TRUTH)
-
-
-def _centres(question: str) -> list[tuple[int, int]]:
-    return [(int(x), int(y)) for x, y in re.findall(r"centred at \((\d+), (\d+)\)", question)]
-
-
-def competent_teacher(body: dict):
-    """Answers like a good teacher would, from what the request itself says."""
-    task = _task(body)
-    if task == "ground":
-        return json.dumps({"objects": [{"label": "buoy", "bbox_2d": [480, 480, 515, 520]}]})
-    if task == "questions":
-        referent = re.search(r'exactly as "(.+?)"', body["messages"][0]["content"]).group(1)
-        return json.dumps(
-            {
-                "questions": [
-                    {
-                        "type": "attribute",
-                        "question": f"What colour is {referent}?",
-                        "options": ["red", TRUTH, "blue", "white"],
-                        "answer": TRUTH,
-                    },
-                    {"type": "count", "question": f"How many parts has {referent}?", "options": [], "answer": "oops"},
-                    {"type": "bogus", "question": "Something else entirely?", "options": [], "answer": "x"},
-                ]
-            }
-        )
-    if task == "questions_pair":
-        a, b = re.findall(r'"(the [^"]+? on a 0-1000 grid over the image)"', body["messages"][0]["content"])[:2]
-        return (
-            "```json\n"
-            + json.dumps(
-                {
-                    "questions": [
-                        {
-                            "type": "multi_target",
-                            "question": f"Do {a} and {b} share a colour?",
-                            "options": [],
-                            "answer": "yes",
-                        }
-                    ]
-                }
-            )
-            + "\n```"
-        )
-    if task == "answer":
-        question = _question(body)
-        if "whole scene" in body["messages"][0]["content"]:
-            return json.dumps({"answer": "C"})  # the solver cannot tell without zooming
-        return json.dumps({"answer": "yes" if "share a colour" in question else _correct(question)})
-    if task == "validate":
-        return json.dumps({"unambiguous": True, "reason": "one object"})
-    if task == "trajectory":
-        question = _question(body)
-        zooms_done = sum(1 for m in body["messages"] if m["role"] == "assistant")
-        centres = _centres(question)
-        if zooms_done < len(centres):
-            x, y = centres[zooms_done]
-            call = {"name": "zoom_in", "arguments": {"bbox_2d": [x - 30, y - 30, x + 30, y + 30]}}
-            return f"<think>I need a closer look at ({x}, {y}).</think>\n<tool_call>{json.dumps(call)}</tool_call>"
-        answer = "yes" if "share a colour" in question else _correct(question)
-        return f"<think>Now I can see it.</think>\n<answer>{answer}</answer>"
-    return Reply(400)
-
-
-def teacher_recipe(tmp_path, images, server, stages, **teacher):
+def teacher_recipe(tmp_path, images, server, stages, base_url=None, **teacher):
     return write_recipe(
         tmp_path,
         images,
@@ -113,7 +34,7 @@ def teacher_recipe(tmp_path, images, server, stages, **teacher):
             "stages": stages,
             "questions_per_image": 6,
             "endpoint": {
-                "base_url": server.base_url,
+                "base_url": base_url or server.base_url,
                 "model": "big-vlm",
                 "api_key_env": KEY_ENV,
                 "backoff_base_s": 0.01,
@@ -178,7 +99,7 @@ def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
 
     def flaky(body):
         calls["n"] += 1
-        task, n = _task(body), calls["n"]
+        task, n = task_of(body), calls["n"]
         if n % 7 == 0:
             return Reply(429, headers={"Retry-After": "0"})
         if n % 11 == 0:
@@ -243,3 +164,107 @@ def test_stages_need_an_endpoint(tmp_path, small_images):
     path = write_recipe(tmp_path, small_images, teacher={"stages": ["questions"]})
     with pytest.raises(RecipeError, match="need teacher.endpoint"):
         load_recipe(path)
+
+
+FAULT_STAGES = ["ground", "questions"]  # the first two model stages: enough to show nothing runs past a fault
+MODEL_STAGES = ("ground", "generate", "verify", "trajectories")
+
+
+def shard_digests(export) -> dict[str, str]:
+    manifest = json.loads((export.path / "manifest.json").read_text())
+    return {name: shard["sha256"] for name, shard in manifest["shards"].items()}
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:  # bound and released: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+
+
+@pytest.mark.parametrize("fault", ["missing_key", "unauthorized", "unreachable", "malformed_url"])
+def test_run_faults_stop_the_run_and_a_fixed_rerun_equals_a_clean_run(tmp_path, small_images, monkeypatch, fault):
+    refuse = {"on": False}
+
+    def endpoint(body):
+        return Reply(401) if refuse["on"] else competent_teacher(body)
+
+    with FakeOpenAI(endpoint) as server:
+        clean = run_pipeline(load_recipe(teacher_recipe(tmp_path / "clean", small_images, server, FAULT_STAGES)))
+        refuse["on"] = fault == "unauthorized"
+        broken_url = {"unreachable": closed_port_url(), "malformed_url": server.base_url.removeprefix("http://")}
+        path = teacher_recipe(tmp_path / "faulted", small_images, server, FAULT_STAGES, broken_url.get(fault))
+        if fault == "missing_key":
+            monkeypatch.delenv(KEY_ENV)
+        with pytest.raises(RunFault) as err:
+            run_pipeline(load_recipe(path))
+        named = {"missing_key": KEY_ENV, "unauthorized": server.base_url}.get(fault, broken_url.get(fault))
+        assert named in str(err.value)
+        db = tmp_path / "faulted" / "state.duckdb"
+        stages = ", ".join(f"'{s}'" for s in MODEL_STAGES)
+        assert query(db, f"SELECT count(*) FROM done WHERE stage IN ({stages})") == [(0,)]
+        assert query(db, f"SELECT count(*) FROM drops WHERE stage IN ({stages})") == [(0,)]
+        monkeypatch.setenv(KEY_ENV, SECRET)
+        refuse["on"] = False
+        fixed = run_pipeline(load_recipe(teacher_recipe(tmp_path / "faulted", small_images, server, FAULT_STAGES)))
+    assert clean.export.written and fixed.export.written
+    assert shard_digests(fixed.export) == shard_digests(clean.export)
+
+
+def test_the_cli_exits_non_zero_naming_the_endpoint_and_the_variable(tmp_path, small_images):
+    with FakeOpenAI(lambda body: Reply(401)) as server:
+        path = teacher_recipe(tmp_path, small_images, server, ["questions"])
+        result = CliRunner().invoke(app, ["generate", str(path), "--no-progress"], env={KEY_ENV: SECRET})
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and server.base_url in output and KEY_ENV in output
+    assert "Traceback" not in output and SECRET not in output
+
+
+def test_an_echoed_key_reaches_neither_the_database_nor_the_drops(tmp_path, small_images):
+    with FakeOpenAI(lambda body: Reply(500, echo_headers=True)) as server:
+        recipe = load_recipe(teacher_recipe(tmp_path, small_images, server, ["ground"]))
+        run_pipeline(recipe, until="ground")
+    drops = query(recipe.db, "SELECT reason, detail FROM drops WHERE stage = 'ground'")
+    assert drops and all(r == "teacher_http_500" and "Authorization: [redacted]" in d for r, d in drops)
+    assert SECRET.encode() not in recipe.db.read_bytes()
+
+
+def test_an_unreadable_tile_costs_that_tile_only(tmp_path, small_images):
+    spoiled: set[str] = set()
+
+    def one_bad_tile(body):
+        if task_of(body) == "ground":
+            url = body["messages"][1]["content"][0]["image_url"]["url"]
+            if not spoiled or url in spoiled:  # the first tile asked, and its repair request
+                spoiled.add(url)
+                return "I see some objects but cannot list them."
+        return competent_teacher(body)
+
+    with FakeOpenAI(one_bad_tile) as server:
+        recipe = load_recipe(teacher_recipe(tmp_path, small_images, server, ["ground"]))
+        run_pipeline(recipe, until="ground")
+    drops = query(recipe.db, "SELECT item_id, reason FROM drops WHERE stage = 'ground' AND item_id LIKE '%:tile%'")
+    assert [reason for _, reason in drops] == ["unparseable_reply"]
+    image_id = drops[0][0].split(":tile")[0]
+    kept = query(recipe.db, f"SELECT count(*) FROM regions WHERE source = 'teacher' AND image_id = '{image_id}'")
+    labelled = query(recipe.db, f"SELECT count(*) FROM regions WHERE label = 'buoy' AND image_id = '{image_id}'")
+    assert kept[0][0] + labelled[0][0] > 0  # the other tiles' boxes were kept
+    assert query(recipe.db, "SELECT count(*) FROM done WHERE stage = 'ground'") == [(2,)]
+
+
+def test_an_unusable_trajectory_reply_gets_a_repair_request(tmp_path, small_images):
+    def rambling_first(body):
+        if task_of(body) == "trajectory" and len(body["messages"]) == 2:  # each question's first turn
+            return "Hmm, that is a tricky one."  # neither a tool call nor an answer
+        return competent_teacher(body)
+
+    with FakeOpenAI(rambling_first) as server:
+        recipe = load_recipe(
+            teacher_recipe(tmp_path, small_images, server, ["questions", "verification", "trajectories"])
+        )
+        run_pipeline(recipe)
+    repairs = [r for r in server.successful() if "could not be used" in json.dumps(r.body["messages"][-1])]
+    assert repairs and all("Hmm, that is a tricky one." in json.dumps(r.body["messages"]) for r in repairs)
+    assert query(recipe.db, "SELECT count(*) FROM drops WHERE stage = 'trajectories' AND reason = 'no_answer'") == [
+        (0,)
+    ]
+    assert query(recipe.db, "SELECT count(*) FROM trajectories")[0][0] > 0

@@ -207,7 +207,6 @@ def _failure(exc: BaseException) -> tuple[str, str, bool]:
     that lands inside a query as its own exception, which is an interrupt all the same.
     """
     from drim_data.teacher.client import TeacherFailed
-    from drim_data.teacher.replies import ReplyError
 
     if isinstance(exc, KeyboardInterrupt) or not isinstance(exc, Exception):
         raise exc
@@ -220,7 +219,4 @@ def _failure(exc: BaseException) -> tuple[str, str, bool]:
         return exc.reason, exc.detail, True
     if isinstance(exc, TeacherFailed):
         return f"teacher_{exc.reason}", exc.detail, False
-    if isinstance(exc, ReplyError):
-        reason, _, detail = str(exc).partition(": ")
-        return reason, detail, True
     return "error", "".join(traceback.format_exception_only(exc)).strip(), False

@@ -7,20 +7,20 @@ multi-target questions): hard to see in the full image, easy to check on the cro
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
 import numpy as np
 from PIL import Image
 
+from drim_data.errors import Drop
 from drim_data.pixels.images import min_side_in_global_view
 from drim_data.pixels.measure import measure
 from drim_data.recipe import sha256_json, to_plain
 from drim_data.stages.contract import Context, StageStats
 from drim_data.teacher.builtin import ImageFacts, Region, centre_grid
-from drim_data.teacher.replies import ReplyError
 from drim_data.teacher.tasks import write_pair_questions, write_questions
+from drim_data.teacher.together import or_drop, together
 from schemas.answers import with_options
 from schemas.tables import validate_table
 from schemas.tool import GRID, ZOOM, pixels_to_grid
@@ -91,15 +91,13 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
         )
         for a, b in pairs
     ]
-    replies = await asyncio.gather(*singles, *doubles, return_exceptions=True)
+    # one region's bad reply costs that region, not the image; a failed or deferred call leaves the image pending
+    replies = await together(*map(or_drop, [*singles, *doubles]))
     questions, rejected = [], []
     for targets, found in zip([[r] for r in regions] + [list(p) for p in pairs], replies, strict=True):
-        if isinstance(found, ReplyError):  # one region's bad reply costs that region, not the image
-            reason, _, detail = str(found).partition(": ")
-            rejected.append(("+".join(t.region_id for t in targets), reason, detail))
+        if isinstance(found, Drop):
+            rejected.append(("+".join(t.region_id for t in targets), found.reason, found.detail))
             continue
-        if isinstance(found, BaseException):
-            raise found  # a failed or deferred call leaves the whole image pending
         for q in found:
             phrases = [referent(t, width, height) for t in targets]
             text = q["question"]

@@ -7,12 +7,14 @@ that another object could be taken for is dropped, by mine's uniqueness rule.
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 
+from drim_data.errors import Drop
 from drim_data.pixels.candidates import GENERIC, ambiguous, region_problem
 from drim_data.recipe import sha256_json
 from drim_data.stages.contract import Context, StageStats
 from drim_data.teacher.tasks import ground_tile
+from drim_data.teacher.together import or_drop, together
 from schemas.geometry import GRID, centre_grid, iou
 from schemas.tables import validate_table
 
@@ -62,10 +64,13 @@ async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, he
     image = ctx.image(image_id)
     teacher = ctx.model()
     boxes = tiles(width, height, ctx.recipe.teacher.tile_grid)
-    replies = await asyncio.gather(*(ground_tile(teacher, image.crop(t), max_objects=8, stage=NAME) for t in boxes))
+    # one unreadable tile costs that tile's boxes; a failed request leaves the whole image for the next run
+    replies = await together(*(or_drop(ground_tile(teacher, image.crop(t), 8, NAME)) for t in boxes))
+    lost = [(index, reply) for index, reply in enumerate(replies) if isinstance(reply, Drop)]
     found = [
         (o["label"], tile_to_pixels(o["bbox_2d"], t))
         for t, objects in zip(boxes, replies, strict=True)
+        if not isinstance(objects, Drop)
         for o in objects
     ]
     existing = ctx.con.execute(
@@ -106,7 +111,20 @@ async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, he
             kept.append((label, box))
         stats.count("regions", len(kept))
 
-    return write
+    return _with_lost_tiles(ctx, stats, image_id, lost, write)
+
+
+def _with_lost_tiles(
+    ctx: Context, stats: StageStats, image_id: str, lost: list[tuple[int, Drop]], write: Callable[[], None]
+) -> Callable[[], None]:
+    """The image's writer, recording each unreadable tile as a drop of its own (image id and tile index)."""
+
+    def write_all() -> None:
+        for index, drop in lost:
+            ctx.drop(stats, f"{image_id}:tile{index}", drop.reason, drop.detail)
+        write()
+
+    return write_all
 
 
 def _on_grid(objects: list[tuple[str, tuple]], width: int, height: int) -> list[tuple[str, tuple[int, int]]]:

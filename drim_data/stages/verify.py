@@ -7,7 +7,6 @@ downscaled full image without tools must mostly fail while it succeeds on the cr
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from drim_data.pixels.candidates import ambiguous
@@ -16,6 +15,7 @@ from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
 from drim_data.teacher import tasks as teacher_tasks
+from drim_data.teacher.together import together
 from schemas.answers import is_correct
 from schemas.geometry import centre_grid
 from schemas.tables import validate_table
@@ -93,7 +93,7 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
         return teacher_tasks.answer(model, images, item.question, view, stage=NAME, variant=variant)
 
     n, k = cfg.votes, cfg.solver_samples
-    replies = await asyncio.gather(
+    replies = await together(  # one failed vote fails the question: its other votes are cancelled with it
         *(ask(teacher, crops, CROP_VIEW, i + 1) for i in range(n)),
         teacher_tasks.validate(teacher, full, crops[0], item.question, stage=NAME),
         *(ask(solver, [full], FULL_VIEW, 100 + i) for i in range(k)),

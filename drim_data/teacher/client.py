@@ -2,9 +2,11 @@
 
 Every request is keyed by a hash of its canonical content (model, messages with images replaced by their
 sha256, parameters, prompt version). A stored successful response is never requested again, so reruns, resumed
-runs and parser fixes replay from DuckDB. Requests run concurrently (bounded in flight), under optional
-request / token per-minute limits, with retries that honour Retry-After on 429 and back off exponentially with
-jitter on 5xx, timeouts and dropped connections, up to a cap; every final failure is recorded with its reason.
+runs and parser fixes replay from DuckDB (teacher/store.py). Requests run concurrently (bounded in flight),
+under optional request / token per-minute limits, with retries that honour Retry-After on 429 and back off
+exponentially with jitter on 5xx, timeouts and dropped connections, up to a cap; every final failure is
+recorded with its reason. What no retry can fix (no key, a malformed URL, refused credentials, an unknown model
+or path, a server that cannot be reached at all) is a `RunFault` that stops the run.
 """
 
 from __future__ import annotations
@@ -13,26 +15,27 @@ import asyncio
 import base64
 import functools
 import gc
-import io
-import json
 import os
 import random
+import re
+import socket
 import ssl
 import time
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import duckdb
 import openai
-import pyarrow as pa
 from PIL import Image
 
-from drim_data.errors import DrimError
+from drim_data.errors import RunFault
 from drim_data.pixels.images import encode_jpeg, sha256
 from drim_data.recipe import EndpointConfig, sha256_json
+from drim_data.teacher import batch
+from drim_data.teacher.store import CallStore, call_row
 
 IMAGE_TOKENS_ESTIMATE = 800  # for the tokens-per-minute limit, before the server reports real usage
 # The SDK's telemetry headers (OS, architecture, runtime): none of the server's business, and each header costs
@@ -41,25 +44,7 @@ _NO_PLATFORM_HEADERS = {
     f"X-Stainless-{name}": openai.Omit()
     for name in ("Lang", "Package-Version", "OS", "Arch", "Runtime", "Runtime-Version")
 }
-FLUSH_DELAY_S = 0.1  # responses arriving within this window share one database write
-_CALL_SCHEMA = pa.schema(
-    [
-        ("call_key", pa.string()),
-        ("stage", pa.string()),
-        ("model", pa.string()),
-        ("purpose", pa.string()),
-        ("request", pa.string()),
-        ("response", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("completion_tokens", pa.int32()),
-        ("latency_s", pa.float64()),
-        ("created_at", pa.timestamp("us")),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("attempts", pa.int32()),
-        ("via_batch", pa.bool_()),
-    ]
-)
+_TOKENS = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
 class TeacherFailed(Exception):
@@ -84,7 +69,7 @@ class Answer:
 
 
 class _Outcome(NamedTuple):
-    """One request's result: the body, or why it failed, the server's requested wait and whether to retry."""
+    """One attempt's result: the body, or why it failed, the server's requested wait and whether to retry."""
 
     body: dict | None
     reason: str = ""
@@ -95,11 +80,13 @@ class _Outcome(NamedTuple):
 
 
 @dataclass
-class _Pending:
-    key: str
-    payload: dict
-    purpose: str
-    canonical: dict
+class _Request:
+    """One request in flight, shared by every caller that asked for the same content."""
+
+    task: asyncio.Task | None = None
+    callers: int = 0
+    on_wire: bool = False  # an attempt is being answered: it is paid for, so its reply is kept
+    abandoned: bool = False  # nobody waits any more: finish the attempt on the wire, start no other
 
 
 class RateLimiter:
@@ -135,27 +122,33 @@ def image_part(image: Image.Image, max_pixels: int) -> tuple[dict, str]:
 
 @dataclass
 class Teacher:
-    """One endpoint and model; `ask` is safe to call from many coroutines of one event loop."""
+    """One endpoint and model; `ask` is safe to call from many coroutines of one event loop, and `close` ends
+    every request still in flight and writes every received response before the stage's event loop ends."""
 
     cfg: EndpointConfig
     con: duckdb.DuckDBPyConnection
     role: str = "teacher"
     sent: int = 0  # requests that reached the network in this process
     waits: list[float] = field(default_factory=list)  # every retry's wait, for status and tests
-    deferred: list[_Pending] = field(default_factory=list)
+    deferred: list[batch.Pending] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        key = os.environ.get(self.cfg.api_key_env)
-        if not key:
-            raise DrimError(
+        self._key = os.environ.get(self.cfg.api_key_env)
+        if not self._key:
+            raise RunFault(
                 f"the {self.role} endpoint needs an API key in the environment variable "
                 f"{self.cfg.api_key_env} (set it to any value for servers without authentication)"
             )
+        url = urlsplit(self.cfg.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise RunFault(
+                f"the {self.role} endpoint's base_url {self.cfg.base_url!r} is not an http:// or https:// URL "
+                "with a host, e.g. https://api.openai.com/v1"
+            )
         self.model = self.cfg.model
+        self.store = CallStore(self.con)
         self._loop = None
-        self._queued: list[tuple[tuple, asyncio.Future]] = []
-        self._stored: set[str] | None = None
-        self._inflight: dict[str, asyncio.Future] = {}
+        self._inflight: dict[str, _Request] = {}
         self._parts: dict[int, tuple[dict, str]] = {}
         self._requests = RateLimiter(self.cfg.requests_per_minute) if self.cfg.requests_per_minute else None
         self._tokens = RateLimiter(self.cfg.tokens_per_minute) if self.cfg.tokens_per_minute else None
@@ -164,10 +157,12 @@ class Teacher:
         """Clients and semaphores belong to one event loop; each stage runs its own."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
+            self.store.abandon_loop()
+            self._inflight.clear()  # requests of an ended loop were cancelled with it
             self._loop = loop
             # aiohttp's transport costs about half the CPU per request of the default one
             self.client = openai.AsyncOpenAI(
-                api_key=os.environ[self.cfg.api_key_env],
+                api_key=self._key,
                 base_url=self.cfg.base_url,
                 max_retries=0,
                 timeout=self.cfg.timeout_s,
@@ -175,11 +170,25 @@ class Teacher:
                 http_client=openai.DefaultAioHttpClient(verify=_tls_context()),
             )
             self._in_flight = asyncio.Semaphore(self.cfg.max_in_flight)
-            self._writing = asyncio.Lock()
 
     async def close(self) -> None:
-        """Close the client while its event loop still runs (each stage's loop ends after its items)."""
-        if self._loop is asyncio.get_running_loop():
+        """End the stage's requests, write every response received, and close the client while its loop runs.
+
+        Requests nobody waits for any more finish the attempt on the wire (it is paid for) unless the stage is
+        being cancelled; the rest are cancelled. Whatever happens here, the queued rows are written.
+        """
+        if self._loop is not asyncio.get_running_loop():
+            return
+        stopping = asyncio.current_task().cancelling()
+        requests = list(self._inflight.values())
+        try:
+            for request in requests:
+                request.abandoned = True
+                if stopping or not request.on_wire:
+                    request.task.cancel()
+            await asyncio.gather(*(r.task for r in requests), return_exceptions=True)
+        finally:
+            await self.store.drain()
             await self.client.close()
             self._loop = None
 
@@ -243,6 +252,11 @@ class Teacher:
         variant: int = 0,
         temperature: float | None = None,
     ) -> Answer:
+        """The reply to a request: from the cache, from the same request already in flight, or from the server.
+
+        A caller that is cancelled stops waiting; the request itself stops only when nobody waits for it, and
+        an attempt already being answered is finished and stored first (it is paid for either way).
+        """
         self._bind()
         key, payload, canonical = self.build(
             messages, prompt_version=prompt_version, schema=schema, variant=variant, temperature=temperature
@@ -250,53 +264,91 @@ class Teacher:
         cached = self.cached(key)
         if cached is not None:
             return cached
-        if key in self._inflight:  # the same request from two items at once is sent (and paid) once
-            return await asyncio.shield(self._inflight[key])
-        if self.cfg.batch:
-            if all(p.key != key for p in self.deferred):
-                self.deferred.append(_Pending(key, payload, purpose, canonical))
-            raise Deferred(key)
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
+        request = self._inflight.get(key)
+        if request is None or request.task.cancelling():  # the same request from two items at once is sent once
+            if self.cfg.batch:
+                if all(p.key != key for p in self.deferred):
+                    self.deferred.append(batch.Pending(key, payload, purpose, canonical))
+                raise Deferred(key)
+            request = self._inflight[key] = _Request()
+            request.task = asyncio.get_running_loop().create_task(
+                self._send(request, key, payload, purpose, stage, canonical)
+            )
+            request.task.add_done_callback(functools.partial(self._finished, key, request))
+        request.callers += 1
+        request.abandoned = False
         try:
-            answer = await self._send(key, payload, purpose, stage, canonical)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
-        else:
-            future.set_result(answer)
-            return answer
+            return await asyncio.shield(request.task)
         finally:
+            request.callers -= 1
+            if not request.callers and not request.task.done():
+                request.abandoned = True
+                if not request.on_wire:
+                    request.task.cancel()
+
+    def _finished(self, key: str, request: _Request, task: asyncio.Task) -> None:
+        if self._inflight.get(key) is request:
             del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: its callers re-raise it, an abandoned request has none
 
     def cached(self, key: str) -> Answer | None:
-        if self._stored is None:  # one query for the whole run instead of one per request
-            self._stored = {
-                k for (k,) in self.con.execute("SELECT call_key FROM teacher_calls WHERE status = 'ok'").fetchall()
-            }
-        if key not in self._stored:
-            return None
-        row = self.con.execute("SELECT response FROM teacher_calls WHERE call_key = ?", [key]).fetchall()
-        return _answer(json.loads(row[0][0]), cached=True)
+        body = self.store.response(key)
+        return None if body is None else _answer(body, cached=True)
 
-    async def _send(self, key: str, payload: dict, purpose: str, stage: str, canonical: dict) -> Answer:
+    def truncation(self, body: dict) -> str | None:
+        """Why a reply is not a success though the server sent it: cut off at max_tokens."""
+        if body["choices"][0].get("finish_reason") == "length":
+            return f"truncated: the reply reached max_tokens ({self.cfg.max_tokens}) before it ended"
+        return None
+
+    async def _send(
+        self, request: _Request, key: str, payload: dict, purpose: str, stage: str, canonical: dict
+    ) -> Answer:
         for attempt in range(1, self.cfg.max_attempts + 1):
             if self._requests:
                 await self._requests.acquire(1)
             if self._tokens:
                 await self._tokens.acquire(_estimate_tokens(payload))
-            outcome = await self._attempt(payload)
+            request.on_wire = True
+            try:
+                outcome = await self._attempt(payload)
+            finally:
+                request.on_wire = False
             if outcome.body is not None:
-                await self._persist(self._row(key, stage, purpose, canonical, outcome.body, outcome.latency, attempt))
+                error = self.truncation(outcome.body)
+                row = call_row(key, stage, self.model, purpose, canonical, outcome.body, outcome.latency, attempt)
+                if error:
+                    self.store.record((*row[:10], "failed", error, *row[12:]))
+                    raise TeacherFailed("truncated", error.partition(": ")[2])
+                await self.store.put(row)
                 return _answer(outcome.body, cached=False)
-            if not outcome.retryable or attempt == self.cfg.max_attempts:
+            if outcome.reason in ("unauthorized", "not_found") or (
+                outcome.reason == "unreachable" and attempt == self.cfg.max_attempts
+            ):
+                raise self._fault(outcome)
+            if not outcome.retryable or attempt == self.cfg.max_attempts or request.abandoned:
                 break
             self.waits.append(outcome.wait if outcome.wait is not None else self._backoff(attempt))
             await asyncio.sleep(self.waits[-1])
         error = f"{outcome.reason}: {outcome.detail}"[:1000]
-        self._write_rows([self._row(key, stage, purpose, canonical, None, None, attempt, error=error)])
+        self.store.record(call_row(key, stage, self.model, purpose, canonical, None, None, attempt, error=error))
         raise TeacherFailed(outcome.reason, outcome.detail)
+
+    def _fault(self, outcome: _Outcome) -> RunFault:
+        """The run-level fault an attempt's outcome means, naming the endpoint, the model and the key's variable."""
+        where = f"the {self.role} endpoint {self.cfg.base_url} (model {self.model})"
+        if outcome.reason == "unauthorized":
+            return RunFault(
+                f"{where} refused the API key in {self.cfg.api_key_env}: {outcome.detail[:200]}; "
+                "check the key and its permissions"
+            )
+        if outcome.reason == "not_found":
+            return RunFault(f"{where} answered 404 Not Found: check the model name and that base_url ends in /v1")
+        return RunFault(
+            f"{where} cannot be reached after {self.cfg.max_attempts} attempts ({outcome.detail[:200]}); "
+            "is the server running, and are base_url's host and port right?"
+        )
 
     async def _attempt(self, payload: dict) -> _Outcome:
         async with self._in_flight:
@@ -310,159 +362,54 @@ class Teacher:
                     raise ValueError("reply has no choices")
                 return _Outcome(body, latency=time.perf_counter() - started)
             except openai.RateLimitError as exc:
-                return _Outcome(None, "rate_limited", str(exc)[:300], wait=_retry_after(exc), retryable=True)
+                return _Outcome(None, "rate_limited", self._detail(exc), wait=_retry_after(exc), retryable=True)
             except openai.APIStatusError as exc:  # 4xx other than timeouts and conflicts: the request is wrong
+                if exc.status_code in (401, 403):
+                    return _Outcome(None, "unauthorized", self._detail(exc))
+                if exc.status_code == 404:
+                    return _Outcome(None, "not_found", self._detail(exc))
                 retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
-                return _Outcome(None, f"http_{exc.status_code}", str(exc)[:300], retryable=retryable)
-            except openai.APITimeoutError as exc:
-                return _Outcome(None, "timeout", str(exc)[:300], retryable=True)
-            except openai.APIConnectionError as exc:
-                return _Outcome(None, "connection", str(exc)[:300], retryable=True)
+                return _Outcome(None, f"http_{exc.status_code}", self._detail(exc), retryable=retryable)
+            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+                # the SDK reports a refused connection as a connect timeout: the cause tells them apart
+                if _unreachable(exc):
+                    return _Outcome(None, "unreachable", self._detail(exc), retryable=True)
+                reason = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection"
+                return _Outcome(None, reason, self._detail(exc), retryable=True)
             except (openai.APIError, ValueError) as exc:  # unparseable or truncated response bodies
-                return _Outcome(None, "malformed_response", f"{type(exc).__name__}: {str(exc)[:300]}", retryable=True)
+                return _Outcome(None, "malformed_response", self._detail(exc, named=True), retryable=True)
+
+    def _detail(self, exc: Exception, named: bool = False) -> str:
+        """An error's text as it may be stored and shown: a server that echoes credentials gets them scrubbed."""
+        text = f"{type(exc).__name__}: {exc}" if named else str(exc)
+        return scrub(text, self._key)[:300]
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter."""
         return random.uniform(0, min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1)))
 
-    def _row(
-        self,
-        key: str,
-        stage: str,
-        purpose: str,
-        canonical: dict,
-        body: dict | None,
-        latency: float | None,
-        attempts: int,
-        via_batch: bool = False,
-        error: str | None = None,
-    ) -> tuple:
-        usage = (body or {}).get("usage") or {}
-        return (
-            key,
-            stage,
-            self.model,
-            purpose,
-            json.dumps(canonical),
-            None if body is None else json.dumps(body),
-            usage.get("prompt_tokens") or 0,
-            usage.get("completion_tokens") or 0,
-            latency,
-            datetime.now(UTC).replace(tzinfo=None),
-            "failed" if error else "ok",
-            error,
-            attempts,
-            via_batch,
-        )
-
-    def _write_rows(self, rows: list[tuple], cursor: duckdb.DuckDBPyConnection | None = None) -> None:
-        """One statement for many calls: a commit per row would cost more CPU than the request itself."""
-        columns = zip(*rows, strict=True)
-        table = pa.Table.from_arrays(
-            [pa.array(c, t) for c, t in zip(columns, _CALL_SCHEMA.types, strict=True)], schema=_CALL_SCHEMA
-        )
-        with cursor or self.con.cursor() as cursor:  # its own handle: stage code may hold an open result on `con`
-            cursor.register("new_calls", table)
-            cursor.execute("INSERT OR REPLACE INTO teacher_calls SELECT * FROM new_calls")
-            cursor.unregister("new_calls")
-
-    async def _persist(self, row: tuple) -> None:
-        """Group commit: responses that arrive together are written together, and each caller resumes only
-        once its own response is in the database."""
-        loop = asyncio.get_running_loop()
-        if not self._queued:
-            loop.call_later(FLUSH_DELAY_S, lambda: loop.create_task(self._flush()))
-        done = loop.create_future()
-        self._queued.append((row, done))
-        await done
-        if self._stored is not None:
-            self._stored.add(row[0])
-
-    async def _flush(self) -> None:
-        """Writes on the writer thread (DuckDB releases the GIL), so requests keep flowing meanwhile."""
-        queued, self._queued = self._queued, []
-        rows = [row for row, _ in queued]
-        try:
-            async with self._writing:  # one write at a time, each on its own cursor
-                await asyncio.get_running_loop().run_in_executor(None, self._write_rows, rows, self.con.cursor())
-        except Exception as exc:  # every waiter learns that its response was not stored
-            for _, done in queued:
-                done.set_exception(exc)
-            return
-        for _, done in queued:
-            done.set_result(None)
-
     async def flush_batch(self, stage: str) -> int:
         """Submit deferred requests as one batch (or resume an open one), wait for it, store every response."""
         self._bind()
-        open_batch = next(
-            iter(
-                self.con.execute(
-                    "SELECT batch_id FROM teacher_batches WHERE model = ? AND stage = ? AND status = 'submitted'",
-                    [self.model, stage],
-                ).fetchall()
-            ),
-            None,
-        )
-        if open_batch is None:
-            if not self.deferred:
-                return 0
-            lines = [
-                json.dumps({"custom_id": p.key, "method": "POST", "url": "/v1/chat/completions", "body": p.payload})
-                for p in self.deferred
-            ]
-            upload = await self.client.files.create(
-                file=("batch.jsonl", io.BytesIO("\n".join(lines).encode())), purpose="batch"
-            )
-            batch = await self.client.batches.create(
-                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
-            requests = {p.key: {"purpose": p.purpose, "canonical": p.canonical} for p in self.deferred}
-            self.con.execute(
-                "INSERT INTO teacher_batches VALUES (?, ?, ?, 'submitted', ?, ?)",
-                [batch.id, self.model, stage, json.dumps(requests), datetime.now(UTC).replace(tzinfo=None)],
-            )
-            batch_id = batch.id
-        else:
-            batch_id = open_batch[0]
-        self.deferred.clear()
-        return await self._collect(batch_id, stage)
+        return await batch.flush_batch(self, stage)
 
-    async def _collect(self, batch_id: str, stage: str) -> int:
-        while True:
-            batch = await self.client.batches.retrieve(batch_id)
-            if batch.status in ("completed", "failed", "expired", "cancelled"):
-                break
-            await asyncio.sleep(self.cfg.batch_poll_s)
-        requests = json.loads(
-            self.con.execute("SELECT requests FROM teacher_batches WHERE batch_id = ?", [batch_id]).fetchall()[0][0]
-        )
-        rows = []
-        if batch.output_file_id:
-            content = await self.client.files.content(batch.output_file_id)
-            for line in content.text.splitlines():
-                result = json.loads(line)
-                request = requests.get(result["custom_id"])
-                response = result.get("response") or {}
-                if request and response.get("status_code") == 200 and response.get("body", {}).get("choices"):
-                    rows.append(
-                        self._row(
-                            result["custom_id"],
-                            stage,
-                            request["purpose"],
-                            request["canonical"],
-                            response["body"],
-                            0.0,
-                            1,
-                            via_batch=True,
-                        )
-                    )
-        if rows:
-            self._write_rows(rows)
-            if self._stored is not None:
-                self._stored.update(row[0] for row in rows)
-        self.con.execute("UPDATE teacher_batches SET status = ? WHERE batch_id = ?", [batch.status, batch_id])
-        return len(rows)
+
+def scrub(text: str, key: str | None) -> str:
+    """`text` without the API key or anything that looks like a credential (Bearer tokens, sk-... keys)."""
+    if key:
+        text = text.replace(key, "[redacted]")
+    return _TOKENS.sub("[redacted]", text)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether the connection itself failed: refused, or the host name did not resolve."""
+    for _ in range(10):  # the SDK's wrapper, the transport's, the socket's: a short chain
+        if exc is None:
+            return False
+        if isinstance(exc, ConnectionRefusedError | socket.gaierror):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run(coroutine: Coroutine) -> object:

@@ -1,53 +1,63 @@
-"""Reading teacher replies: tolerant JSON extraction and checks of each task's structure (pure functions)."""
+"""Reading teacher replies: tolerant JSON extraction and checks of each task's structure (pure functions).
+
+Whatever the text or JSON, a reader returns a value or raises ReplyError, never another exception.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import re
 
+from drim_data.errors import Drop
 from schemas.tool import TOOL_NAME
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 QUESTION_KINDS = ("attribute", "text", "count", "spatial", "multi_target")
+UNPARSEABLE = "unparseable_reply"
 
 
-class ReplyError(ValueError):
-    """A reply that cannot be used; the message is the drop reason's detail."""
+class ReplyError(Drop):
+    """A reply that cannot be used: the item (or its part) is dropped with `reason`, e.g. unparseable_reply."""
 
 
 def parse_json(text: str | None) -> dict:
     """The first JSON object in a reply, tolerating code fences and prose around it."""
-    if not text:
-        raise ReplyError("empty reply")
+    if not text or not isinstance(text, str):
+        raise ReplyError(UNPARSEABLE, "empty reply")
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
     for candidate in candidates:
         start = candidate.find("{")
         while start != -1:
             try:
                 value, _ = json.JSONDecoder().raw_decode(candidate[start:])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):  # not JSON, or nested deeper than the parser goes
                 start = candidate.find("{", start + 1)
                 continue
             if isinstance(value, dict):
                 return value
             start = candidate.find("{", start + 1)
-    raise ReplyError(f"no JSON object in reply: {text[:120]!r}")
+    raise ReplyError(UNPARSEABLE, f"no JSON object in reply: {text[:120]!r}")
 
 
 def _box(value: object) -> list[float]:
-    if not isinstance(value, list) or len(value) != 4 or not all(isinstance(v, int | float) for v in value):
-        raise ReplyError(f"bbox_2d must be four numbers, got {value!r}")
+    if (
+        not isinstance(value, list)
+        or len(value) != 4
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
+        raise ReplyError(UNPARSEABLE, f"bbox_2d must be four numbers, got {value!r}"[:200])
     x1, y1, x2, y2 = (min(max(float(v), 0.0), 1000.0) for v in value)
     if x2 <= x1 or y2 <= y1:
-        raise ReplyError(f"empty box {value!r}")
+        raise ReplyError(UNPARSEABLE, f"empty box {value!r}")
     return [x1, y1, x2, y2]
 
 
 def read_objects(doc: dict) -> list[dict]:
     objects = doc.get("objects")
     if not isinstance(objects, list):
-        raise ReplyError("expected {'objects': [...]}")
+        raise ReplyError(UNPARSEABLE, "expected {'objects': [...]}")
     found = []
     for obj in objects:  # a wrong box costs that object, not the tile's other objects
         if isinstance(obj, dict) and isinstance(obj.get("label"), str) and obj["label"].strip():
@@ -62,13 +72,15 @@ def read_questions(doc: dict) -> list[dict]:
     """Questions with a usable type, text and answer; multiple choice answers become letters."""
     questions = doc.get("questions")
     if not isinstance(questions, list):
-        raise ReplyError("expected {'questions': [...]}")
+        raise ReplyError(UNPARSEABLE, "expected {'questions': [...]}")
     found = []
     for q in questions:
         if not isinstance(q, dict) or q.get("type") not in QUESTION_KINDS:
             continue
         text, answer, options = q.get("question"), q.get("answer"), q.get("options") or []
         if not isinstance(text, str) or len(text) < 10 or not isinstance(answer, str | int | float):
+            continue
+        if not isinstance(options, list) or not all(isinstance(o, str | int | float) for o in options):
             continue
         answer = str(answer).strip()
         if options:
@@ -88,7 +100,7 @@ def read_questions(doc: dict) -> list[dict]:
 def read_answer(doc: dict) -> str:
     answer = doc.get("answer")
     if not isinstance(answer, str | int | float) or str(answer).strip() == "":
-        raise ReplyError("expected {'answer': ...}")
+        raise ReplyError(UNPARSEABLE, "expected {'answer': ...}")
     return str(answer).strip()
 
 
@@ -96,23 +108,31 @@ def read_tool_call(content: str | None, tool_calls: list[dict]) -> list[float] |
     """The zoom box of a reply's tool call (OpenAI tool_calls or a <tool_call> block), or None if it answers."""
     raw = None
     if tool_calls:
-        function = tool_calls[0].get("function") or {}
+        first = tool_calls[0] if isinstance(tool_calls, list) else None
+        function = first.get("function") if isinstance(first, dict) else None
+        if not isinstance(function, dict):
+            raise ReplyError("malformed_tool_call", "a tool call without a function")
         raw = {"name": function.get("name"), "arguments": function.get("arguments")}
     elif content and (match := _TOOL_CALL.search(content)):
         try:
             raw = json.loads(match.group(1))
-        except json.JSONDecodeError as exc:
-            raise ReplyError(f"tool call is not JSON: {exc}") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ReplyError("malformed_tool_call", f"tool call is not JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ReplyError("malformed_tool_call", "a tool call must be a JSON object")
     if raw is None:
         return None
     if raw.get("name") != TOOL_NAME:
-        raise ReplyError(f"unknown tool {raw.get('name')!r}")
+        raise ReplyError("malformed_tool_call", f"unknown tool {raw.get('name')!r}"[:200])
     arguments = raw.get("arguments")
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            raise ReplyError("tool arguments are not JSON") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise ReplyError("malformed_tool_call", "tool arguments are not JSON") from None
     if not isinstance(arguments, dict):
-        raise ReplyError("tool arguments must be an object")
-    return _box(arguments.get("bbox_2d"))
+        raise ReplyError("malformed_tool_call", "tool arguments must be an object")
+    try:
+        return _box(arguments.get("bbox_2d"))
+    except ReplyError as exc:
+        raise ReplyError("malformed_tool_call", exc.detail) from None

@@ -1,7 +1,7 @@
 """What drim asks a model teacher, and how the replies are read: each task is one prompt file and one reader.
 
 A reply that does not parse gets one repair request (shown its error); a refusal or a second bad reply raises
-ReplyError, whose text starts with the drop reason.
+ReplyError, a Drop whose reason says which it was.
 """
 
 from __future__ import annotations
@@ -12,11 +12,19 @@ from typing import Any
 
 from PIL import Image
 
-from drim_data.teacher.client import Teacher
+from drim_data.teacher.client import Answer, Teacher
 from drim_data.teacher.prompt_files import load_prompt
-from drim_data.teacher.replies import ReplyError, parse_json, read_answer, read_objects, read_questions, read_tool_call
+from drim_data.teacher.replies import (
+    UNPARSEABLE,
+    ReplyError,
+    parse_json,
+    read_answer,
+    read_objects,
+    read_questions,
+    read_tool_call,
+)
 from schemas.answers import extract_answer
-from schemas.tool import SYSTEM_PROMPT, ZOOM, ZoomError, observation_text
+from schemas.tool import SYSTEM_PROMPT, TOOL_NAME, ZOOM, ZoomError, observation_text
 
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
 
@@ -97,14 +105,14 @@ async def ask_json(
         temperature=temperature,
     )
     if reply.refusal:
-        raise ReplyError(f"refusal: {reply.refusal[:200]}")
+        raise ReplyError("refusal", reply.refusal[:200])
     try:
         return read(parse_json(reply.content))
     except ReplyError as first:
         repair = [
             *messages,
-            {"role": "assistant", "content": reply.content or ""},
-            {"role": "user", "content": f"That reply could not be used ({first}). Reply with the JSON only."},
+            {"role": "assistant", "content": _text(reply.content)},
+            {"role": "user", "content": f"That reply could not be used ({first.detail}). Reply with the JSON only."},
         ]
         again = await teacher.ask(
             repair,
@@ -118,7 +126,7 @@ async def ask_json(
         try:
             return read(parse_json(again.content))
         except ReplyError as second:
-            raise ReplyError(f"unparseable_reply: {second}") from None
+            raise ReplyError(UNPARSEABLE, second.detail) from None
 
 
 async def ground_tile(teacher: Teacher, tile: Image.Image, max_objects: int, stage: str) -> list[dict]:
@@ -152,7 +160,7 @@ async def validate(teacher: Teacher, full: Image.Image, crop: Image.Image, quest
 
     def read(doc: dict) -> bool:
         if not isinstance(doc.get("unambiguous"), bool):
-            raise ReplyError("expected {'unambiguous': true|false}")
+            raise ReplyError(UNPARSEABLE, "expected {'unambiguous': true|false}")
         return doc["unambiguous"]
 
     return await ask_json(
@@ -165,8 +173,9 @@ async def drive_trajectory(
 ) -> tuple[list[dict], str]:
     """Let the teacher zoom for real: each tool call is executed on the full image and its crop sent back.
 
-    Returns the zoom steps (thought, grid box, pixel box, crop) and the final reply; raises ReplyError for a
-    malformed call, an invalid box, a reply with neither call nor answer, or the turn limit.
+    A reply with a malformed call, or with neither a call nor an answer, gets one repair request; the repaired
+    reply takes its place in the conversation. Returns the zoom steps (thought, grid box, pixel box, crop) and
+    the final reply; raises ReplyError for a refusal, a second unusable reply, an invalid box or the turn limit.
     """
     prompt = load_prompt("trajectory")
     messages = [
@@ -176,26 +185,48 @@ async def drive_trajectory(
     steps: list[dict] = []
     while True:
         reply = await teacher.ask(messages, purpose="trajectory", stage=stage, prompt_version=prompt.version)
-        if reply.refusal:
-            raise ReplyError(f"refusal: {reply.refusal[:200]}")
-        content = reply.content or ""
         try:
-            box = read_tool_call(content, reply.tool_calls)
-        except ReplyError as exc:
-            raise ReplyError(f"malformed_tool_call: {exc}") from None
+            content, box = _read_turn(reply)
+        except ReplyError as first:
+            if first.reason == "refusal":
+                raise
+            repair = [
+                *messages,
+                {"role": "assistant", "content": _text(reply.content)},
+                {
+                    "role": "user",
+                    "content": f"That reply could not be used ({first.detail}). Reply with one {TOOL_NAME} tool "
+                    "call or with your final <answer>.",
+                },
+            ]
+            again = await teacher.ask(repair, purpose="trajectory:repair", stage=stage, prompt_version=prompt.version)
+            content, box = _read_turn(again)
         if box is None:
-            if extract_answer(content) is None:
-                raise ReplyError(f"no_answer: {content[:200]!r}")
             return steps, content.strip()
         if len(steps) == max_turns:
-            raise ReplyError(f"turn_limit: {max_turns} zooms without an answer")
+            raise ReplyError("turn_limit", f"{max_turns} zooms without an answer")
         try:
             crop, box_px = ZOOM(full, box)
         except ZoomError as exc:
-            raise ReplyError(f"invalid_zoom: {exc}") from None
+            raise ReplyError("invalid_zoom", str(exc)) from None
         thought = _TOOL_CALL_BLOCK.sub("", content).strip() or "<think>Let me zoom in.</think>"
         steps.append({"think": thought, "bbox": box, "box_px": box_px, "crop": crop})
         messages += [
             {"role": "assistant", "content": content},
             {"role": "user", "content": [text(observation_text(box, box_px)), image(crop)]},
         ]
+
+
+def _read_turn(reply: Answer) -> tuple[str, list[float] | None]:
+    """A trajectory reply's text and its zoom box (None when it answers), or ReplyError."""
+    if reply.refusal:
+        raise ReplyError("refusal", reply.refusal[:200])
+    content = _text(reply.content)
+    box = read_tool_call(content, reply.tool_calls)
+    if box is None and extract_answer(content) is None:
+        raise ReplyError("no_answer", repr(content[:200]))
+    return content, box
+
+
+def _text(content: object) -> str:
+    return content if isinstance(content, str) else ""

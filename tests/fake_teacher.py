@@ -1,0 +1,126 @@
+"""A scripted model teacher for the stage tests and benchmarks, and a fault injector to wrap any responder.
+
+`competent_teacher` answers every task the way a good teacher would, from what the request itself says, so a
+pipeline run against it is deterministic. `with_faults` turns a share of requests into the faults a real endpoint
+produces: rate limits, server errors, timeouts, dropped connections and truncated bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+from collections.abc import Callable
+
+from tests.openai_server import Reply
+
+TRUTH = "green"  # the fake teacher 'sees' every object as green
+
+
+def task_of(body: dict) -> str:
+    first = body["messages"][0]["content"]
+    return re.match(r"TASK: (\w+)", first).group(1) if isinstance(first, str) else ""
+
+
+def _question(body: dict) -> str:
+    return next(
+        p["text"]
+        for m in body["messages"]
+        if m["role"] == "user" and isinstance(m["content"], list)
+        for p in m["content"]
+        if p["type"] == "text"
+    )
+
+
+def _correct(question: str) -> str:
+    options = re.findall(r"^([A-D])\. (.+)$", question, re.MULTILINE)
+    return next((letter for letter, text in options if text == TRUTH), TRUTH)
+
+
+def _centres(question: str) -> list[tuple[int, int]]:
+    return [(int(x), int(y)) for x, y in re.findall(r"centred at \((\d+), (\d+)\)", question)]
+
+
+def competent_teacher(body: dict):
+    """Answers like a good teacher would, from what the request itself says."""
+    task = task_of(body)
+    if task == "ground":
+        return json.dumps({"objects": [{"label": "buoy", "bbox_2d": [480, 480, 515, 520]}]})
+    if task == "questions":
+        referent = re.search(r'exactly as "(.+?)"', body["messages"][0]["content"]).group(1)
+        return json.dumps(
+            {
+                "questions": [
+                    {
+                        "type": "attribute",
+                        "question": f"What colour is {referent}?",
+                        "options": ["red", TRUTH, "blue", "white"],
+                        "answer": TRUTH,
+                    },
+                    {"type": "count", "question": f"How many parts has {referent}?", "options": [], "answer": "oops"},
+                    {"type": "bogus", "question": "Something else entirely?", "options": [], "answer": "x"},
+                ]
+            }
+        )
+    if task == "questions_pair":
+        a, b = re.findall(r'"(the [^"]+? on a 0-1000 grid over the image)"', body["messages"][0]["content"])[:2]
+        return (
+            "```json\n"
+            + json.dumps(
+                {
+                    "questions": [
+                        {
+                            "type": "multi_target",
+                            "question": f"Do {a} and {b} share a colour?",
+                            "options": [],
+                            "answer": "yes",
+                        }
+                    ]
+                }
+            )
+            + "\n```"
+        )
+    if task == "answer":
+        question = _question(body)
+        if "whole scene" in body["messages"][0]["content"]:
+            return json.dumps({"answer": "C"})  # the solver cannot tell without zooming
+        return json.dumps({"answer": "yes" if "share a colour" in question else _correct(question)})
+    if task == "validate":
+        return json.dumps({"unambiguous": True, "reason": "one object"})
+    if task == "trajectory":
+        question = _question(body)
+        # each zoom's crop comes back as a user turn with an image (a repair request's turn is text only)
+        zooms_done = sum(1 for m in body["messages"][2:] if m["role"] == "user" and isinstance(m["content"], list))
+        centres = _centres(question)
+        if zooms_done < len(centres):
+            x, y = centres[zooms_done]
+            call = {"name": "zoom_in", "arguments": {"bbox_2d": [x - 30, y - 30, x + 30, y + 30]}}
+            return f"<think>I need a closer look at ({x}, {y}).</think>\n<tool_call>{json.dumps(call)}</tool_call>"
+        answer = "yes" if "share a colour" in question else _correct(question)
+        return f"<think>Now I can see it.</think>\n<answer>{answer}</answer>"
+    return Reply(400)
+
+
+def faults(timeout_s: float) -> list[Reply]:
+    """One of each fault a real endpoint produces; the slow one outlasts a client timeout of `timeout_s`."""
+    return [
+        Reply(429, headers={"Retry-After": "0"}),
+        Reply(500),
+        Reply(503),
+        Reply(delay=timeout_s * 1.5),
+        Reply(drop=True),
+        Reply(body='{"choices": [{"mess'),
+    ]
+
+
+def with_faults(responder: Callable[[dict], object], share: float, seed: int = 0, timeout_s: float = 0.3):
+    """`responder`, except that each request is a random fault with probability `share` (seeded, thread-safe)."""
+    rng, lock, kinds = random.Random(seed), threading.Lock(), faults(timeout_s)
+
+    def faulty(body: dict):
+        with lock:
+            fault = rng.choice(kinds) if rng.random() < share else None
+        return fault or responder(body)
+
+    return faulty
