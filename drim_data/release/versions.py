@@ -1,4 +1,5 @@
-"""Versions you can trust: every use of a version folder first checks its shards against the manifest's sha256.
+"""Versions you can trust: every use of a version folder first passes the manifest contract (schemas/manifest.py),
+the same check drim-train makes before training.
 
 A version folder is self-contained, so two versions are compared from their Parquet shards alone: an item is its
 row `id`; it changed when any of its fields or image bytes differ (moving between the sft and rl splits counts).
