@@ -8,6 +8,9 @@ for example `drim-train grpo pipelines/train/grpo-tiny.yaml --data OUT/demo/v1 -
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -24,6 +27,18 @@ def _parse(types: tuple, argv: list[str], command: str) -> tuple:
     return TrlParser(types, prog=f"drim-train {command}").parse_args_and_config(argv)
 
 
+@contextmanager
+def _refusing_bad_data() -> Iterator[None]:
+    """A version that cannot be trained on (tampered, another schema, broken rows) ends in one line, exit 2."""
+    from drim_train.data import DataError
+
+    try:
+        yield
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
 @app.command(context_settings=_PASSTHROUGH)
 def sft(ctx: typer.Context) -> None:
     """Cold-start SFT on the version's trajectories: [RECIPE.yaml] --data V --model M --output-dir D [TRL flags]."""
@@ -31,7 +46,8 @@ def sft(ctx: typer.Context) -> None:
     from drim_train.configs import DataModelArguments, DrimSFTConfig
 
     args, config = _parse((DataModelArguments, DrimSFTConfig), ctx.args, "sft")
-    sft_.main(args, config)
+    with _refusing_bad_data():
+        sft_.main(args, config)
     print(f"saved to {config.output_dir}")
 
 
@@ -43,7 +59,8 @@ def grpo(ctx: typer.Context) -> None:
     from drim_train.configs import DataModelArguments, DrimGRPOConfig
 
     args, config = _parse((DataModelArguments, DrimGRPOConfig), ctx.args, "grpo")
-    grpo_.main(args, config)
+    with _refusing_bad_data():
+        grpo_.main(args, config)
     print(f"saved to {config.output_dir}")
 
 
@@ -54,7 +71,8 @@ def eval_(ctx: typer.Context) -> None:
     from drim_train.evaluate import evaluate, table
 
     (args,) = _parse((EvalArguments,), ctx.args, "eval")
-    report = evaluate(args)
+    with _refusing_bad_data():
+        report = evaluate(args)
     print(table(report))
     print(f"report written to {args.report}")
 

@@ -1,19 +1,21 @@
 """Reading what drim-data exports: a version folder (or a Hub dataset at a revision), checked against `schemas/`.
 
-A version holds `manifest.json` and `data/{sft,rl}/train-*.parquet`. Every shard is checked twice on load: its
-Hugging Face features must equal the shared ones, and its rows must pass the shared pandera schema. A manifest whose
-`schema_version` is not the one this code was written for is refused before any row is read.
+A version holds `manifest.json` and `data/{sft,rl}/train-*.parquet`. Before any row is read, the folder must pass
+`schemas.manifest.verify_version`, the contract drim-data checks too: format and schema versions, every listed
+shard's sha256 and row count, no unlisted shard; a Hub download is checked the same way. Only the listed shards are
+loaded, and each is then checked twice: its Hugging Face features must equal the shared ones, and its rows must
+pass the shared pandera schema.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from datasets import Dataset, load_dataset
 
-from schemas.rows import SCHEMA_VERSION, SPLITS
+from schemas import manifest as manifest_contract
+from schemas.rows import SPLITS
 from schemas.tool import ZoomSpec, global_view
 
 Split = Literal["sft", "rl"]
@@ -40,19 +42,19 @@ def resolve(data: str, revision: str | None = None) -> Path:
     return Path(snapshot_download(data, repo_type="dataset", revision=revision))
 
 
+def verified(version_dir: Path) -> manifest_contract.Manifest:
+    """The version's manifest once the folder is intact and in a format and schema version this code reads."""
+    try:
+        return manifest_contract.verify_version(Path(version_dir))
+    except manifest_contract.SchemaVersionError as exc:
+        raise SchemaVersionError(str(exc)) from None
+    except manifest_contract.ManifestError as exc:
+        raise DataError(f"refusing to train on {version_dir}: {exc}") from None
+
+
 def read_manifest(version_dir: Path) -> dict:
-    """The version's manifest, refused when its schema version differs from ours."""
-    path = version_dir / "manifest.json"
-    if not path.is_file():
-        raise DataError(f"{version_dir} has no manifest.json; pass a version folder such as OUT/<dataset>/v1")
-    manifest = json.loads(path.read_text())
-    found = manifest.get("schema_version")
-    if found != SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"{version_dir} was exported with row schema version {found!r}, but this drim-train reads schema version "
-            f"{SCHEMA_VERSION!r}. Re-export the data with a matching drim-data, or use a matching drim-train."
-        )
-    return manifest
+    """The fields of a verified version's manifest (the tool limits, the row counts...)."""
+    return verified(version_dir).fields
 
 
 def zoom_spec(manifest: dict) -> ZoomSpec:
@@ -64,13 +66,13 @@ def zoom_spec(manifest: dict) -> ZoomSpec:
 def load_split(data: str | Path, split: Split, revision: str | None = None, validate: bool = True) -> Dataset:
     """One split of a version as a `datasets.Dataset` (images decode to PIL), checked against the shared schema."""
     version_dir = resolve(str(data), revision)
-    manifest = read_manifest(version_dir)
-    split_dir = version_dir / "data" / split
-    if not any(split_dir.glob("*.parquet")):
+    manifest = verified(version_dir)
+    files = manifest.files(split)
+    if not files:
         raise DataError(f"{version_dir} has no {split} shards under data/{split}/")
-    if manifest.get("rows", {}).get(split) == 0:
+    if manifest.fields["rows"][split] == 0:
         raise DataError(f"{version_dir} holds no {split} rows")
-    dataset = load_dataset("parquet", data_dir=str(split_dir), split="train")
+    dataset = load_dataset("parquet", data_files=files, split="train")
     if validate:
         validate_split(dataset, split)
     return dataset

@@ -84,6 +84,11 @@ class FakeHub(ThreadingHTTPServer):
         repo = self.repos[repo_id]
         return repo.commits[repo.resolve(revision)]
 
+    def replace_file(self, repo_id: str, revision: str, path: str, data: bytes) -> None:
+        """Change a file of a revision in place, as a compromised or corrupted store would serve it."""
+        tree = self.tree(repo_id, revision)
+        tree[path] = Blob(data, tree[path].lfs)
+
     def _commit(self, repo: Repo, parent: str | None, tree: dict[str, Blob], operations: list) -> str:
         oid = hashlib.sha1(json.dumps([parent, sorted((p, b.sha256) for p, b in tree.items())]).encode()).hexdigest()
         repo.commits[oid] = tree

@@ -1,18 +1,32 @@
 """The exported version: loads with `datasets`, validates against the schemas, and its files match the manifest."""
 
+import dataclasses
+import errno
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pandera.errors
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from datasets import Image as ImageFeature
 from datasets import load_dataset
 from PIL import Image
+from typer.testing import CliRunner
 
+from drim_data.cli import app
+from drim_data.errors import RunFault
+from drim_data.pipeline import run_pipeline
+from drim_data.recipe import load_recipe
+from drim_data.stages import export
 from schemas.answers import extract_answer, is_correct
 from schemas.rows import RL_SCHEMA, SCHEMA_VERSION, SFT_SCHEMA, count_image_blocks
+from tests.conftest import query, write_recipe
+
+runner = CliRunner()
 
 
 def load(version, split, decode=True):
@@ -112,7 +126,6 @@ def test_rl_schema_rejects_boxes_outside_the_unit_square(demo_version):
 
 def test_shards_are_checked_with_image_bytes_stood_in_for_by_their_length(demo_version):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from drim_data.stages.export import _checkable
 
@@ -126,3 +139,88 @@ def test_shards_are_checked_with_image_bytes_stood_in_for_by_their_length(demo_v
     rows[0]["images"][0]["bytes"] = b""
     with pytest.raises(pandera.errors.SchemaErrors, match="images need bytes"):
         SFT_SCHEMA.validate(_checkable(pa.Table.from_pylist(rows, schema=table.schema)), lazy=True)
+
+
+# Export's edges: faults of the output folder, a bad shard size, shared folders, deleted versions.
+
+
+def _shard_hashes(version):
+    return {rel: i["sha256"] for rel, i in json.loads((version / "manifest.json").read_text())["shards"].items()}
+
+
+def _exports(db):
+    return query(db, "SELECT version, parent FROM exports ORDER BY version")
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_nothing(tmp_path, small_images, monkeypatch):
+    recipe = load_recipe(write_recipe(tmp_path, small_images))
+    root = tmp_path / "out" / "test-set"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(RunFault) as fault:
+        run_pipeline(recipe)
+    assert str(fault.value) == f"cannot write version v1 in {root}: No space left on device; nothing was exported"
+    assert list(root.iterdir()) == [] and _exports(recipe.db) == []
+
+    monkeypatch.undo()
+    result = run_pipeline(recipe)
+    assert result.export.written and result.export.version == 1 and _exports(recipe.db) == [(1, None)]
+
+
+def test_an_output_folder_that_cannot_be_created_is_a_run_fault(tmp_path, small_images):
+    (tmp_path / "a-file").write_text("not a folder")
+    recipe = load_recipe(write_recipe(tmp_path, small_images, output_dir=str(tmp_path / "a-file" / "out")))
+    with pytest.raises(RunFault, match=rf"cannot write version v1 in {tmp_path / 'a-file' / 'out' / 'test-set'}: "):
+        run_pipeline(recipe)
+    assert _exports(recipe.db) == []
+
+
+def test_rows_per_shard_zero_is_refused_before_anything_is_written(tmp_path, small_images):
+    recipe = load_recipe(write_recipe(tmp_path, small_images))
+    recipe = dataclasses.replace(recipe, export=dataclasses.replace(recipe.export, rows_per_shard=0))
+    with pytest.raises(RunFault, match="export.rows_per_shard must be at least 1, got 0"):
+        run_pipeline(recipe)
+    assert not (tmp_path / "out").exists() and _exports(recipe.db) == []
+
+
+def test_two_databases_never_share_a_dataset_folder_nor_remove_each_others_staging(tmp_path, small_images):
+    first = load_recipe(write_recipe(tmp_path / "a", small_images, output_dir=str(tmp_path / "out")))
+    second = load_recipe(write_recipe(tmp_path / "b", small_images, output_dir=str(tmp_path / "out")))
+    root = tmp_path / "out" / "test-set"
+    # the first recipe's export is under way (its staging folder exists); a killed run of the second left its own
+    theirs = root / f".v1.{export.database_id(first.db)}.partial"
+    ours = root / f".v1.{export.database_id(second.db)}.partial"
+    for folder in (theirs, ours):
+        (folder / "data").mkdir(parents=True)
+    result = run_pipeline(second)
+    assert result.export.version == 1 and theirs.is_dir() and not ours.exists()
+
+    with pytest.raises(RunFault, match=rf"{root / 'v1'} was exported from another recipe's database"):
+        run_pipeline(first)
+    assert _exports(first.db) == [] and sorted(p.name for p in root.iterdir()) == [theirs.name, "v1"]
+
+
+def test_a_deleted_version_is_shown_missing_and_exported_again(tmp_path, small_images):
+    path = write_recipe(tmp_path, small_images)
+    recipe = load_recipe(path)
+    first = run_pipeline(recipe)
+    shards = _shard_hashes(first.export.path)
+    shutil.rmtree(first.export.path)
+
+    listed = runner.invoke(app, ["versions", str(path)], env={"COLUMNS": "300"})
+    assert listed.exit_code == 0 and "missing" in next(line for line in listed.output.splitlines() if "│ v1 " in line)
+
+    generated = runner.invoke(app, ["generate", str(path)], env={"COLUMNS": "300"})
+    assert generated.exit_code == 0, generated.output
+    assert "wrote v2" in generated.output and "current" not in generated.output
+    manifest = json.loads((tmp_path / "out" / "test-set" / "v2" / "manifest.json").read_text())
+    assert manifest["parent"] == 1 and _shard_hashes(tmp_path / "out" / "test-set" / "v2") == shards
+    assert _exports(recipe.db) == [(1, None), (2, 1)]
+    status = runner.invoke(app, ["status", str(path)], env={"COLUMNS": "300"})
+    assert status.output.strip().splitlines()[-1].startswith("v2 (parent 1)")
+
+    again = run_pipeline(recipe)  # v2 is on disk now: nothing changed, nothing written
+    assert not again.export.written and again.export.version == 2

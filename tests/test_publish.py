@@ -5,10 +5,12 @@ failure with a retry that sends only what is missing, and never writes the token
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import huggingface_hub.utils._http
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from datasets import load_dataset
@@ -182,3 +184,26 @@ def test_an_older_version_is_not_published_over_a_newer_one(hub, v1_with_sources
     with pytest.raises(DrimError, match="already has v2; publishing v1 now would move main back"):
         upload(build_folder(v1_with_sources, tmp_path / "hub1"), "me/ds")
     assert set(hub.repos["me/ds"].tags) == {"v2"}
+
+
+def test_an_empty_split_gets_no_config_and_the_dry_run_says_what_it_built(v1_with_sources, tmp_path):
+    """A version whose rl split is empty (rl_share 0, or few items) publishes as an sft-only dataset."""
+    version = tmp_path / "empty-rl" / "v1"
+    shutil.copytree(v1_with_sources, version)
+    manifest = json.loads((version / "manifest.json").read_text())
+    (rel,) = [r for r in manifest["shards"] if "/rl/" in r]
+    schema = pq.read_schema(version / rel)
+    pq.write_table(schema.empty_table(), version / rel)
+    manifest["shards"][rel] = {"rows": 0, "sha256": hashlib.sha256((version / rel).read_bytes()).hexdigest()}
+    manifest["rows"]["rl"] = 0
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+    folder = tmp_path / "hub"
+    result = runner.invoke(app, ["publish", str(version), "--repo-id", "me/ds", "--dry-run", "--folder", str(folder)])
+    assert result.exit_code == 0 and "dry run" in result.output and "Traceback" not in result.output, result.output
+    card = (folder / "README.md").read_text()
+    assert [c["config_name"] for c in yaml.safe_load(card.split("---\n")[1])["configs"]] == ["sft"]
+    assert "`rl` is empty in this version, so the card declares no `rl` config." in card
+    assert (folder / rel).is_file()  # the manifest's every shard travels, so the download verifies
+    sft = load_dataset(str(folder), "sft", split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(sft) == manifest["rows"]["sft"] > 0

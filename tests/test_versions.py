@@ -17,6 +17,7 @@ from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
 from drim_data.release.card import dataset_card
 from drim_data.release.versions import compare_versions, list_versions, verify_version
+from schemas import manifest as manifest_contract
 from tests.conftest import DEMO_IMAGES, write_recipe
 
 runner = CliRunner()
@@ -133,3 +134,38 @@ def test_versions_lists_parent_hash_counts_and_difference(demo_version, tmp_path
     infos = {v.version: v for v in list_versions(con)}
     con.close()
     assert infos[1].state == "ok" and infos[2].state.startswith("refused:") and infos[2].diff is None
+
+
+def _edit_manifest(version, edit):
+    manifest = json.loads((version / "manifest.json").read_text())
+    edit(manifest)
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _first_shard(manifest):
+    return manifest["shards"][sorted(manifest["shards"])[0]]
+
+
+MANIFEST_EDITS = {
+    "newer format": (lambda m: m.update(format="drim-shards/2"), r"format drim-shards/2 .* reads drim-shards/1"),
+    "another schema": (lambda m: m.update(schema_version="1.0"), r"row schema version '1.0'"),
+    "shard rows": (lambda m: _first_shard(m).update(rows=_first_shard(m)["rows"] + 1), r"holds \d+ rows but"),
+    "split rows": (lambda m: m["rows"].update(sft=m["rows"]["sft"] + 1), r"says \d+ sft rows, its sft shards hold"),
+    "shard outside data": (
+        lambda m: m["shards"].update({"../elsewhere.parquet": _first_shard(m)}),
+        r"lists '../elsewhere.parquet', which is not a shard under data/sft or data/rl",
+    ),
+    "no shards": (lambda m: m.update(shards={}), r"lists no shards"),
+}
+
+
+@pytest.mark.parametrize("edit", MANIFEST_EDITS)
+def test_the_manifest_contract_checks_versions_counts_and_paths(demo_version, tmp_path, edit):
+    copy = tmp_path / "v1"
+    shutil.copytree(demo_version, copy)
+    change, message = MANIFEST_EDITS[edit]
+    _edit_manifest(copy, change)
+    with pytest.raises(manifest_contract.ManifestError, match=message):
+        manifest_contract.verify_version(copy)
+    result = runner.invoke(app, ["compare", str(demo_version), str(copy)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output

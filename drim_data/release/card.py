@@ -36,6 +36,11 @@ def _size_category(n: int) -> str:
     return "n>1M"
 
 
+def configs(manifest: dict) -> list[str]:
+    """The splits the card declares as configs: those with rows (an empty split has nothing `datasets` can load)."""
+    return [split for split in ("sft", "rl") if manifest["rows"][split] > 0]
+
+
 def _header(manifest: dict) -> str:
     header = {
         "license": manifest["license"],
@@ -44,7 +49,7 @@ def _header(manifest: dict) -> str:
         "size_categories": [_size_category(sum(manifest["rows"].values()))],
         "configs": [
             {"config_name": split, "data_files": [{"split": "train", "path": f"data/{split}/*.parquet"}]}
-            for split in ("sft", "rl")
+            for split in configs(manifest)
         ],
         "tags": ["visual-question-answering", "tool-use", "zoom-in", "drim"],
     }
@@ -88,10 +93,13 @@ def dataset_card(
 ) -> str:
     """The card; `stats` counts items by (split, question type, difficulty), `sample` is a relative image path."""
     rows, version = manifest["rows"], manifest["version"]
+    declared = configs(manifest)
+    empty = [split for split in ("sft", "rl") if split not in declared]
+    first = declared[0] if declared else "sft"
     if repo_id:
-        loading = f'sft = load_dataset("{repo_id}", "sft", split="train", revision="v{version}")'
+        loading = f'{first} = load_dataset("{repo_id}", "{first}", split="train", revision="v{version}")'
     else:
-        loading = f'sft = load_dataset("v{version}", "sft", split="train")  # this folder'
+        loading = f'{first} = load_dataset("v{version}", "{first}", split="train")  # this folder'
     parts = [
         _header(manifest),
         f"# {manifest['dataset']} v{version}",
@@ -102,6 +110,7 @@ def dataset_card(
         f"- `sft`: {rows['sft']} conversations in TRL's conversational form (`messages` + `images`: the downscaled",
         "  global view, then one crop per tool call).",
         f"- `rl`: {rows['rl']} prompts with the full-resolution image, the answer, its checker and the target boxes.",
+        *[f"- `{split}` is empty in this version, so the card declares no `{split}` config." for split in empty],
         "",
         "```python",
         "from datasets import load_dataset",

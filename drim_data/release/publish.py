@@ -25,8 +25,9 @@ from PIL import ImageDraw
 
 from drim_data.errors import DrimError
 from drim_data.pixels.images import thumbnail
-from drim_data.release.card import dataset_card
-from drim_data.release.versions import file_sha256, iter_rows, prepare_folder, verify_version
+from drim_data.release.card import configs, dataset_card
+from drim_data.release.versions import iter_rows, prepare_folder, verify_version
+from schemas.manifest import file_sha256
 from schemas.tool import GRID
 
 if TYPE_CHECKING:
@@ -101,7 +102,8 @@ def _zoom_boxes(messages: list[dict]) -> list[list[float]]:
 
 
 def check_folder(folder: Path) -> None:
-    """The card's YAML parses and `datasets` loads both configs with the manifest's row counts."""
+    """The card's YAML parses, declares a config for each split with rows (an empty split gets none), and `datasets`
+    loads each with the manifest's row count."""
     from datasets import load_dataset
 
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -110,11 +112,11 @@ def check_folder(folder: Path) -> None:
         header = yaml.safe_load(text.split("---\n")[1])
     except (IndexError, yaml.YAMLError) as exc:
         raise DrimError(f"{folder}/README.md: the card's YAML header does not parse ({exc})") from None
-    configs = [c["config_name"] for c in header.get("configs", [])]
-    if configs != ["sft", "rl"]:
-        raise DrimError(f"{folder}/README.md declares configs {configs}, expected sft and rl")
+    declared, expected = [c["config_name"] for c in header.get("configs", [])], configs(manifest)
+    if declared != expected:
+        raise DrimError(f"{folder}/README.md declares configs {declared}, expected {expected} (the splits with rows)")
     with tempfile.TemporaryDirectory() as cache:
-        for split in configs:
+        for split in declared:
             loaded = load_dataset(str(folder), split, split="train", cache_dir=cache)
             if len(loaded) != manifest["rows"][split]:
                 raise DrimError(

@@ -1,4 +1,5 @@
-"""Versions you can trust: every use of a version folder first checks its shards against the manifest's sha256.
+"""Versions you can trust: every use of a version folder first passes the manifest contract (schemas/manifest.py),
+the same check drim-train makes before training.
 
 A version folder is self-contained, so two versions are compared from their Parquet shards alone: an item is its
 row `id`; it changed when any of its fields or image bytes differ (moving between the sft and rl splits counts).
@@ -17,14 +18,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from drim_data.errors import DrimError
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from schemas import manifest as manifest_contract
 
 
 def prepare_folder(version_dir: Path, folder: Path | None, kind: str, built_by: list[str], option: str) -> Path:
@@ -40,36 +34,12 @@ def prepare_folder(version_dir: Path, folder: Path | None, kind: str, built_by: 
     return folder
 
 
-def read_manifest(version_dir: Path) -> dict:
-    path = Path(version_dir) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DrimError(f"{version_dir}: no manifest.json, so this is not a version folder") from None
-    except json.JSONDecodeError as exc:
-        raise DrimError(f"{path}: not valid JSON ({exc})") from None
-
-
 def verify_version(version_dir: Path) -> dict:
-    """The manifest, once every shard it lists is present and unmodified and no other shard sits beside them."""
-    version_dir = Path(version_dir)
-    manifest = read_manifest(version_dir)
-    shards = manifest.get("shards") or {}
-    for rel, info in sorted(shards.items()):
-        path = version_dir / rel
-        if not path.is_file():
-            raise DrimError(f"{version_dir}: {rel} is listed in manifest.json but missing")
-        found = file_sha256(path)
-        if found != info["sha256"]:
-            raise DrimError(
-                f"{version_dir}: {rel} has sha256 {found[:12]}… but manifest.json says {info['sha256'][:12]}…; "
-                "the version was modified after export (versions are immutable: export a new one instead)"
-            )
-    extra = sorted(str(p.relative_to(version_dir)) for p in version_dir.glob("data/**/*.parquet"))
-    extra = [rel for rel in extra if rel not in shards]
-    if extra:
-        raise DrimError(f"{version_dir}: {extra[0]} is not listed in manifest.json; the version was modified")
-    return manifest
+    """The manifest as written, once the version passes `schemas.manifest.verify_version`; a DrimError otherwise."""
+    try:
+        return manifest_contract.verify_version(Path(version_dir)).fields
+    except manifest_contract.ManifestError as exc:
+        raise DrimError(str(exc)) from None
 
 
 def iter_rows(version_dir: Path, manifest: dict, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:
@@ -142,12 +112,13 @@ def list_versions(con: duckdb.DuckDBPyConnection) -> list[VersionInfo]:
     for version, parent, recipe_hash, path, created_at in rows:
         path = Path(path)
         info = VersionInfo(version, parent, recipe_hash, str(created_at)[:19], {}, path, "ok")
-        if not (path / "manifest.json").exists():
+        if not (path / manifest_contract.MANIFEST).exists():
             info.state = "missing"
         else:
             try:
-                digests[version] = item_digests(path)
-                info.rows = read_manifest(path)["rows"]
+                manifest = verify_version(path)
+                digests[version] = {row["id"]: row_digest(split, row) for split, row in iter_rows(path, manifest)}
+                info.rows = manifest["rows"]
             except DrimError as exc:
                 info.state = f"refused: {exc}"
         if version in digests and (parent is None or parent in digests):

@@ -1,7 +1,12 @@
 """Export: versioned Parquet shards `OUT/<dataset>/v<N>/data/{sft,rl}/train-*.parquet`, written atomically.
 
-A version is built in a hidden sibling folder and renamed into place only once complete, so a crash never leaves
-a half version. Nothing is written when the content fingerprint equals the latest version's.
+A version is built in a hidden sibling folder and renamed into place only once complete, so a crash, a full disk
+or a read-only folder never leaves a half version, and nothing is registered until the version is whole. Nothing
+is written when the content fingerprint equals the latest version's and that version is still on disk.
+
+`OUT/<dataset>/` belongs to one recipe's database: each manifest records which (`database_id`, a hash of the
+database's path), the staging folder is named after it, and a run refuses a folder holding versions another
+database exported rather than interleave two histories.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -19,15 +25,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drim_data import __version__
+from drim_data.errors import RunFault
 from drim_data.pixels.images import decode, encode_jpeg
 from drim_data.recipe import sha256_json, to_plain
 from drim_data.release.card import dataset_card
-from drim_data.release.versions import file_sha256
 from drim_data.stages.contract import Context
+from schemas.manifest import MANIFEST, ManifestError, new_manifest, read_manifest, shard_entry
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
 from schemas.tool import SYSTEM_PROMPT, ZOOM, global_view, global_view_size, normalise
 
-FORMAT_VERSION = "drim-shards/1"
 SHARD_NAME = "train-{index:05d}-of-{count:05d}.parquet"
 ITEMS = """
 SELECT q.question_id, q.image_id, q.question, q.options, q.answer, q.checker, q.question_type, v.difficulty,
@@ -39,6 +45,33 @@ JOIN images i USING (image_id)
 WHERE v.kept AND q.image_id IN (SELECT image_id FROM files WHERE status IN ('ok', 'duplicate'))
 ORDER BY q.question_id
 """
+
+
+class Item(NamedTuple):
+    """One exported item, a row of ITEMS by column name; JSON columns are still text."""
+
+    question_id: str
+    image_id: str
+    question: str
+    options: str
+    answer: str
+    checker: str
+    question_type: str
+    difficulty: str
+    target_boxes: str  # pixels
+    trajectory_id: str
+    pattern: str
+    messages: str
+    zoom_boxes_px: str
+    width: int
+    height: int
+    label: str | None
+
+
+def read_items(con) -> list[Item]:
+    cursor = con.execute(ITEMS)
+    names = [column[0] for column in cursor.description]
+    return [Item(**dict(zip(names, row, strict=True))) for row in cursor.fetchall()]
 
 
 @dataclass
@@ -56,7 +89,7 @@ def split_of(question_id: str, rl_share: float) -> str:
     return "rl" if int(sha256_json(question_id)[:8], 16) / 16**8 < rl_share else "sft"
 
 
-def content_fingerprint(recipe, upstream: str, items: list[tuple]) -> str:
+def content_fingerprint(recipe, upstream: str, items: list[Item]) -> str:
     """What a version holds: the stages' settings (throughput settings excluded), the export and card settings,
     code and schema versions, and the items themselves."""
     described = {
@@ -65,17 +98,27 @@ def content_fingerprint(recipe, upstream: str, items: list[tuple]) -> str:
         "sources": to_plain(recipe.sources),
         "export": to_plain(recipe.export),
     }
-    return sha256_json([upstream, described, __version__, SCHEMA_VERSION, [(r[0], r[9]) for r in items]])
+    identities = [(i.question_id, i.trajectory_id) for i in items]
+    return sha256_json([upstream, described, __version__, SCHEMA_VERSION, identities])
+
+
+def database_id(db: Path) -> str:
+    """Which database exported a version, without writing its path into the manifest."""
+    return sha256_json(str(Path(db).resolve()))[:16]
 
 
 def run(ctx: Context, upstream: str = "") -> ExportResult:
     con, recipe = ctx.con, ctx.recipe
-    items = con.execute(ITEMS).fetchall()
+    if recipe.export.rows_per_shard < 1:
+        raise RunFault(f"export.rows_per_shard must be at least 1, got {recipe.export.rows_per_shard}")
+    items = read_items(con)
     fingerprint = content_fingerprint(recipe, upstream, items)
     root = recipe.output_dir / recipe.dataset
+    owner = database_id(recipe.db)
     latest = con.execute("SELECT version, fingerprint, path FROM exports ORDER BY version DESC LIMIT 1").fetchone()
-    if latest and latest[1] == fingerprint:
+    if latest and latest[1] == fingerprint and (Path(latest[2]) / MANIFEST).is_file():
         return ExportResult(False, latest[0], Path(latest[2]))
+    _refuse_foreign_versions(ctx, root, owner)
     adopted = _adopt_finished(ctx, root, fingerprint)
     if adopted:
         return adopted
@@ -83,51 +126,81 @@ def run(ctx: Context, upstream: str = "") -> ExportResult:
         return ExportResult(False, latest[0] if latest else None, None)
 
     version = max([latest[0] if latest else 0, *_versions_on_disk(root)]) + 1
-    parent = latest[0] if latest else None
     final = root / f"v{version}"
-    staging = root / f".v{version}.partial"
-    for stale in root.glob(".v*.partial"):
-        shutil.rmtree(stale)
-    staging.mkdir(parents=True)
-    rows = {"sft": [], "rl": []}
-    for item in items:
-        rows[split_of(item[0], recipe.export.rl_share)].append(item)
-    shards, counts = {}, {}
-    for split, split_items in rows.items():
-        shards.update(_write_split(ctx, staging, split, split_items))
-        counts[split] = len(split_items)
-    manifest = {
-        "format": FORMAT_VERSION,
-        "dataset": recipe.dataset,
-        "version": version,
-        "parent": parent,
-        "fingerprint": fingerprint,
-        "recipe_hash": recipe.fingerprint(),
-        "code_version": __version__,
-        "schema_version": SCHEMA_VERSION,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "rows": counts,
-        "shards": shards,
-        "tool": ZOOM.manifest(),
-        "license": recipe.license,
-        "sources": to_plain(recipe.sources),
-    }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    (staging / "README.md").write_text(dataset_card(manifest))
-    os.replace(staging, final)  # atomic: the version appears whole or not at all
+    staging = root / f".v{version}.{owner}.partial"
+    try:
+        for stale in root.glob(f".v*.{owner}.partial"):  # this database's own, left by a killed run
+            shutil.rmtree(stale)
+        staging.mkdir(parents=True)
+        manifest = _write_version(ctx, staging, items, version, latest[0] if latest else None, fingerprint, owner)
+        os.replace(staging, final)  # atomic: the version appears whole or not at all
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            raise RunFault(f"cannot write version v{version} in {root}: {reason}; nothing was exported") from None
+        raise
     _register(ctx, manifest, final)
-    return ExportResult(True, version, final, counts)
+    return ExportResult(True, version, final, manifest["rows"])
+
+
+def _write_version(
+    ctx: Context, staging: Path, items: list[Item], version: int, parent: int | None, fingerprint: str, owner: str
+) -> dict:
+    recipe = ctx.recipe
+    splits = {"sft": [], "rl": []}
+    for item in items:
+        splits[split_of(item.question_id, recipe.export.rl_share)].append(item)
+    shards = {}
+    for split, split_items in splits.items():
+        shards.update(_write_split(ctx, staging, split, split_items))
+    manifest = new_manifest(
+        shards,
+        {split: len(split_items) for split, split_items in splits.items()},
+        dataset=recipe.dataset,
+        version=version,
+        parent=parent,
+        fingerprint=fingerprint,
+        recipe_hash=recipe.fingerprint(),
+        database_id=owner,
+        code_version=__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        tool=ZOOM.manifest(),
+        license=recipe.license,
+        sources=to_plain(recipe.sources),
+    )
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (staging / "README.md").write_text(dataset_card(manifest))
+    return manifest
 
 
 def _versions_on_disk(root: Path) -> list[int]:
     return [int(p.name[1:]) for p in root.glob("v*") if p.is_dir() and p.name[1:].isdigit()]
 
 
+def _refuse_foreign_versions(ctx: Context, root: Path, owner: str) -> None:
+    """Stop before writing beside versions another recipe's database exported into the same folder."""
+    registered = {Path(p).resolve() for (p,) in ctx.con.execute("SELECT path FROM exports").fetchall()}
+    for version in sorted(_versions_on_disk(root)):
+        folder = root / f"v{version}"
+        if folder.resolve() in registered:
+            continue
+        try:
+            exported_by = read_manifest(folder).get("database_id")
+        except ManifestError:
+            continue  # not a version (no readable manifest): only its number is skipped
+        if exported_by != owner:
+            raise RunFault(
+                f"{folder} was exported from another recipe's database; give this recipe its own `dataset` name "
+                f"or `output_dir` (two databases in {root} would interleave their versions)"
+            )
+
+
 def _adopt_finished(ctx: Context, root: Path, fingerprint: str) -> ExportResult | None:
     """A version renamed into place by a run killed before it could record it: record it instead of rewriting."""
     known = {v for (v,) in ctx.con.execute("SELECT version FROM exports").fetchall()}
     for version in sorted(set(_versions_on_disk(root)) - known):
-        manifest_path = root / f"v{version}" / "manifest.json"
+        manifest_path = root / f"v{version}" / MANIFEST
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("fingerprint") == fingerprint:
@@ -152,7 +225,7 @@ def _register(ctx: Context, manifest: dict, path: Path) -> None:
     )
 
 
-def _write_split(ctx: Context, staging: Path, split: str, items: list[tuple]) -> dict[str, dict]:
+def _write_split(ctx: Context, staging: Path, split: str, items: list[Item]) -> dict[str, dict]:
     features, schema = SPLITS[split]
     out = staging / "data" / split
     out.mkdir(parents=True)
@@ -162,17 +235,17 @@ def _write_split(ctx: Context, staging: Path, split: str, items: list[tuple]) ->
     for index in range(count):
         chunk = items[index * size : (index + 1) * size]
         if split == "sft":
-            views = {image_id: _global_view(ctx, image_id) for image_id in {item[1] for item in chunk}}
-            rows = [_sft_row(ctx, item, views[item[1]]) for item in chunk]
+            views = {image_id: _global_view(ctx, image_id) for image_id in {item.image_id for item in chunk}}
+            rows = [_sft_row(ctx, item, views[item.image_id]) for item in chunk]
         else:
-            originals = {image_id: _image_bytes(ctx, image_id) for image_id in {item[1] for item in chunk}}
-            rows = [_rl_row(ctx, item, originals[item[1]]) for item in chunk]  # one copy of each image's bytes
+            originals = {image_id: _image_bytes(ctx, image_id) for image_id in {item.image_id for item in chunk}}
+            rows = [_rl_row(ctx, item, originals[item.image_id]) for item in chunk]  # one copy of each image's bytes
         table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
         del rows
         schema.validate(_checkable(table), lazy=True)  # never write a shard that breaks the contract
         path = out / SHARD_NAME.format(index=index, count=count)
         pq.write_table(table, path, row_group_size=64, compression="zstd")
-        written[str(path.relative_to(staging))] = {"rows": table.num_rows, "sha256": file_sha256(path)}
+        written[path.relative_to(staging).as_posix()] = shard_entry(path)
     return written
 
 
@@ -191,24 +264,23 @@ def _checkable(table: pa.Table) -> pd.DataFrame:
     return table.drop_columns(["images"]).append_column("images", stand_ins).to_pandas()
 
 
-def _common(ctx: Context, item: tuple) -> dict:
-    qid, image_id, question, options, answer, checker, qtype, difficulty = item[:8]
-    width, height, targets = item[13], item[14], json.loads(item[8])
+def _common(ctx: Context, item: Item) -> dict:
+    targets = json.loads(item.target_boxes)
     return {
-        "id": qid,
-        "image_id": image_id,
-        "question": question,
-        "options": json.loads(options),
-        "answer": answer,
-        "checker": checker,
-        "question_type": qtype,
-        "difficulty": difficulty,
-        "label": item[15],
-        "width": width,
-        "height": height,
+        "id": item.question_id,
+        "image_id": item.image_id,
+        "question": item.question,
+        "options": json.loads(item.options),
+        "answer": item.answer,
+        "checker": item.checker,
+        "question_type": item.question_type,
+        "difficulty": item.difficulty,
+        "label": item.label,
+        "width": item.width,
+        "height": item.height,
         "target_boxes_px": targets,
-        "target_boxes_norm": [normalise(b, width, height) for b in targets],
-        "global_view_size": list(global_view_size(width, height, ctx.recipe.view.max_pixels)),
+        "target_boxes_norm": [normalise(b, item.width, item.height) for b in targets],
+        "global_view_size": list(global_view_size(item.width, item.height, ctx.recipe.view.max_pixels)),
     }
 
 
@@ -224,29 +296,28 @@ def _global_view(ctx: Context, image_id: str) -> bytes:
     return encode_jpeg(view, ctx.recipe.export.global_view_quality)
 
 
-def _sft_row(ctx: Context, item: tuple, view: bytes) -> dict:
+def _sft_row(ctx: Context, item: Item, view: bytes) -> dict:
     """The conversation with images[0] = the global view the model sees, then each zoom's crop in order."""
-    qid = item[0]
     crops = [
         c
         for (c,) in ctx.con.execute(
-            "SELECT crop FROM observations WHERE question_id = ? ORDER BY turn", [qid]
+            "SELECT crop FROM observations WHERE question_id = ? ORDER BY turn", [item.question_id]
         ).fetchall()
     ]
     images = [view, *crops]
     return {
         **_common(ctx, item),
-        "messages": json.loads(item[11]),
-        "pattern": item[10],
-        "zoom_boxes_px": json.loads(item[12]),
+        "messages": json.loads(item.messages),
+        "pattern": item.pattern,
+        "zoom_boxes_px": json.loads(item.zoom_boxes_px),
         "images": [{"bytes": b, "path": None} for b in images],
     }
 
 
-def _rl_row(ctx: Context, item: tuple, original: bytes) -> dict:
+def _rl_row(ctx: Context, item: Item, original: bytes) -> dict:
     """The prompt and the original image: the trainer's zoom tool crops from full resolution."""
     return {
         **_common(ctx, item),
-        "prompt": [message("system", SYSTEM_PROMPT), message("user", item[2], images=1)],
+        "prompt": [message("system", SYSTEM_PROMPT), message("user", item.question, images=1)],
         "images": [{"bytes": original, "path": None}],
     }

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from drim_train.data import load_split
+from schemas.manifest import new_manifest, shard_entry
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
 from schemas.tool import (
     SYSTEM_PROMPT,
@@ -102,18 +103,25 @@ def rl_row(i: int) -> dict:
 def write_version(root: Path, n_sft: int = 8, n_rl: int = 8, schema_version: str = SCHEMA_VERSION) -> Path:
     """OUT/<dataset>/v1 with one shard per split and a manifest, as drim-data writes them."""
     version = root / "synthetic" / "v1"
+    shards = {}
     for split, n, make in (("sft", n_sft, sft_row), ("rl", n_rl, rl_row)):
         (version / "data" / split).mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist([make(i) for i in range(n)], schema=SPLITS[split][0].arrow_schema)
-        pq.write_table(table, version / "data" / split / "train-00000-of-00001.parquet")
-    manifest = {
-        "version": 1,
-        "schema_version": schema_version,
-        "tool": ZOOM.manifest(),
-        "rows": {"sft": n_sft, "rl": n_rl},
-    }
-    (version / "manifest.json").write_text(json.dumps(manifest))
+        rel = f"data/{split}/train-00000-of-00001.parquet"
+        pq.write_table(table, version / rel)
+        shards[rel] = shard_entry(version / rel)
+    manifest = new_manifest(shards, {"sft": n_sft, "rl": n_rl}, version=1, tool=ZOOM.manifest())
+    (version / "manifest.json").write_text(json.dumps({**manifest, "schema_version": schema_version}))
     return version
+
+
+def rewrite_manifest(version: Path) -> None:
+    """Re-list the version's shards in its manifest, as an exporter would after changing them on purpose."""
+    manifest = json.loads((version / "manifest.json").read_text())
+    files = sorted(p.relative_to(version).as_posix() for p in (version / "data").glob("*/*.parquet"))
+    manifest["shards"] = {rel: shard_entry(version / rel) for rel in files}
+    manifest["rows"] = {s: sum(i["rows"] for r, i in manifest["shards"].items() if f"/{s}/" in r) for s in SPLITS}
+    (version / "manifest.json").write_text(json.dumps(manifest))
 
 
 DRILL_BOX = [150, 250, 750, 850]  # four different numbers: each token tells the next
@@ -152,8 +160,8 @@ def drill_version(source: Path, root: Path, n: int = DRILL_ROWS) -> Path:
     shutil.copytree(source / "data" / "rl", version / "data" / "rl")
     table = pa.Table.from_pylist(rows, schema=SPLITS["sft"][0].arrow_schema)
     pq.write_table(table, version / "data" / "sft" / "train-00000-of-00001.parquet")
-    manifest = json.loads((source / "manifest.json").read_text())
-    (version / "manifest.json").write_text(json.dumps({**manifest, "rows": {"sft": len(rows), "rl": len(rl)}}))
+    (version / "manifest.json").write_text((source / "manifest.json").read_text())
+    rewrite_manifest(version)
     return version
 
 

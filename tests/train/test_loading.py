@@ -1,14 +1,21 @@
 import json
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from huggingface_hub import constants
 from PIL import Image
+from typer.testing import CliRunner
 
-from drim_train import data
-from drim_train.data import DataError, SchemaVersionError, load_split, rl_for_training, zoom_spec
+from drim_train import cli, data
+from drim_train.data import DataError, SchemaVersionError, load_split, read_manifest, rl_for_training, zoom_spec
 from schemas.tool import ZoomSpec
-from tests.train.helpers import write_version
+from tests.fake_hub import FakeHub
+from tests.test_versions import flip_a_byte
+from tests.train.helpers import rewrite_manifest, write_version
+
+HUB_TOKEN = "hf_fakeTokenForTheTrainerTests0123456789"
 
 
 def test_loads_and_validates_what_drim_data_exports(demo_version):
@@ -40,6 +47,7 @@ def test_refuses_rows_that_break_the_schema(tmp_path):
     rows = table.to_pylist()
     rows[1]["images"] = rows[1]["images"][:1]  # a crop is missing: placeholders no longer match images
     pq.write_table(type(table).from_pylist(rows, schema=table.schema), path)
+    rewrite_manifest(version)  # the shard is listed as it now is, so the row check is what refuses it
     with pytest.raises(DataError, match="image placeholders != images"):
         load_split(version, "sft")
     assert len(load_split(version, "sft", validate=False)) == 3
@@ -50,6 +58,7 @@ def test_refuses_shards_with_other_columns(tmp_path):
     path = next((version / "data" / "rl").glob("*.parquet"))
     table = pq.read_table(path)
     pq.write_table(table.drop_columns(["difficulty"]), path)
+    rewrite_manifest(version)
     with pytest.raises(DataError, match=r"missing \['difficulty'\]"):
         load_split(version, "rl")
 
@@ -82,3 +91,92 @@ def test_hub_ids_are_downloaded_at_a_revision(monkeypatch, synthetic):
     assert calls == [("drim-lab/drim-demo", "dataset", "v1")]
     with pytest.raises(DataError, match="neither an existing folder nor a Hub dataset id"):
         data.resolve("no/such/folder")
+
+
+SFT_SHARD = "data/sft/train-00000-of-00001.parquet"
+RL_SHARD = "data/rl/train-00000-of-00001.parquet"
+
+
+def _poison_answers(version):
+    """Every answer swapped for a wrong one, written back as a valid Parquet file: only the sha256 tells."""
+    table = pq.read_table(version / RL_SHARD)
+    rows = [{**row, "answer": "B" if row["answer"] == "A" else "A"} for row in table.to_pylist()]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), version / RL_SHARD)
+
+
+def _set_format(version, value):
+    manifest = json.loads((version / "manifest.json").read_text())
+    (version / "manifest.json").write_text(json.dumps({**manifest, "format": value}))
+
+
+TAMPERING = {
+    "flipped byte": (lambda v: flip_a_byte(v / SFT_SHARD), rf"{SFT_SHARD} has sha256 .* but manifest.json says"),
+    "poisoned answers": (_poison_answers, rf"{RL_SHARD} has sha256 .* but manifest.json says"),
+    "deleted shard": (lambda v: (v / SFT_SHARD).unlink(), rf"{SFT_SHARD} is listed in manifest.json but missing"),
+    "extra shard": (
+        lambda v: shutil.copy(v / RL_SHARD, v / "data/rl/train-00001-of-00001.parquet"),
+        r"data/rl/train-00001-of-00001.parquet is not listed in manifest.json",
+    ),
+    "newer format": (lambda v: _set_format(v, "drim-shards/2"), r"format drim-shards/2 .* reads drim-shards/1"),
+    "foreign format": (lambda v: _set_format(v, None), r"names format None, not 'drim-shards/1'"),
+}
+
+
+@pytest.mark.parametrize("tamper", TAMPERING)
+def test_a_tampered_version_is_refused_for_either_split(synthetic, tmp_path, tamper):
+    version = tmp_path / "v1"
+    shutil.copytree(synthetic, version)
+    change, message = TAMPERING[tamper]
+    change(version)
+    for split in ("sft", "rl"):  # whichever shard was touched, neither split of the version is trusted
+        with pytest.raises(DataError, match=f"refusing to train on {version}: .*{message}"):
+            load_split(version, split, validate=False)
+    with pytest.raises(DataError, match=message):
+        read_manifest(version)
+
+
+@pytest.mark.parametrize("command", ["sft", "grpo", "eval"])
+def test_each_command_refuses_a_tampered_version_in_one_line(synthetic, tmp_path, command):
+    version = tmp_path / "v1"
+    shutil.copytree(synthetic, version)
+    _poison_answers(version)
+    args = [command, "--data", str(version), "--model", str(tmp_path / "no-model")]
+    args += ["--report", str(tmp_path / "r.json")] if command == "eval" else ["--output_dir", str(tmp_path / "o")]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 2, result.output
+    assert f"{RL_SHARD} has sha256" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The Hub's servers stood in for on 127.0.0.1, with a fresh download cache."""
+    with FakeHub(HUB_TOKEN) as server:
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+        monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+        yield server
+
+
+def test_a_hub_version_is_verified_after_download(hub, demo_version, tmp_path):
+    from drim_data.release.publish import build_folder, upload
+
+    folder = build_folder(demo_version, tmp_path / "hub", repo_id="me/ds")
+    for repo in ("me/ds", "me/poisoned"):
+        upload(folder, repo)
+    rows = json.loads((demo_version / "manifest.json").read_text())["rows"]
+    assert len(load_split("me/ds", "rl", revision="v1", validate=False)) == rows["rl"]
+
+    (rel,) = [p for p in hub.tree("me/poisoned", "v1") if p.startswith("data/rl/")]
+    table = pq.read_table(folder / rel)
+    poisoned = [{**row, "answer": "poisoned"} for row in table.to_pylist()]
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(poisoned, schema=table.schema), sink)
+    hub.replace_file("me/poisoned", "v1", rel, sink.getvalue().to_pybytes())
+    with pytest.raises(DataError, match=rf"refusing to train on .*: {rel} has sha256 .* but manifest.json says"):
+        load_split("me/poisoned", "rl", revision="v1")
