@@ -6,7 +6,7 @@ collapse into grey, tan or beige; a pixel with almost no chroma gets a grey by i
 its hued pixels when enough of it has a hue (a red hull with a white stern is red), and its pixels are first seen
 under neutral light (the scene's white made grey), as a person adapted to the scene sees them. The plausible
 confusions of a colour (the distractors a multiple-choice question avoids or offers, the neighbours a solver may
-mistake it for) are its nearest other entries by Lab distance.
+mistake it for) are its nearest other entries under the same distance, taken both ways.
 """
 
 from __future__ import annotations
@@ -63,14 +63,13 @@ def _lch(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def naming_distance(lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """How unlike each of N Lab colours is to each of M palette entries (N x M), for naming: hue counts most,
     chroma is compressed as in CIE94 (a muted hull is still red) and lightness counts half (a pale patina is still
-    green), as textile CIE94 weighs it. Between two hueless colours only lightness counts."""
+    green), as textile CIE94 weighs it. Between a hued and a hueless colour, chroma counts in full."""
     l1, c1, h1 = (v[None, :] for v in _lch(reference))
     l2, c2, h2 = (v[:, None] for v in _lch(lab))
-    d_hue = np.abs((h2 - h1 + 180.0) % 360.0 - 180.0)
     hued = (c1 >= CHROMA_MIN) & (c2 >= CHROMA_MIN)
-    return np.sqrt(
-        (0.5 * (l2 - l1)) ** 2 + ((c2 - c1) / (1 + 0.045 * c1)) ** 2 + np.where(hued, HUE_WEIGHT * d_hue, 0.0) ** 2
-    )
+    d_hue = np.where(hued, HUE_WEIGHT * np.abs((h2 - h1 + 180.0) % 360.0 - 180.0), 0.0)
+    d_chroma = np.where(hued, (c2 - c1) / (1 + 0.045 * c1), c2 - c1)
+    return np.sqrt((0.5 * (l2 - l1)) ** 2 + d_chroma**2 + d_hue**2)
 
 
 def nearest_names(pixels: np.ndarray) -> np.ndarray:
@@ -106,7 +105,9 @@ def colour_name(pixels: np.ndarray) -> tuple[str, float]:
 def confusions(name: str) -> list[str]:
     """The other palette names, perceptually nearest first: what this colour is most easily mistaken for."""
     lab = _palette_lab()
-    order = np.argsort(np.linalg.norm(lab - lab[NAMES.index(name)], axis=1), kind="stable")
+    i = NAMES.index(name)
+    distance = (naming_distance(lab[i][None], lab)[0] + naming_distance(lab, lab[i][None])[:, 0]) / 2
+    order = np.argsort(distance, kind="stable")
     return [NAMES[j] for j in order if NAMES[j] != name]
 
 
