@@ -18,7 +18,7 @@ import numpy as np
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "white": (235, 235, 230),
-    "silver": (170, 170, 175),
+    "silver": (160, 160, 165),
     "gray": (125, 125, 125),
     "black": (30, 30, 32),
     "red": (200, 40, 40),
@@ -33,7 +33,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "teal": (25, 125, 125),
     "cyan": (70, 200, 215),
     "blue": (45, 85, 200),
-    "navy": (25, 35, 95),
+    "navy": (20, 30, 110),
     "purple": (120, 55, 150),
     "pink": (235, 150, 185),
 }
