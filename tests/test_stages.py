@@ -142,7 +142,7 @@ def mined_db(tmp_path_factory):
     images.mkdir()
     for name in ("neon_2019_YELL_2_541000_4977000_image_crop.png", "planet_shipsnet_scene_2.jpg"):
         (images / name).write_bytes((DEMO_IMAGES / name).read_bytes())
-    recipe = load_recipe(write_recipe(folder, images, trajectories={"reflective_share": 0.5}))
+    recipe = load_recipe(write_recipe(folder, images, trajectories={"reflective_share": 1.0}))
     run_pipeline(recipe)
     return recipe
 
