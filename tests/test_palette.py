@@ -76,7 +76,7 @@ def test_a_hued_object_is_named_by_its_hue_not_its_shadows_and_highlights():
 
 def test_confusions_are_the_perceptual_neighbours():
     assert confusions("red")[:2] == ["maroon", "orange"]
-    assert confusions("beige")[:2] == ["tan", "white"]
+    assert confusions("beige")[0] == "tan" and "beige" in confusions("white")[:3]
     assert set(confusions("navy")[:2]) == {"blue", "purple"}
     assert confusions("white")[0] == "silver"
     assert set(confusions("pink")[:2]) == {"purple", "red"}
@@ -147,5 +147,5 @@ def test_hand_labelled_ship_and_emblem_colours():
     images = {f: np.asarray(Image.open(DEMO_IMAGES / f).convert("RGB")) for f in {f for f, _, _ in objects}}
     named = [(colour_name(object_pixels(images[f], box))[0], colour) for f, box, colour in objects]
     agree = sum(a == b for a, b in named)
-    assert len(named) == 17 and agree >= 12, named
+    assert len(named) == 17 and agree >= 13, named
     assert all(a == b or b in confusions(a)[:3] or a in confusions(b)[:3] for a, b in named), named  # neighbours

@@ -135,14 +135,18 @@ def test_global_view_size_and_difficulty():
 
 @pytest.fixture(scope="module")
 def mined_db(tmp_path_factory):
-    from tests.conftest import DEMO_IMAGES
+    from tests.conftest import DEMO_ANNOTATIONS, DEMO_IMAGES
 
     folder = tmp_path_factory.mktemp("stages")
     images = folder / "images"
     images.mkdir()
     for name in ("neon_2019_YELL_2_541000_4977000_image_crop.png", "planet_shipsnet_scene_2.jpg"):
         (images / name).write_bytes((DEMO_IMAGES / name).read_bytes())
-    recipe = load_recipe(write_recipe(folder, images, trajectories={"reflective_share": 1.0}))
+    annotations = [
+        {"format": "voc", "path": str(DEMO_ANNOTATIONS)},
+        {"format": "coco", "path": str(DEMO_ANNOTATIONS / "labelled.coco.json")},  # tiny named boats, among others
+    ]
+    recipe = load_recipe(write_recipe(folder, images, ingest={"images": str(images), "annotations": annotations}))
     run_pipeline(recipe)
     return recipe
 

@@ -22,7 +22,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "gray": (125, 125, 125),
     "black": (30, 30, 32),
     "red": (200, 40, 40),
-    "maroon": (120, 25, 35),
+    "maroon": (125, 20, 25),
     "orange": (240, 130, 35),
     "yellow": (235, 215, 50),
     "beige": (225, 210, 175),
@@ -41,7 +41,7 @@ NAMES = tuple(PALETTE)
 ACHROMATIC = ("white", "silver", "gray", "black")
 CHROMA_MIN = 8.0  # Lab chroma below which a pixel has no hue a person would name
 CHROMATIC_SHARE = 0.3  # an object with at least this share of hued pixels is named by its hue
-HUE_WEIGHT = 0.5  # naming distance per degree of hue
+HUE_WEIGHT = 0.8  # naming distance per degree of hue
 WHITE_SAMPLE = 20_000  # pixels sampled to estimate a scene's white
 
 
@@ -63,12 +63,13 @@ def _lch(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def naming_distance(lab: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """How unlike each of N Lab colours is to each of M palette entries (N x M), for naming: hue counts most,
     chroma is compressed as in CIE94 (a muted hull is still red) and lightness counts half (a pale patina is still
-    green), as textile CIE94 weighs it. Between a hued and a hueless colour, chroma counts in full."""
+    green), as textile CIE94 weighs it. Between a hued and a hueless colour, chroma counts one and a half times: a
+    hue against none is a difference of kind."""
     l1, c1, h1 = (v[None, :] for v in _lch(reference))
     l2, c2, h2 = (v[:, None] for v in _lch(lab))
     hued = (c1 >= CHROMA_MIN) & (c2 >= CHROMA_MIN)
     d_hue = np.where(hued, HUE_WEIGHT * np.abs((h2 - h1 + 180.0) % 360.0 - 180.0), 0.0)
-    d_chroma = np.where(hued, (c2 - c1) / (1 + 0.045 * c1), c2 - c1)
+    d_chroma = np.where(hued, (c2 - c1) / (1 + 0.045 * c1), 1.5 * (c2 - c1))
     return np.sqrt((0.5 * (l2 - l1)) ** 2 + d_chroma**2 + d_hue**2)
 
 
