@@ -136,14 +136,18 @@ def test_global_view_size_and_difficulty():
 
 @pytest.fixture(scope="module")
 def mined_db(tmp_path_factory):
-    from tests.conftest import DEMO_IMAGES
+    from tests.conftest import DEMO_ANNOTATIONS, DEMO_IMAGES
 
     folder = tmp_path_factory.mktemp("stages")
     images = folder / "images"
     images.mkdir()
     for name in ("neon_2019_YELL_2_541000_4977000_image_crop.png", "planet_shipsnet_scene_2.jpg"):
         (images / name).write_bytes((DEMO_IMAGES / name).read_bytes())
-    recipe = load_recipe(write_recipe(folder, images))
+    annotations = [
+        {"format": "voc", "path": str(DEMO_ANNOTATIONS)},
+        {"format": "coco", "path": str(DEMO_ANNOTATIONS / "labelled.coco.json")},  # tiny named boats, among others
+    ]
+    recipe = load_recipe(write_recipe(folder, images, ingest={"images": str(images), "annotations": annotations}))
     run_pipeline(recipe)
     return recipe
 
@@ -152,7 +156,12 @@ def test_verified_items_need_zooming_and_refer_unambiguously(mined_db):
     kept = query(mined_db.db, "SELECT min_side_global FROM verdicts WHERE kept")
     dropped = dict(query(mined_db.db, "SELECT reason, count(*) FROM verdicts WHERE NOT kept GROUP BY reason"))
     assert kept and all(s < mined_db.view.min_resolvable_px for (s,) in kept)
-    assert dropped and set(dropped) <= {"visible_without_zoom", "ambiguous_referent", "duplicate"}
+    assert dropped and set(dropped) <= {
+        "visible_without_zoom",
+        "solvable_without_zoom",
+        "ambiguous_referent",
+        "duplicate",
+    }
 
 
 def test_trajectories_replay_and_their_zooms_approach_the_targets(mined_db):

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 
+from PIL import Image
+
 from drim_data.pixels.candidates import ambiguous
+from drim_data.pixels.solver import BlindItem, blind_answer
 from drim_data.recipe import ViewConfig
 from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.generate import context_crop
@@ -49,12 +52,16 @@ def difficulty(min_side: float, targets: int, view: ViewConfig) -> str:
     return LEVELS[min(2, level + (targets > 1))]
 
 
-def _rule_checks(ctx: Context, item: Question) -> tuple[str | None, float]:
-    """The checks that need no model; `duplicate` is checked when the verdict is written, against kept ones."""
+def _rule_checks(ctx: Context, item: Question, blind: bool = True) -> tuple[str | None, float]:
+    """The checks that need no model; `duplicate` is checked when the verdict is written, against kept ones.
+    The size floor is a cheap pre-filter; the blind solver (`blind`, the built-in path) then tries the question on
+    the global view with the instruments the built-in teacher measured its answer with."""
     view = ctx.recipe.view
     min_side = min_side_in_global_view(item.targets, item.width, item.height, view.max_pixels)
     if min_side >= view.min_resolvable_px:
         return "visible_without_zoom", min_side
+    if blind and _solved_blind(ctx, item):
+        return "solvable_without_zoom", min_side
     if item.region_ids and _ambiguous(ctx, item):
         return "ambiguous_referent", min_side
     return None, min_side
@@ -81,7 +88,7 @@ def _record(ctx: Context, stats: StageStats, item: Question, reason: str | None,
 
 
 async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
-    reason, min_side = _rule_checks(ctx, item)
+    reason, min_side = _rule_checks(ctx, item, blind=False)
     if reason:
         return lambda: _record(ctx, stats, item, reason, min_side)
     image = ctx.image(item.image_id)
@@ -132,6 +139,22 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
         _record(ctx, stats, item, reason, min_side)
 
     return write
+
+
+_views: dict[tuple[str, int], Image.Image] = {}  # the last image's global view: items come grouped by image
+
+
+def _solved_blind(ctx: Context, item: Question) -> bool:
+    """The blind solver answers correctly from the global view alone."""
+    key = (item.image_id, ctx.recipe.view.max_pixels)
+    if key not in _views:
+        _views.clear()
+        size = global_view_size(item.width, item.height, ctx.recipe.view.max_pixels)
+        _views[key] = global_view(ctx.image(item.image_id), size)
+    blind = BlindItem(
+        item.question_type, item.label, item.targets, item.width, item.height, item.options, item.checker
+    )
+    return is_correct(item.checker, blind_answer(_views[key], blind), item.answer)
 
 
 def _ambiguous(ctx: Context, item: Question) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from drim_data.pixels.palette import PALETTE, confusions
 from drim_data.recipe import GenerateConfig, sha256_json
 from schemas.answers import LETTERS, with_options
 from schemas.tool import GRID, grid_to_pixels
@@ -17,21 +18,8 @@ from schemas.tool import GRID, grid_to_pixels
 MODEL = "builtin"
 PROMPT_VERSION = "1"
 # Colours a person could reasonably call by the other name are never offered as distractors of each other.
-CONFUSABLE = {
-    "white": {"gray"},
-    "gray": {"white", "black"},
-    "black": {"gray"},
-    "orange": {"brown", "red", "yellow"},
-    "brown": {"orange", "red"},
-    "red": {"orange", "pink", "brown"},
-    "pink": {"red", "purple"},
-    "purple": {"pink", "blue"},
-    "blue": {"cyan", "purple"},
-    "cyan": {"blue", "green"},
-    "green": {"cyan", "yellow"},
-    "yellow": {"orange", "green"},
-}
-COLOURS = tuple(CONFUSABLE)
+CONFUSABLE = {name: set(confusions(name)[:3]) for name in PALETTE}
+COLOURS = tuple(PALETTE)
 
 
 @dataclass(frozen=True)

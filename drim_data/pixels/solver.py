@@ -1,0 +1,144 @@
+"""The blind solver: answers a question from the global view the model sees, without zooming.
+
+It uses the instruments the questions were written with, at the view's scale: colour measured on the downscaled
+object's pixels, OCR on the downscaled text, instances counted where they are still told apart, left/right/above/
+below read from two objects that can both be found there. It is told where the targets are, so it is an upper bound
+on what a model could get from the view; when a target is too small to find at that scale it does not guess but
+returns None. A question it answers correctly does not need the zoom.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from drim_data.pixels.ocr import read_text
+from drim_data.pixels.palette import colour_name, object_pixels
+from schemas.answers import LETTERS, normalise_text
+
+FINDABLE_PX = 6  # a target whose shorter side spans fewer view pixels (under half a 14 px vision patch) is not found
+SEPARABLE_PX = 2  # instances closer than this in the view merge into one blob
+TEXT_MARGIN = 0.25  # OCR reads the text's box widened by this share of its height on every side
+MIN_TEXT_MATCH = 0.6  # an option is picked only when the reading is at least this similar to it
+RELATIONS = {
+    "left": ("left",),
+    "right": ("right",),
+    "above": ("above", "top", "higher", "over"),
+    "below": ("below", "bottom", "lower", "under", "beneath"),
+}
+
+
+@dataclass(frozen=True)
+class BlindItem:
+    question_type: str  # colour | count | relative_position | text
+    label: str  # the class name of the targets
+    targets: list[list[int]]  # boxes in original pixels; for relative_position the subject first, then the reference
+    width: int  # the original image's size
+    height: int
+    options: list[str]  # multiple-choice options (answered by letter); empty for a short answer
+    checker: str  # choice | number | text
+    answer_format: str = ""  # how a short answer is written, where the checker alone does not say
+
+
+def blind_answer(view: Image.Image, item: BlindItem) -> str | None:
+    """The answer read from the view alone, as the row's checker expects it, or None when it cannot tell."""
+    boxes = [_in_view(box, view, item) for box in item.targets]
+    if not boxes:
+        return None
+    reader = READERS.get(item.question_type)
+    found = reader(view, boxes) if reader else None
+    return None if found is None else _as_answer(found, item)
+
+
+def _in_view(box: list[int], view: Image.Image, item: BlindItem) -> tuple[float, float, float, float]:
+    sx, sy = view.width / item.width, view.height / item.height
+    return box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+
+
+def _findable(box: tuple[float, float, float, float]) -> bool:
+    return min(box[2] - box[0], box[3] - box[1]) >= FINDABLE_PX
+
+
+def _colour(view: Image.Image, boxes: list) -> str | None:
+    if not all(_findable(b) for b in boxes):
+        return None
+    pixels = np.asarray(view.convert("RGB"))
+    box = boxes[0]
+    whole = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
+    return colour_name(object_pixels(pixels, whole))[0]
+
+
+def _count(view: Image.Image, boxes: list) -> str | None:
+    """Instances found at this scale, those closer than `SEPARABLE_PX` merged as the eye would merge them."""
+    found = [b for b in boxes if _findable(b)]
+    if not found:
+        return None
+    parent = list(range(len(found)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(found):
+        for j in range(i + 1, len(found)):
+            b = found[j]
+            gap = max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3])
+            if gap < SEPARABLE_PX:
+                parent[root(j)] = root(i)
+    return str(len({root(i) for i in range(len(found))}))
+
+
+def _relation(view: Image.Image, boxes: list) -> str | None:
+    """Where the first object is relative to the second, along the axis on which they are further apart."""
+    if len(boxes) < 2 or not all(_findable(b) for b in boxes[:2]):
+        return None
+    (ax, ay), (bx, by) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes[:2])
+    if abs(ax - bx) >= abs(ay - by):
+        return "left" if ax < bx else "right"
+    return "above" if ay < by else "below"
+
+
+def _text(view: Image.Image, boxes: list) -> str | None:
+    x1, y1, x2, y2 = boxes[0]
+    pad = TEXT_MARGIN * max(1.0, y2 - y1)
+    crop = view.crop(
+        (
+            max(0, math.floor(x1 - pad)),
+            max(0, math.floor(y1 - pad)),
+            min(view.width, math.ceil(x2 + pad)),
+            min(view.height, math.ceil(y2 + pad)),
+        )
+    )
+    lines = read_text(crop)
+    return " ".join(line.text for line in lines) if lines else None
+
+
+READERS = {"colour": _colour, "count": _count, "relative_position": _relation, "text": _text}
+
+
+def _as_answer(found: str, item: BlindItem) -> str | None:
+    """A reading as the checker expects it: the letter of the option it matches, or the reading itself."""
+    if item.checker != "choice":
+        return found
+    if item.question_type == "relative_position":
+        matches = [i for i, o in enumerate(item.options) if _relation_of(o) == found]
+        return LETTERS[matches[0]] if len(matches) == 1 else None
+    if item.question_type == "text":
+        reading = normalise_text(found)
+        scores = [difflib.SequenceMatcher(None, reading, normalise_text(o)).ratio() for o in item.options]
+        best = int(np.argmax(scores)) if scores else -1
+        return LETTERS[best] if best >= 0 and scores[best] >= MIN_TEXT_MATCH else None
+    wanted = normalise_text(found)
+    matches = [i for i, o in enumerate(item.options) if normalise_text(o) == wanted]
+    return LETTERS[matches[0]] if matches else None
+
+
+def _relation_of(option: str) -> str | None:
+    words = set(normalise_text(option).split())
+    named = [r for r, synonyms in RELATIONS.items() if words & set(synonyms)]
+    return named[0] if len(named) == 1 else None

@@ -1,0 +1,167 @@
+"""The blind solver both ways: it answers items whose targets are large in the global view, not those that are tiny;
+and verify drops what it answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from drim_data.pipeline import run_pipeline
+from drim_data.pixels import solver
+from drim_data.pixels.images import decode
+from drim_data.pixels.palette import colour_name, object_pixels
+from drim_data.pixels.solver import BlindItem, blind_answer
+from drim_data.recipe import load_recipe
+from schemas.answers import is_correct
+from schemas.tool import global_view, global_view_size
+from tests.conftest import DEMO_IMAGES, SHIPS, query, write_recipe
+
+VIEW_PIXELS = 1003520
+
+
+def view_of(image: Image.Image) -> Image.Image:
+    return global_view(image, global_view_size(image.width, image.height, VIEW_PIXELS))
+
+
+def colour_item(image: Image.Image, box, options=()) -> tuple[BlindItem, str]:
+    """A colour question as the built-in teacher writes it: the answer measured on the full-resolution pixels."""
+    colour = colour_name(object_pixels(np.asarray(image), box))[0]
+    options = list(options)
+    checker, answer = ("choice", "ABCD"[options.index(colour)]) if colour in options else ("text", colour)
+    return BlindItem("colour", "ship", [list(box)], image.width, image.height, options, checker), answer
+
+
+def labelled(kinds=("ship", "boat")):
+    coco = json.loads((DEMO_IMAGES.parent / "annotations" / "labelled.coco.json").read_text())
+    files = {i["id"]: i["file_name"] for i in coco["images"]}
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for a in coco["annotations"]:
+        if names[a["category_id"]] in kinds:
+            x, y, w, h = a["bbox"]
+            yield files[a["image_id"]], (x, y, x + w, y + h)
+
+
+@pytest.fixture(scope="module")
+def demo_images() -> dict[str, Image.Image]:
+    return {f: Image.open(DEMO_IMAGES / f).convert("RGB") for f in {f for f, _ in labelled()}}
+
+
+def enlarged(image: Image.Image, box) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """The target's surroundings (4x its size) upsampled to a 1000 px photo: the same object, now large."""
+    x1, y1, x2, y2 = box
+    side = 2 * max(x2 - x1, y2 - y1)
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    window = (cx - side, cy - side, cx + side, cy + side)
+    scale = 1000 / (2 * side)
+    crop = image.crop(window).resize((1000, 1000), Image.Resampling.BICUBIC)
+    return crop, tuple(round((v - o) * scale) for v, o in zip(box, window[:2] * 2, strict=True))
+
+
+def test_large_targets_are_answered_and_tiny_ones_are_not(demo_images):
+    """Control set: each labelled ship and boat enlarged; its tiny original is not answered."""
+    large, tiny, tiny_total = [], 0, 0
+    views = {f: view_of(image) for f, image in demo_images.items()}
+    for f, box in labelled():
+        image, view = demo_images[f], views[f]
+        big, big_box = enlarged(image, box)
+        item, answer = colour_item(big, big_box)
+        large.append(is_correct(item.checker, blind_answer(view_of(big), item), answer))
+        item, answer = colour_item(image, box)
+        if min(box[2] - box[0], box[3] - box[1]) * view.width / image.width < solver.FINDABLE_PX:
+            tiny_total += 1
+            tiny += is_correct(item.checker, blind_answer(view, item), answer)
+    assert len(large) == 63 and sum(large) >= 0.9 * len(large), sum(large)  # 63 of 63 when written
+    assert tiny_total >= 25 and tiny == 0
+
+
+def test_a_saturated_target_too_small_to_find_is_not_answered():
+    image = Image.new("RGB", (3000, 3000), (30, 90, 200))
+    ImageDraw.Draw(image).rectangle((1000, 1000, 1014, 1014), fill=(220, 30, 30))  # 5 px in a 1000 px view
+    item, answer = colour_item(image, (1000, 1000, 1015, 1015), options=["red", "blue", "green", "yellow"])
+    assert answer == "A" and blind_answer(view_of(image), item) is None
+    ImageDraw.Draw(image).rectangle((2000, 2000, 2089, 2089), fill=(220, 30, 30))  # 30 px there
+    item, answer = colour_item(image, (2000, 2000, 2090, 2090), options=["green", "red", "blue", "yellow"])
+    assert answer == "B" and blind_answer(view_of(image), item) == "B"
+
+
+def scene_with(boxes, size=3000) -> Image.Image:
+    image = Image.new("RGB", (size, size), (30, 60, 70))
+    for box in boxes:
+        ImageDraw.Draw(image).rectangle(box, fill=(235, 235, 230))
+    return image
+
+
+def test_counting_at_view_scale_merges_what_touches_and_misses_what_is_tiny():
+    apart = [(300, 300, 360, 360), (900, 300, 960, 360), (1500, 1500, 1560, 1560)]
+    touching = [(300, 300, 360, 360), (363, 300, 423, 360), (1500, 1500, 1560, 1560)]  # 1 px apart in the view
+    tiny = [(300, 300, 310, 310), (900, 300, 910, 310)]
+
+    def count(boxes, options=(), checker="number"):
+        item = BlindItem("count", "boat", [list(b) for b in boxes], 3000, 3000, list(options), checker)
+        return blind_answer(view_of(scene_with(boxes)), item)
+
+    assert count(apart) == "3"
+    assert count(touching) == "2"  # the eye sees two blobs; the answer is 3
+    assert count(tiny) is None
+    assert count(apart, ["2", "4", "3", "5"], "choice") == "C"
+
+
+def test_relative_position_only_when_both_objects_are_found():
+    def relation(boxes, options):
+        item = BlindItem("relative_position", "boat", [list(b) for b in boxes], 3000, 3000, options, "choice")
+        return blind_answer(view_of(scene_with(boxes)), item)
+
+    options = ["to the right of it", "to the left of it"]
+    assert relation([(300, 1000, 360, 1060), (2000, 1100, 2060, 1160)], options) == "B"
+    assert relation([(2000, 1000, 2060, 1060), (300, 1100, 360, 1160)], options) == "A"
+    assert relation([(1000, 2500, 1060, 2560), (1100, 300, 1160, 360)], ["above", "below"]) == "B"
+    assert relation([(300, 1000, 310, 1010), (2000, 1100, 2060, 1160)], options) is None
+
+
+def test_text_is_read_from_the_view():
+    sign = Image.new("RGB", (1600, 1200), (200, 200, 195))
+    ImageDraw.Draw(sign).text((400, 500), "HARBOUR 42", fill=(20, 20, 30), font=ImageFont.load_default(size=120))
+    item = BlindItem("text", "sign", [[380, 490, 1300, 650]], 1600, 1200, [], "text")
+    assert is_correct("text", blind_answer(view_of(sign), item), "HARBOUR 42")
+    options = ["HARBOUR 24", "HARBOUR 42", "HARBOR 42"]
+    assert blind_answer(view_of(sign), BlindItem("text", "sign", item.targets, 1600, 1200, options, "choice")) == "B"
+
+
+def test_the_berlin_inscription_is_not_read_from_the_view():
+    from tests.test_ocr import BERLIN, INSCRIPTION
+
+    berlin = Image.open(BERLIN).convert("RGB")
+    truth = "KOMMET HER ZU MIR ALLE DIE IHR MUEHSELIG UND BELADEN SEID ICH WILL EUCH ERQUICKEN"
+    item = BlindItem("text", "sign", [list(INSCRIPTION)], berlin.width, berlin.height, [], "text")
+    assert not is_correct("text", blind_answer(view_of(berlin), item), truth)
+
+
+@pytest.fixture(scope="module")
+def verified_harbour(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("blind")
+    images = folder / "images"
+    images.mkdir()
+    (images / SHIPS.name).write_bytes(SHIPS.read_bytes())
+    recipe = load_recipe(write_recipe(folder, images, annotations=False))
+    run_pipeline(recipe, until="verify")
+    return recipe
+
+
+def test_verify_drops_what_the_blind_solver_answers(verified_harbour):
+    rows = query(
+        verified_harbour.db,
+        "SELECT q.question_type, q.options, q.answer, q.checker, q.label, q.target_boxes, i.width, i.height, "
+        "v.reason, i.data FROM questions q JOIN verdicts v USING (question_id) JOIN images i USING (image_id) "
+        "WHERE v.reason IS DISTINCT FROM 'visible_without_zoom'",
+    )
+    view = view_of(decode(rows[0][-1]))
+    solved = {True: 0, False: 0}
+    for qtype, options, answer, checker, label, targets, width, height, reason, _ in rows:
+        item = BlindItem(qtype, label, json.loads(targets), width, height, json.loads(options), checker)
+        correct = is_correct(checker, blind_answer(view, item), answer)
+        assert correct == (reason == "solvable_without_zoom"), (qtype, answer, reason)
+        solved[correct] += 1
+    assert solved[True] >= 3 and solved[False] >= 3
