@@ -54,16 +54,16 @@ def difficulty(min_side: float, targets: int, view: ViewConfig) -> str:
 
 def _rule_checks(ctx: Context, item: Question, blind: bool = True) -> tuple[str | None, float]:
     """The checks that need no model; `duplicate` is checked when the verdict is written, against kept ones.
-    The size floor is a cheap pre-filter; the blind solver (`blind`, the built-in path) then tries the question on
-    the global view with the instruments the built-in teacher measured its answer with."""
+    Cheapest first: the size floor and the referent check, then the blind solver (`blind`, the built-in path),
+    which tries the question on the global view with the instruments the built-in teacher measured its answer with."""
     view = ctx.recipe.view
     min_side = min_side_in_global_view(item.targets, item.width, item.height, view.max_pixels)
     if min_side >= view.min_resolvable_px:
         return "visible_without_zoom", min_side
-    if blind and _solved_blind(ctx, item):
-        return "solvable_without_zoom", min_side
     if item.region_ids and _ambiguous(ctx, item):
         return "ambiguous_referent", min_side
+    if blind and _solved_blind(ctx, item):
+        return "solvable_without_zoom", min_side
     return None, min_side
 
 
