@@ -208,8 +208,31 @@ def test_each_figure_on_the_hand_made_version(version):
             # 5/24, 5/24
             "letter_max_deviation": 5 / 24,
             "question_types": 4,
+            "blind_solver_pass_share": 0.0,  # every target is 5 px wide in the view: too small to find
         }
     )
+
+
+def test_the_blind_solver_flags_what_the_global_view_already_answers(tmp_path):
+    """A large red square is answered from the global view; the same question on a 5-pixel square is not."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), (120, 120, 120))
+    image.paste((200, 30, 30), (300, 200, 600, 500))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    large = {
+        **rl("big", "colour", "boat", "What colour is the boat?", COLOURS, "A", "choice"),
+        "images": [{"bytes": buf.getvalue(), "path": None}],
+        "target_boxes_px": [[300, 200, 600, 500]],
+        "target_boxes_norm": [normalise([300, 200, 600, 500], WIDTH, HEIGHT)],
+    }
+    small = rl("small", "colour", "boat", "What colour is the boat?", COLOURS, "A", "choice")
+    audit = audit_version(write_shards(tmp_path / "v1", {"sft": ROWS["sft"][:1], "rl": [large, small]}))
+    assert audit.figures["blind_solver_pass_share"] == pytest.approx(1 / 3)
+    assert {r["id"]: "solvable_without_zoom" in r["flags"] for r in audit.rows} == {
+        "s1": False,
+        "big": True,
+        "small": False,
+    }
 
 
 def test_breakdown_per_split(version):
@@ -230,6 +253,7 @@ def test_breakdown_per_split(version):
         "near_identical_zooms": 2,
         "low_detail_gain": 1,
         "shared_think": 2,
+        "solvable_without_zoom": 0,
     }
 
 

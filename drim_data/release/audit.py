@@ -19,9 +19,11 @@ from pathlib import Path
 from PIL import Image
 
 from drim_data.errors import DrimError
+from drim_data.pixels.solver import BlindItem, blind_answer
 from drim_data.release.versions import iter_rows, verify_version
-from schemas.answers import LETTERS
-from schemas.tool import iou
+from schemas.answers import LETTERS, is_correct
+from schemas.geometry import iou
+from schemas.tool import global_view
 
 NEAR_IDENTICAL_IOU = 0.8  # consecutive zooms this alike show the model nothing new
 MIN_DETAIL_GAIN = 1.5  # a zoom should show at least 1.5x the pixels per original pixel of the view it zooms from
@@ -45,6 +47,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "distinct_think_template_share": ("min", "the same with every number masked: templates filled with numbers"),
     "letter_max_deviation": ("max", "largest gap between an answer letter's share and its uniform share"),
     "question_types": ("min", "distinct question types"),
+    "blind_solver_pass_share": ("max", "share of rows the blind solver answers from the global view alone"),
 }
 FLAGS = (
     "coordinates",  # the question or its options hold coordinates
@@ -53,6 +56,7 @@ FLAGS = (
     "near_identical_zooms",  # two consecutive zooms overlap at IoU >= NEAR_IDENTICAL_IOU
     "low_detail_gain",  # a zoom gains less than MIN_DETAIL_GAIN over the view it zooms from
     "shared_think",  # a <think> text that another row (or turn) repeats word for word
+    "solvable_without_zoom",  # the blind solver answers it correctly from the global view alone
 )
 
 _NUMBER = r"\d+(?:\.\d+)?"
@@ -129,6 +133,23 @@ def detail_gains(row: dict) -> list[float]:
     return gains
 
 
+def solved_blind(row: dict) -> bool:
+    """The blind solver, told where the targets are, answers the row correctly from the global view alone: the
+    view is an SFT row's first image, or an RL row's original downscaled as the trainer shows it."""
+    image = Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB")
+    view = global_view(image, row["global_view_size"])
+    item = BlindItem(
+        row["question_type"],
+        row["label"],
+        row["target_boxes_px"],
+        row["width"],
+        row["height"],
+        row["options"],
+        row["checker"],
+    )
+    return is_correct(row["checker"], blind_answer(view, item), row["answer"])
+
+
 def letter_balance(choices: list[tuple[str, int]]) -> tuple[dict[str, float], float | None]:
     """Each answer letter's share of the multiple-choice rows, and the largest gap from the share it would have if
     every row's letters were equally likely (rows with fewer options give their letters more)."""
@@ -197,6 +218,8 @@ class Tally:
         self.gains += gains
         if any(g < MIN_DETAIL_GAIN for g in gains):
             flags.append("low_detail_gain")
+        if solved_blind(row):
+            flags.append("solvable_without_zoom")
         thinks = think_texts(row.get("messages") or row.get("prompt") or [])
         self.thinks[split] += thinks
         self.row_thinks.append(thinks)
@@ -230,6 +253,7 @@ class Tally:
             "distinct_think_template_share": _share(len({_DIGITS.sub("#", t) for t in everything}), len(everything)),
             "letter_max_deviation": deviation,
             "question_types": len(set(self.types["sft"]) | set(self.types["rl"])),
+            "blind_solver_pass_share": _share(flagged["solvable_without_zoom"], n),
         }
         breakdown = {
             "rows": {s: sum(c.values()) for s, c in self.types.items()},
