@@ -82,8 +82,11 @@ class VerifyConfig:
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
-    reflective_share: float = 0.25  # share of single-target items whose trajectory first zooms off target
-    context_scale: float = 4.0  # the coarse zoom spans this many target sizes
+    reflective_share: float = 0.3  # share of single-target items that first look at a same-class distractor
+    single_zoom_share: float = 0.3  # share of single-target items answered after one zoom with enough detail
+    context_scale: float = 6.0  # the closest zoom spans this many target sizes (less when the target must show larger)
+    coarse_gain: float = 2.0  # the first of two zooms shows this many times the global view's detail (or less)
+    min_target_px: int = 48  # the last zoom shows the target's shorter side at least this large, in output pixels
     crop_quality: int = 90
 
 
