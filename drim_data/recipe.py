@@ -87,6 +87,7 @@ class TrajectoryConfig:
     context_scale: float = 6.0  # the closest zoom spans this many target sizes (less when the target must show larger)
     coarse_gain: float = 2.0  # the first of two zooms shows this many times the global view's detail (or less)
     min_target_px: int = 48  # the last zoom shows the target's shorter side at least this large, in output pixels
+    min_instance_px: int = 12  # ... and each instance a count question counts at least this large
     crop_quality: int = 90
 
 

@@ -91,10 +91,10 @@ def grid_distance(a, b, scene: Scene) -> int:
     return round(math.hypot((x2 - x1) / scene.width * GRID, (y2 - y1) / scene.height * GRID))
 
 
-def size_in(box, scale: float) -> str:
+def size_in(box, scale: float, decimals: int | None = None) -> str:
     w, h = (box[2] - box[0]) * scale, (box[3] - box[1]) * scale
-    fmt = "{:.0f}" if min(w, h) >= 10 else "{:.1f}"
-    return f"{fmt.format(w)}x{fmt.format(h)} px"
+    places = decimals if decimals is not None else 0 if min(w, h) >= 10 else 1
+    return f"{w:.{places}f}x{h:.{places}f} px"
 
 
 def crop_colour(crop: Image.Image) -> tuple[str, float]:
@@ -138,13 +138,17 @@ class Narrator:
     def opening(self, first: Zoom) -> str:
         """From the global view: how small the object is there, and where the first zoom looks."""
         item, label = self.item, self.label
-        small = min(min(t[2] - t[0], t[3] - t[1]) for t in item.targets) * self.scale
-        shown = min(item.targets, key=lambda t: min(t[2] - t[0], t[3] - t[1]))
+        shown = min(item.targets, key=_short)
+        small = _short(shown) * self.scale
         aspect = ASPECT.get(item.question_type, "its details").format(label=label)
         w, h = self.scene.width * self.scale, self.scene.height * self.scale
-        size = f"In this {w:.0f}x{h:.0f} view a {label} like this spans about {size_in(shown, self.scale)}"
+        if item.question_type == "count":
+            who = f"the smallest of the {plural(label)} asked about"
+        else:
+            who = self.names[0] if len(item.targets) == 1 else "the smaller of them"
+        size = f"In this {w:.0f}x{h:.0f} view {who} spans about {size_in(shown, self.scale, 1)}"
         if small < self.resolvable:
-            size += f", fewer than the {self.resolvable:.0f} px it takes to make out {aspect}."
+            size += f": its shorter side is under the {self.resolvable:g} px it takes to make out {aspect}."
         else:
             size += f"; a closer view will make {aspect} certain."
         where = region_name(first.box, self.scene.width, self.scene.height)
@@ -157,6 +161,8 @@ class Narrator:
             look = f"They are close together in the {where} of the image, so one zoom can show them all."
         elif len(item.targets) > 1:
             look = f"I need each of them up close, starting with {self.names[0]} in the {where}."
+        elif first.role == "direct":
+            look = f"One zoom into the {where} of the image will show it large enough."
         else:
             look = f"I will look at the {where} of the image first."
         return f"{size} {look}"
@@ -241,8 +247,9 @@ class Narrator:
             raise Drop("count_not_confirmed", f"{n} counted instances, answer {chosen}")
         shown = instances_in(last.box, self.scene, self.label)
         return (
-            f"This view holds {shown}, each now about {size_in(min(self.item.targets, key=_short), detail(last.box))}"
-            f" or larger; {n} of them are in the area the question describes. The answer is {chosen}."
+            f"This view holds {shown}; the smallest of those asked about now spans "
+            f"{size_in(min(self.item.targets, key=_short), detail(last.box))}, and {n} of them are in the area the "
+            f"question describes. The answer is {chosen}."
         )
 
     def brightness(self, chosen: str) -> str:

@@ -43,6 +43,7 @@ class Zoom:
     subject: tuple[float, ...]  # the box it must hold wholly: a target, the counted instances, or a distractor
     target: int = 0  # which target (or, for a miss, the target it is mistaken for)
     avoid: tuple[tuple[float, ...], ...] = ()  # boxes it must not touch: the real targets, for a miss
+    need: float = 0.0  # the detail its last look must reach for the smallest thing to be seen to show well
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ def violations(zooms: list[Zoom], view_scale: float, max_turns: int, sizes: list
             found.append("no_detail_gain")
         if z.role != "fine" and off_centre(z.box, z.subject) < MIN_OFFSET:
             found.append("zoom_centred_on_target")
+        last_look = z.role != "miss" and (i + 1 == len(zooms) or zooms[i + 1].target != z.target)
+        if last_look and now < z.need:
+            found.append("not_enough_detail")
         if i and list(z.grid) == list(zooms[i - 1].grid):
             found.append("identical_zooms")
         elif i and iou(z.box, zooms[i - 1].box) >= MAX_PAIR_IOU:
@@ -215,34 +219,35 @@ def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig):
     qid = item.question_id
     if item.question_type == "count" or len(targets) == 1:
         subject = union(targets)
-        short = min(min(t[2] - t[0], t[3] - t[1]) for t in targets)
+        seen = cfg.min_instance_px if item.question_type == "count" else cfg.min_target_px
+        need = seen / min(_short(t) for t in targets)
         orders = ["direct", "coarse_to_fine"] if share(["single", qid]) < cfg.single_zoom_share else None
         for order in orders or ["coarse_to_fine", "direct"]:
             for k in range(len(OFFSETS)):
-                yield order, _single(qid, k, subject, short, order, scene, cfg)
+                yield order, _single(qid, k, subject, need, order, scene, cfg)
         return
+    need = cfg.min_target_px / min(_short(t) for t in targets)
+    for k in range(len(OFFSETS)):  # targets close enough for one zoom to show them all well
+        yield "multi_target", _single(qid, k, union(targets), need, "direct", scene, cfg)
     for k in range(len(OFFSETS)):
         yield "multi_target", _multi(qid, k, targets, scene, cfg)
-    short = min(min(t[2] - t[0], t[3] - t[1]) for t in targets)
-    for k in range(len(OFFSETS)):  # targets too close for a zoom each: one zoom that shows all of them
-        yield "multi_target", _single(qid, k, union(targets), short, "direct", scene, cfg)
 
 
-def _single(qid, k, subject, short, order, scene, cfg):
+def _single(qid, k, subject, need, order, scene, cfg):
     def build(view_scale: float) -> list[Zoom]:
-        return _approach(qid, k, subject, short, order, scene, cfg, view_scale)
+        return _approach(qid, k, subject, need, order, scene, cfg, view_scale)
 
     return build
 
 
 def _after_miss(qid, k, distractor, targets, search, scene, cfg):
     def build(view_scale: float) -> list[Zoom]:
-        d_short = min(distractor[2] - distractor[0], distractor[3] - distractor[1])
-        (miss,) = _approach(["miss", qid], k, distractor, d_short, "direct", scene, cfg, view_scale)
+        need = cfg.min_target_px / _short(distractor)
+        (miss,) = _approach(["miss", qid], k, distractor, need, "direct", scene, cfg, view_scale)
         found = search(view_scale)
         if contains(found[0].box, distractor):
             raise ZoomError("the search would show the distractor again")
-        return [Zoom(miss.grid, miss.box, "miss", distractor, 0, tuple(targets)), *found]
+        return [Zoom(miss.grid, miss.box, "miss", distractor, 0, tuple(targets), need), *found]
 
     return build
 
@@ -251,29 +256,30 @@ def _multi(qid, k, targets, scene, cfg):
     def build(view_scale: float) -> list[Zoom]:
         zooms = []
         for i, t in enumerate(targets):
-            (z,) = _approach([qid, i], k, t, min(t[2] - t[0], t[3] - t[1]), "direct", scene, cfg, view_scale)
-            zooms.append(Zoom(z.grid, z.box, z.role, z.subject, i))
+            (z,) = _approach([qid, i], k, t, cfg.min_target_px / _short(t), "direct", scene, cfg, view_scale)
+            zooms.append(Zoom(z.grid, z.box, z.role, z.subject, i, need=z.need))
         return zooms
 
     return build
 
 
-def _approach(key, k, subject, short, order, scene, cfg, view_scale) -> list[Zoom]:
+def _approach(key, k, subject, need, order, scene, cfg, view_scale) -> list[Zoom]:
     """One zoom that already shows the subject at enough detail (direct), or a coarse then a fine one."""
     long = max(subject[2] - subject[0], subject[3] - subject[1])
     fit = long * (1 + 2 * MARGIN) + 4  # the smallest square that holds the subject inside its margins
-    enough = side_for(max(cfg.min_target_px / short, MIN_GAIN * view_scale))  # the largest that shows it well
+    # the largest box that shows it well, with room for the grid's rounding
+    enough = 0.95 * side_for(max(need, MIN_GAIN * view_scale))
     fine_side = max(min(long * cfg.context_scale, enough), fit, ZOOM.min_side_px)
     if order == "direct":
         side = max(min(2 * fine_side, enough), fine_side)
-        return [_zoom(_off_centre(subject, side, key, k, scene), "direct", subject, scene)]
+        return [_zoom(_off_centre(subject, side, key, k, scene), "direct", subject, scene, need)]
     fine_detail = detail((0, 0, fine_side, fine_side))
     coarse_detail = min(cfg.coarse_gain * view_scale, fine_detail / MIN_GAIN)
     if fine_detail >= NATIVE > cfg.coarse_gain * view_scale:
         coarse_detail = cfg.coarse_gain * view_scale  # the fine zoom reaches native resolution from below
     coarse_side = max(side_for(coarse_detail), fit / (1 - 2 * max(OFFSETS[0], 1 - OFFSETS[-1])))
-    coarse = _zoom(_off_centre(subject, coarse_side, key, k, scene), "coarse", subject, scene)
-    fine = _zoom(_around(subject, fine_side, key, scene), "fine", subject, scene)
+    coarse = _zoom(_off_centre(subject, coarse_side, key, k, scene), "coarse", subject, scene, need)
+    fine = _zoom(_around(subject, fine_side, key, scene), "fine", subject, scene, need)
     return [coarse, fine]
 
 
@@ -307,10 +313,14 @@ def _place(subject: Box, side: float, u: float, v: float, scene: Scene) -> list[
     return [box[0][0], box[1][0], box[0][1], box[1][1]]
 
 
-def _zoom(box_px: list[float], role: str, subject: Box, scene: Scene) -> Zoom:
+def _zoom(box_px: list[float], role: str, subject: Box, scene: Scene, need: float) -> Zoom:
     grid = pixels_to_grid(box_px, scene.width, scene.height)
     grid = [min(max(v, 0), GRID) for v in grid]
-    return Zoom(grid, ZOOM.resolve(grid, scene.width, scene.height), role, tuple(subject))
+    return Zoom(grid, ZOOM.resolve(grid, scene.width, scene.height), role, tuple(subject), need=need)
+
+
+def _short(box: Box) -> float:
+    return min(box[2] - box[0], box[3] - box[1])
 
 
 def union(boxes: list[Box]) -> tuple[float, float, float, float]:
