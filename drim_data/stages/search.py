@@ -205,8 +205,8 @@ def candidates(item, scene: Scene, cfg: TrajectoryConfig):
     plain = list(searches(item, targets, scene, cfg))
     if share(["reflective", qid]) < cfg.reflective_share:
         anchor = union(targets) if item.question_type == "count" else targets[0]
-        straight = [search for pattern, search in plain if pattern != "coarse_to_fine"][: len(OFFSETS)]
-        straight += [search for pattern, search in plain if pattern == "coarse_to_fine"][: len(OFFSETS)]
+        straight = [search for pattern, search in plain if pattern != "coarse_to_fine"]
+        straight += [search for pattern, search in plain if pattern == "coarse_to_fine"]
         for distractor in distractors(anchor, targets, scene, item.label)[:MAX_DISTRACTORS]:
             for k in range(len(OFFSETS)):
                 for search in straight:
