@@ -197,8 +197,9 @@ def plan(item, scene: Scene, cfg: TrajectoryConfig, view_scale: float, max_turns
 
 def candidates(item, scene: Scene, cfg: TrajectoryConfig):
     """Candidate plans, preferred first, as (pattern, build(view_scale) -> zooms). A reflective item tries a first
-    look at each distractor, nearest first, then goes straight to the target (having seen where it must be); any
-    item falls back to its plain search."""
+    look at each distractor, nearest first, then goes to the target: straight there where one zoom can show it well
+    (it has seen where it must be), else coarse to fine, never back over the distractor. Any item falls back to its
+    plain search."""
     qid, targets = item.question_id, [tuple(t) for t in item.targets]
     if not targets:
         return
@@ -277,7 +278,7 @@ def _approach(key, k, subject, need, order, scene, cfg, view_scale) -> list[Zoom
     coarse_detail = min(cfg.coarse_gain * view_scale, fine_detail / MIN_GAIN)
     if fine_detail >= NATIVE > cfg.coarse_gain * view_scale:
         coarse_detail = cfg.coarse_gain * view_scale  # the fine zoom reaches native resolution from below
-    coarse_side = max(side_for(coarse_detail), fit / (1 - 2 * max(OFFSETS[0], 1 - OFFSETS[-1])))
+    coarse_side = max(side_for(coarse_detail), fit / (2 * min(OFFSETS[0], 1 - OFFSETS[-1])))  # room off-centre
     coarse = _zoom(_off_centre(subject, coarse_side, key, k, scene), "coarse", subject, scene, need)
     fine = _zoom(_around(subject, fine_side, key, scene), "fine", subject, scene, need)
     return [coarse, fine]
