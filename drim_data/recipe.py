@@ -86,8 +86,12 @@ class VerifyConfig:
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
-    reflective_share: float = 0.25  # share of single-target items whose trajectory first zooms off target
-    context_scale: float = 4.0  # the coarse zoom spans this many target sizes
+    reflective_share: float = 0.3  # share of single-target items that first look at a same-class distractor
+    single_zoom_share: float = 0.3  # share of single-target items answered after one zoom with enough detail
+    context_scale: float = 6.0  # the closest zoom spans this many target sizes (less when the target must show larger)
+    coarse_gain: float = 2.0  # the first of two zooms shows this many times the global view's detail (or less)
+    min_target_px: int = 48  # the last zoom shows the target's shorter side at least this large, in output pixels
+    min_instance_px: int = 12  # ... and each instance a count question counts at least this large
     crop_quality: int = 90
 
 
@@ -228,7 +232,15 @@ RANGES: dict[type, dict[str, Range]] = {
         "seed": Range(),
     },
     VerifyConfig: {},
-    TrajectoryConfig: {"reflective_share": SHARE, "context_scale": Range(ge=1), "crop_quality": QUALITY},
+    TrajectoryConfig: {
+        "reflective_share": SHARE,
+        "single_zoom_share": SHARE,
+        "context_scale": Range(ge=1),
+        "coarse_gain": Range(ge=1),
+        "min_target_px": COUNT,
+        "min_instance_px": COUNT,
+        "crop_quality": QUALITY,
+    },
     ExportConfig: {"rl_share": SHARE, "rows_per_shard": COUNT, "global_view_quality": QUALITY},
     Price: {"input": OFF_OR_MORE, "output": OFF_OR_MORE},
     EndpointConfig: {

@@ -1,9 +1,10 @@
-"""Trajectories: multi-turn zoom dialogues whose every tool call is executed on the image and stored.
+"""Trajectories: multi-turn zoom dialogues that search, whose every tool call is executed on the image and stored.
 
-Patterns: coarse-to-fine (a context zoom, then a tight one), reflective (a zoom that misses, noticed, then the
-right one) and multi-target (one zoom per object). A trajectory is kept only when each on-target zoom really
-contains its target, each miss really misses, and the final answer checks out. A model teacher can drive the
-zoom tool instead: each of its calls is executed and the crop sent back, up to a turn limit.
+The built-in trajectories (planned in `search`, narrated in `narration`) go from the global view to a coarse
+region holding the target off its centre, then closer (coarse_to_fine); some need only one zoom (direct); some
+first look at a same-class distractor, say why it is not the target, then find it (reflective); questions about
+several objects zoom to each (multi_target). A model teacher can drive the zoom tool instead: each of its calls is
+executed and the crop sent back, up to a turn limit.
 """
 
 from __future__ import annotations
@@ -12,29 +13,31 @@ import json
 
 from PIL import Image
 
+from drim_data.errors import Drop
+from drim_data.pixels.candidates import GENERIC
 from drim_data.pixels.images import encode_jpeg, sha256
-from drim_data.recipe import TrajectoryConfig, sha256_json
+from drim_data.recipe import Recipe, sha256_json
 from drim_data.stages.contract import Context, StageStats
+from drim_data.stages.narration import Narrator
 from drim_data.stages.questions import COLUMNS, Question
+from drim_data.stages.search import PlanRejected, Scene, contains, plan, violations
 from drim_data.teacher.tasks import drive_trajectory
 from schemas.answers import extract_answer, is_correct
 from schemas.rows import message
 from schemas.tables import validate_table
 from schemas.tool import (
-    GRID,
     SYSTEM_PROMPT,
     TOOL_NAME,
     ZOOM,
-    ZoomError,
     global_view,
+    global_view_scale,
     global_view_size,
     observation_text,
-    pixels_to_grid,
     tool_call,
 )
 
 NAME = "trajectories"
-VERSION = "1"
+VERSION = "2"
 
 PENDING = f"""
 SELECT {COLUMNS}
@@ -50,16 +53,14 @@ class TrajectoryRejected(Exception):
 
 def run(ctx: Context) -> StageStats:
     stats = StageStats(NAME)
+    scenes: dict[str, Scene] = {}
 
     def handle(row: tuple) -> None:
         item = Question.from_row(row)
-        try:
-            steps, pattern = plan(item, ctx.recipe.trajectories)
-            messages, turns = execute(ctx.image(item.image_id), item, steps, ctx.recipe.trajectories.crop_quality)
-        except TrajectoryRejected as exc:
-            reason, _, detail = str(exc).partition(": ")
-            ctx.drop(stats, item.question_id, reason, detail)
-            return
+        if item.image_id not in scenes:
+            scenes.clear()  # items come grouped by image
+            scenes[item.image_id] = scene_of(ctx.con, item.image_id, item.width, item.height)
+        messages, turns, pattern = build(ctx.image(item.image_id), item, scenes[item.image_id], ctx.recipe)
         store(ctx, stats, item, pattern, messages, turns)
 
     async def handle_with_model(row: tuple):
@@ -105,7 +106,7 @@ def judge(item: Question, steps: list[dict], final: str) -> str:
     if not is_correct(item.checker, extract_answer(final), item.answer):
         raise TrajectoryRejected(f"wrong_final_answer: {extract_answer(final)!r} vs {item.answer!r}")
     centres = [((t[0] + t[2]) / 2, (t[1] + t[3]) / 2) for t in item.targets]
-    hits = [[_contains(s["box_px"], (x, y, x, y)) for x, y in centres] for s in steps]
+    hits = [[contains(s["box_px"], (x, y, x, y)) for x, y in centres] for s in steps]
     if not steps or not all(any(h[i] for h in hits) for i in range(len(centres))):
         raise TrajectoryRejected("zoom_misses_target")
     if any(not any(hits[i]) and any(any(h) for h in hits[i + 1 :]) for i in range(len(hits))):
@@ -129,142 +130,53 @@ def conversation(item: Question, steps: list[dict], final: str, quality: int) ->
     return messages, turns
 
 
-def _context_box(target: list[int], scale: float, width: int, height: int) -> list[int]:
-    """A grid box around the target, `scale` times its size but at least a tenth of the image, clamped."""
-    g = pixels_to_grid(target, width, height)
-    cx, cy = (g[0] + g[2]) / 2, (g[1] + g[3]) / 2
-    half_w = max((g[2] - g[0]) * scale, GRID / 10) / 2
-    half_h = max((g[3] - g[1]) * scale, GRID / 10) / 2
-    return [
-        max(0, round(cx - half_w)),
-        max(0, round(cy - half_h)),
-        min(GRID, round(cx + half_w)),
-        min(GRID, round(cy + half_h)),
+def scene_of(con, image_id: str, width: int, height: int) -> Scene:
+    """The image's annotated instances, the classes it boxes completely, and its unlabelled mined regions."""
+    annotations = [
+        (label, tuple(box))
+        for label, *box in con.execute(
+            "SELECT label, x1, y1, x2, y2 FROM annotations WHERE image_id = ? ORDER BY x1, y1, x2, y2, label",
+            [image_id],
+        ).fetchall()
     ]
-
-
-def _miss_box(around: list[int]) -> list[int]:
-    """The same box mirrored through the image centre: a plausible zoom that shows the wrong place."""
-    return [GRID - around[2], GRID - around[3], GRID - around[0], GRID - around[1]]
-
-
-def plan(item: Question, cfg: TrajectoryConfig) -> tuple[list[dict], str]:
-    """The zoom steps of a trajectory: each a grid box, whether it must contain or miss its target, and the text."""
-    qtype, label, targets, referent = item.question_type, item.label, item.targets, item.referent
-    width, height = item.width, item.height
-    if qtype == "count":
-        window = referent[0]
-        coarse = _grow(window, 1.5)
-        centres = [((t[0] + t[2]) / 2, (t[1] + t[3]) / 2) for t in targets]  # the question counts centres
-        union = [
-            min(x for x, _ in centres),
-            min(y for _, y in centres),
-            max(x for x, _ in centres),
-            max(y for _, y in centres),
-        ]
-        return [
-            {
-                "bbox": coarse,
-                "target": union,
-                "think": f"The {label}s are too small to count in this view. "
-                f"I will first look at the area around the box {window}.",
-            },
-            {
-                "bbox": window,
-                "target": union,
-                "think": f"Now I zoom exactly into the box {window} to count the "
-                f"{label}s whose centre lies inside it.",
-            },
-        ], "coarse_to_fine"
-    if qtype == "compare_brightness":
-        return [
-            {
-                "bbox": _context_box(t, 1.6, width, height),
-                "target": t,
-                "think": f"I need to see the {label} centred at ({p[0]}, {p[1]}) up close.",
-            }
-            for t, p in zip(targets, referent, strict=False)
-        ], "multi_target"
-    target, point = targets[0], referent[0]
-    coarse = _context_box(target, cfg.context_scale, width, height)
-    fine = _context_box(target, 1.6, width, height)
-    steps = [
-        {
-            "bbox": coarse,
-            "target": target,
-            "think": f"The {label} centred at ({point[0]}, {point[1]}) is too small "
-            "to see here. I will zoom into the area around it first.",
-        },
-        {"bbox": fine, "target": target, "think": f"I can make out the {label}; a closer zoom will show its colour."},
+    complete = {
+        r[0] for r in con.execute("SELECT label FROM complete_categories WHERE image_id = ?", [image_id]).fetchall()
+    }
+    lookalikes = [
+        tuple(r)
+        for r in con.execute(
+            "SELECT x1, y1, x2, y2 FROM regions WHERE image_id = ? AND label = ? ORDER BY x1, y1, x2, y2",
+            [image_id, GENERIC],
+        ).fetchall()
     ]
-    if int(sha256_json(item.question_id)[:8], 16) / 16**8 < cfg.reflective_share:
-        miss = _miss_box(coarse)
-        steps = [
-            {
-                "bbox": miss,
-                "target": target,
-                "miss": True,
-                "think": f"The {label} is small; let me zoom in to find it.",
-            },
-            {
-                "bbox": fine,
-                "target": target,
-                "think": f"That view does not show the {label}: I zoomed into the wrong "
-                f"place. It is centred at ({point[0]}, {point[1]}), so I will zoom there instead.",
-            },
-        ]
-        return steps, "reflective"
-    return steps, "coarse_to_fine"
+    return Scene(width, height, annotations, frozenset(complete), lookalikes)
 
 
-def _grow(box: list[int], factor: float) -> list[int]:
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    hw, hh = (box[2] - box[0]) * factor / 2, (box[3] - box[1]) * factor / 2
-    return [max(0, round(cx - hw)), max(0, round(cy - hh)), min(GRID, round(cx + hw)), min(GRID, round(cy + hh))]
-
-
-def execute(image: Image.Image, item: Question, steps: list[dict], quality: int) -> tuple[list[dict], list[dict]]:
-    """Run each zoom for real and assemble the conversation; raises TrajectoryRejected when a check fails."""
+def build(image: Image.Image, item: Question, scene: Scene, recipe: Recipe) -> tuple[list[dict], list[dict], str]:
+    """Plan an item's zooms, execute each on the image, check the rules again on the real crops, and write the
+    dialogue from what the crops show. Raises Drop when no plan obeys the rules or a measurement disagrees."""
+    cfg, view_scale = recipe.trajectories, global_view_scale(item.width, item.height, recipe.view.max_pixels)
+    try:
+        zooms, pattern = plan(item, scene, cfg, view_scale, recipe.teacher.max_turns)
+    except PlanRejected as exc:
+        raise Drop(exc.reason, exc.detail) from None
+    crops = [ZOOM.crop(image, z.box) for z in zooms]
+    broken = violations(zooms, view_scale, recipe.teacher.max_turns, [c.size for c in crops])
+    if broken:
+        raise Drop(broken[0], f"executed: {[list(z.grid) for z in zooms]}")
+    before, final = Narrator(item, scene, image, view_scale, recipe.view.min_resolvable_px).thinks(zooms, crops)
     messages = [message("system", SYSTEM_PROMPT), message("user", item.question, images=1)]
     turns = []
-    for step in steps:
-        try:
-            crop, box_px = ZOOM(image, step["bbox"])
-        except ZoomError as exc:
-            raise TrajectoryRejected("invalid_zoom") from exc
-        target = step["target"]
-        if target is not None:
-            hit = _contains(box_px, target)
-            if step.get("miss") and _intersects(box_px, target):
-                raise TrajectoryRejected("reflective_miss_overlaps_target")
-            if not step.get("miss") and not hit:
-                raise TrajectoryRejected(f"zoom_misses_target: {step['bbox']} -> {list(box_px)} vs {target}")
-        data = encode_jpeg(crop, quality)
-        turns.append({"bbox_2d": step["bbox"], "box_px": list(box_px), "crop": data, "crop_sha256": sha256(data)})
-        messages.append(message("assistant", f"<think>{step['think']}</think>", tool_calls=[tool_call(step["bbox"])]))
-        messages.append(message("tool", observation_text(step["bbox"], box_px), images=1, name=TOOL_NAME))
-    final = f"<think>{_conclusion(item)}</think>\n<answer>{item.answer}</answer>"
-    if not is_correct(item.checker, extract_answer(final), item.answer):
-        raise TrajectoryRejected("wrong_final_answer")
-    messages.append(message("assistant", final))
-    return messages, turns
-
-
-def _conclusion(item: Question) -> str:
-    if item.question_type == "count":
-        return f"I count {item.answer} {item.label}s centred inside the box."
-    chosen = item.options["ABCD".index(item.answer)] if item.options else item.answer
-    if item.question_type == "compare_brightness":
-        return f"Having seen both, {chosen} is the brighter {item.label}."
-    return f"In the close-up the {item.label} is mostly {chosen}."
-
-
-def _contains(outer, inner) -> bool:
-    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
-
-
-def _intersects(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+    for zoom, crop, think in zip(zooms, crops, before, strict=True):
+        data = encode_jpeg(crop, cfg.crop_quality)
+        turns.append({"bbox_2d": zoom.grid, "box_px": list(zoom.box), "crop": data, "crop_sha256": sha256(data)})
+        messages.append(message("assistant", f"<think>{think}</think>", tool_calls=[tool_call(zoom.grid)]))
+        messages.append(message("tool", observation_text(zoom.grid, zoom.box), images=1, name=TOOL_NAME))
+    answer = f"<think>{final}</think>\n<answer>{item.answer}</answer>"
+    if not is_correct(item.checker, extract_answer(answer), item.answer):
+        raise Drop("wrong_final_answer", answer)
+    messages.append(message("assistant", answer))
+    return messages, turns, pattern
 
 
 def replay(image: Image.Image, messages: list[dict], quality: int) -> list[str]:

@@ -1,0 +1,328 @@
+"""The `<think>` text of built-in trajectories, written from what each view shows and nothing else.
+
+Every statement is a measurement: sizes from the boxes and the views' scales, colours named on the palette from
+the crop's (or the object's own) pixels, counts of annotated instances inside the crop (stated exactly only for
+classes whose every instance is boxed), text read by OCR, directions and distances from box centres. A view is
+said to be too small for a detail only when the object spans fewer pixels there than the view can resolve.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from drim_data.errors import Drop
+from drim_data.pixels.measure import measure
+from drim_data.pixels.palette import colour_name, object_pixels
+from drim_data.stages.search import Scene, Zoom, centre, contains, detail
+from schemas.tool import GRID
+
+SAMPLE = 4096  # pixels of a crop its colour is named on
+ASPECT = {
+    "colour": "its colour",
+    "count": "one {label} from the next",
+    "text": "any writing",
+    "relative_position": "where exactly each one is",
+    "compare_brightness": "their brightness",
+}
+IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children"}
+
+
+def plural(label: str, n: int = 2) -> str:
+    if n == 1:
+        return label
+    if label in IRREGULAR:
+        return IRREGULAR[label]
+    if label.endswith(("s", "x", "ch", "sh")):
+        return label + "es"
+    if label.endswith("y") and label[-2:-1] not in "aeiou":
+        return label[:-1] + "ies"
+    return label + "s"
+
+
+def names(item) -> list[str]:
+    """How the dialogue names each target: the question's referring expressions when it has them as text."""
+    ref, n = item.referent, len(item.targets)
+    if isinstance(ref, str):
+        ref = [ref]
+    if isinstance(ref, list) and len(ref) == n and all(isinstance(r, str) and r for r in ref):
+        return [r if r.lower().startswith(("the ", "a ")) else f"the {r}" for r in ref]
+    if n == 1 or item.question_type == "count":
+        return [f"the {item.label}"] * n
+    return [f"the {('first', 'second', 'third', 'fourth')[i % 4]} {item.label}" for i in range(n)]
+
+
+def region_name(box, width: int, height: int) -> str:
+    """Where a box lies in the image, in words: 'upper left', 'centre', 'lower middle'..."""
+    x, y = centre(box)
+    row = ("upper", "middle", "lower")[min(2, int(3 * y / height))]
+    col = ("left", "middle", "right")[min(2, int(3 * x / width))]
+    if row == col == "middle":
+        return "centre"
+    return f"{row} {col}" if row != "middle" else f"middle {col}"
+
+
+def placed(subject, box) -> str:
+    """Where in a view (box) the subject's centre is."""
+    (x, y), (bx, by) = centre(subject), centre(box)
+    w, h = box[2] - box[0], box[3] - box[1]
+    dx, dy = (x - bx) / w, (y - by) / h
+    parts = [
+        ("upper" if dy < 0 else "lower") if abs(dy) >= 0.1 else "",
+        ("left" if dx < 0 else "right") if abs(dx) >= 0.1 else "",
+    ]
+    where = " ".join(p for p in parts if p)
+    return f"in the {where} part of this view" if where else "near the centre of this view"
+
+
+def direction(src, dst) -> str:
+    """The direction from one box's centre to another's, in image terms."""
+    (x1, y1), (x2, y2) = centre(src), centre(dst)
+    dx, dy = x2 - x1, y2 - y1
+    vertical = ("above" if dy < 0 else "below") if abs(dy) >= 0.4 * abs(dx) else ""
+    horizontal = ("to the left" if dx < 0 else "to the right") if abs(dx) >= 0.4 * abs(dy) else ""
+    return " and ".join(p for p in (vertical, horizontal) if p)
+
+
+def grid_distance(a, b, scene: Scene) -> int:
+    (x1, y1), (x2, y2) = centre(a), centre(b)
+    return round(math.hypot((x2 - x1) / scene.width * GRID, (y2 - y1) / scene.height * GRID))
+
+
+def size_in(box, scale: float, decimals: int | None = None) -> str:
+    w, h = (box[2] - box[0]) * scale, (box[3] - box[1]) * scale
+    places = decimals if decimals is not None else 0 if min(w, h) >= 10 else 1
+    return f"{w:.{places}f}x{h:.{places}f} px"
+
+
+def crop_colour(crop: Image.Image) -> tuple[str, float]:
+    pixels = np.asarray(crop.convert("RGB")).reshape(-1, 3)
+    step = max(1, len(pixels) // SAMPLE)
+    return colour_name(pixels[::step])
+
+
+def own_colour(image: Image.Image, box) -> tuple[str, float]:
+    """The palette colour of an object's own pixels (separated from its surround) and the share it names."""
+    x1, y1, x2, y2 = (round(v) for v in box)
+    patch = np.asarray(image.crop((x1, y1, x2, y2)).convert("RGB"))
+    return colour_name(object_pixels(patch, (0, 0, patch.shape[1], patch.shape[0])))
+
+
+def instances_in(box, scene: Scene, label: str) -> str:
+    """How many annotated instances of the class have their centre in the view, said as exactly as is known."""
+    n = sum(contains(box, (*centre(b), *centre(b))) for b in scene.instances(label))
+    exact = scene.is_complete(label)
+    if n == 0:
+        return f"no {plural(label)}" if exact else f"no {label} I can identify"
+    return f"{n} {plural(label, n)}" if exact else f"at least {n} {plural(label, n)}"
+
+
+class Narrator:
+    """Writes one item's `<think>` texts from its executed zooms and their crops."""
+
+    def __init__(self, item, scene: Scene, image: Image.Image, view_scale: float, min_resolvable_px: float):
+        self.item, self.scene, self.image = item, scene, image
+        self.scale, self.resolvable = view_scale, min_resolvable_px
+        self.label = item.label
+        self.names = names(item)
+
+    def thinks(self, zooms: list[Zoom], crops: list[Image.Image]) -> tuple[list[str], str]:
+        """The think text before each zoom (about the view it refines) and the final one (about the last crop)."""
+        before = [self.opening(zooms[0])]
+        for i in range(1, len(zooms)):
+            before.append(self.between(zooms[i - 1], crops[i - 1], zooms[i]))
+        return before, self.conclusion(zooms, crops)
+
+    def opening(self, first: Zoom) -> str:
+        """From the global view: how small the object is there, and where the first zoom looks."""
+        item, label = self.item, self.label
+        shown = min(item.targets, key=_short)
+        small = _short(shown) * self.scale
+        aspect = ASPECT.get(item.question_type, "its details").format(label=label)
+        w, h = self.scene.width * self.scale, self.scene.height * self.scale
+        if item.question_type == "count":
+            who = f"the smallest of the {plural(label)} asked about"
+        else:
+            who = self.names[0] if len(item.targets) == 1 else "the smaller of them"
+        size = f"In this {w:.0f}x{h:.0f} view {who} spans about {size_in(shown, self.scale, 1)}"
+        if small < self.resolvable:
+            size += f": its shorter side is under the {self.resolvable:g} px it takes to make out {aspect}."
+        else:
+            size += f"; a closer view will make {aspect} certain."
+        where = region_name(first.box, self.scene.width, self.scene.height)
+        if first.role == "miss":
+            look = f"One candidate sits in the {where} of the image; I zoom there to check it."
+        elif item.question_type == "count":
+            total = instances_in((0, 0, self.scene.width, self.scene.height), self.scene, label)
+            look = f"The image holds {total} in all; the ones asked about are in the {where}, so I look there."
+        elif len(item.targets) > 1 and all(contains(first.box, t) for t in item.targets):
+            look = f"They are close together in the {where} of the image, so one zoom can show them all."
+        elif len(item.targets) > 1:
+            look = f"I need each of them up close, starting with {self.names[0]} in the {where}."
+        elif first.role == "direct":
+            look = f"One zoom into the {where} of the image will show it large enough."
+        else:
+            look = f"I will look at the {where} of the image first."
+        return f"{size} {look}"
+
+    def between(self, seen: Zoom, crop: Image.Image, nxt: Zoom) -> str:
+        """After a crop and before the next zoom: what the crop showed and why another zoom is needed."""
+        colour, share = crop_colour(crop)
+        scale = detail(seen.box, crop.size)
+        view = (
+            f"This view ({seen.box[2] - seen.box[0]}x{seen.box[3] - seen.box[1]} px of the original at "
+            f"{scale:.2f}x) is {share:.0%} {colour} and holds {instances_in(seen.box, self.scene, self.label)}."
+        )
+        name = self.names[nxt.target]
+        if seen.role == "miss" and self.item.question_type == "count":
+            goal = item_box(self.item, nxt)
+            return (
+                f"{view} These are not the {plural(self.label)} the question asks about: those lie "
+                f"{direction(seen.box, goal)} of here, about {grid_distance(seen.box, goal, self.scene)} grid units "
+                "away. I zoom over there."
+            )
+        if seen.role == "miss":
+            d = seen.subject
+            what, part = self.describe(d, scale), placed(d, seen.box)
+            kind = f"The {self.label} {part}" if self.is_instance(d) else f"The blob {part}, not a {self.label},"
+            why = (
+                f"{kind} is {what}. It is not {name}: that one lies {direction(d, item_box(self.item, nxt))} "
+                f"of it, about {grid_distance(d, item_box(self.item, nxt), self.scene)} grid units away"
+                f"{self.size_compare(d, item_box(self.item, nxt))}. I zoom over there."
+            )
+            return f"{view} {why}"
+        if seen.target != nxt.target:  # multi-target: done with one, on to the next
+            t = self.item.targets[seen.target]
+            done = f"{self.names[seen.target].capitalize()} {placed(t, seen.box)} is {self.describe(t, scale)}."
+            where = region_name(nxt.box, self.scene.width, self.scene.height)
+            return f"{view} {done} Now {name}, in the {where} of the image."
+        subject = seen.subject
+        if self.item.question_type == "count":
+            smallest = size_in(min(self.item.targets, key=_short), scale)
+            found = (
+                f"The {plural(self.label)} asked about are {placed(subject, seen.box)}, the smallest still {smallest}"
+            )
+        else:
+            found = f"{name.capitalize()} is {placed(subject, seen.box)}, still only {size_in(subject, scale)}"
+        return f"{view} {found} here; a closer zoom will show it at {detail(nxt.box):.1f}x."
+
+    def conclusion(self, zooms: list[Zoom], crops: list[Image.Image]) -> str:
+        """From the last crop (each target's own crop, for several): the measurement that gives the answer."""
+        item, qtype = self.item, self.item.question_type
+        last, crop = zooms[-1], crops[-1]
+        scale = detail(last.box, crop.size)
+        chosen = item.options["ABCD".index(item.answer)] if item.options and item.answer in "ABCD" else item.answer
+        if qtype == "colour":
+            return self.colour(item.targets[0], scale, chosen)
+        if qtype == "count":
+            return self.count(last, chosen)
+        if qtype == "compare_brightness":
+            return self.brightness(chosen)
+        if qtype == "relative_position":
+            return self.relation(chosen)
+        if qtype == "text":
+            return self.text(item.targets[0], last, crop, chosen)
+        target = item.targets[last.target]
+        return f"Up close {self.names[last.target]} is {self.describe(target, scale)}. The answer is {chosen}."
+
+    def colour(self, target, scale: float, chosen: str) -> str:
+        for measured, of in (
+            (own_colour(self.image, target), "of its own pixels"),
+            (self.central(target), "of its central pixels"),
+        ):
+            if measured[0] == str(chosen).lower():
+                return (
+                    f"Up close {self.names[0]} spans {size_in(target, scale)}; {measured[1]:.0%} {of} are "
+                    f"{measured[0]}, so its colour is {chosen}."
+                )
+        raise Drop(
+            "colour_not_confirmed", f"{self.names[0]}: measured {own_colour(self.image, target)}, answer {chosen}"
+        )
+
+    def count(self, last: Zoom, chosen: str) -> str:
+        n = len(self.item.targets)
+        if str(chosen).strip() != str(n):
+            raise Drop("count_not_confirmed", f"{n} counted instances, answer {chosen}")
+        shown = instances_in(last.box, self.scene, self.label)
+        return (
+            f"This view holds {shown}; the smallest of those asked about now spans "
+            f"{size_in(min(self.item.targets, key=_short), detail(last.box))}, and {n} of them are in the area the "
+            f"question describes. The answer is {chosen}."
+        )
+
+    def brightness(self, chosen: str) -> str:
+        levels = [
+            measure(np.asarray(self.image.crop(tuple(round(v) for v in t)).convert("RGB"))).brightness
+            for t in self.item.targets
+        ]
+        brighter = int(np.argmax(levels))
+        if self.item.options and self.item.answer != "ABCD"[brighter]:
+            raise Drop("brightness_not_confirmed", f"levels {levels}, answer {self.item.answer}")
+        said = "; ".join(f"{n} has mean brightness {b:.0f} of 255" for n, b in zip(self.names, levels, strict=True))
+        return f"{said[0].upper()}{said[1:]}. So {self.names[brighter]} is the brighter: {chosen}."
+
+    def relation(self, chosen: str) -> str:
+        (a, b), (na, nb) = self.item.targets[:2], self.names[:2]
+        ga, gb = (self.grid_point(t) for t in (a, b))
+        where = direction(b, a)
+        words = {w for w in ("left", "right", "above", "below") if w in str(chosen).lower()}
+        if words and not words <= set(where.replace("to the ", "").split(" and ")):
+            raise Drop("position_not_confirmed", f"{na} is {where} of {nb}, answer {chosen}")
+        return (
+            f"{na.capitalize()} is centred near {ga} and {nb} near {gb}: {na} is {where} of {nb}. "
+            f"The answer is {chosen}."
+        )
+
+    def text(self, target, last: Zoom, crop: Image.Image, chosen: str) -> str:
+        said = f"Up close {self.names[0]} spans {size_in(target, detail(last.box, crop.size))}."
+        read = ocr_lines(crop)
+        if read:
+            said += f" OCR on this view reads: {' / '.join(repr(t) for t in read[:3])}."
+        return f"{said} The answer is {chosen}."
+
+    def describe(self, box, scale: float) -> str:
+        colour, share = own_colour(self.image, box)
+        return f"{colour} ({share:.0%} of its pixels) and {size_in(box, scale)} at this zoom"
+
+    def size_compare(self, seen, target) -> str:
+        ratio = (_area(target) / _area(seen)) ** 0.5 if _area(seen) else 1.0
+        if ratio >= 1.25:
+            return f", and about {ratio:.1f} times its size"
+        if ratio <= 0.8:
+            return f", and about {1 / ratio:.1f} times smaller"
+        return ", and of about its size"
+
+    def is_instance(self, box) -> bool:
+        return tuple(box) in {tuple(b) for b in self.scene.instances(self.label)}
+
+    def central(self, box) -> tuple[str, float]:
+        m = measure(np.asarray(self.image.crop(tuple(round(v) for v in box)).convert("RGB")))
+        return m.colour, m.colour_share
+
+    def grid_point(self, box) -> tuple[int, int]:
+        x, y = centre(box)
+        return round(x / self.scene.width * GRID), round(y / self.scene.height * GRID)
+
+
+def item_box(item, zoom: Zoom):
+    return item.targets[zoom.target] if item.question_type != "count" else zoom.subject
+
+
+def _short(box) -> float:
+    return min(box[2] - box[0], box[3] - box[1])
+
+
+def _area(box) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def ocr_lines(crop: Image.Image) -> list[str]:
+    """Text OCR reads in a crop, confident lines first; none where no OCR model is installed."""
+    try:
+        from drim_data.pixels.ocr import read_text
+    except ImportError:
+        return []
+    lines = sorted(read_text(crop), key=lambda line: -line.confidence)
+    return [line.text for line in lines if line.confidence >= 0.5]
