@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from drim_data.recipe import TrajectoryConfig, sha256_json
 
 # box geometry, all from one place
-from schemas.tool import GRID, ZOOM, ZoomError, iou, pixels_to_grid
+from schemas.geometry import GRID, centre, contains, intersects, iou, pixels_to_grid
+from schemas.tool import ZOOM, ZoomError
 
 MIN_GAIN = 1.5  # a zoom shows its region at least this many times the detail of the view it refines ...
 NATIVE = 1.0  # ... or reaches the original resolution (one output pixel per original pixel) from below it
@@ -70,18 +71,6 @@ class PlanRejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-def contains(outer: Box, inner: Box) -> bool:
-    return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
-
-
-def intersects(a: Box, b: Box) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
-
-
-def centre(box: Box) -> tuple[float, float]:
-    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
 def share(key: object) -> float:
