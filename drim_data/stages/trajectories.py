@@ -153,7 +153,16 @@ def plan(item: Question, cfg: TrajectoryConfig) -> tuple[list[dict], str]:
     qtype, label, targets, referent = item.question_type, item.label, item.targets, item.referent
     width, height = item.width, item.height
     if qtype == "count":
-        window = referent[0]
+        window = pixels_to_grid(
+            [
+                min(t[0] for t in targets),
+                min(t[1] for t in targets),
+                max(t[2] for t in targets),
+                max(t[3] for t in targets),
+            ],
+            width,
+            height,
+        )
         coarse = _grow(window, 1.5)
         centres = [((t[0] + t[2]) / 2, (t[1] + t[3]) / 2) for t in targets]  # the question counts centres
         union = [
@@ -176,12 +185,12 @@ def plan(item: Question, cfg: TrajectoryConfig) -> tuple[list[dict], str]:
                 f"{label}s whose centre lies inside it.",
             },
         ], "coarse_to_fine"
-    if qtype == "compare_brightness":
+    if qtype in ("compare_brightness", "relative_position"):
         return [
             {
                 "bbox": _context_box(t, 1.6, width, height),
                 "target": t,
-                "think": f"I need to see the {label} centred at ({p[0]}, {p[1]}) up close.",
+                "think": f"I need to see {p} up close.",
             }
             for t, p in zip(targets, referent, strict=False)
         ], "multi_target"
@@ -192,8 +201,8 @@ def plan(item: Question, cfg: TrajectoryConfig) -> tuple[list[dict], str]:
         {
             "bbox": coarse,
             "target": target,
-            "think": f"The {label} centred at ({point[0]}, {point[1]}) is too small "
-            "to see here. I will zoom into the area around it first.",
+            "think": f"{point[0].upper()}{point[1:]} is too small to see here. I will zoom into the area around it "
+            "first.",
         },
         {"bbox": fine, "target": target, "think": f"I can make out the {label}; a closer zoom will show its colour."},
     ]
@@ -210,7 +219,7 @@ def plan(item: Question, cfg: TrajectoryConfig) -> tuple[list[dict], str]:
                 "bbox": fine,
                 "target": target,
                 "think": f"That view does not show the {label}: I zoomed into the wrong "
-                f"place. It is centred at ({point[0]}, {point[1]}), so I will zoom there instead.",
+                f"place. I will look for {point} elsewhere.",
             },
         ]
         return steps, "reflective"
@@ -252,8 +261,13 @@ def execute(image: Image.Image, item: Question, steps: list[dict], quality: int)
 
 def _conclusion(item: Question) -> str:
     if item.question_type == "count":
-        return f"I count {item.answer} {item.label}s centred inside the box."
+        return f"I count {item.answer}: {item.referent[0]}."
     chosen = item.options["ABCD".index(item.answer)] if item.options else item.answer
+    if item.question_type == "relative_position":
+        where = {"left": "to the left of", "right": "to the right of"}.get(chosen, chosen)
+        return f"Having seen both, {item.referent[0]} is {where} {item.referent[1]}."
+    if item.question_type == "text":
+        return f"In the close-up, {item.referent[0]} reads: {chosen}."
     if item.question_type == "compare_brightness":
         return f"Having seen both, {chosen} is the brighter {item.label}."
     return f"In the close-up the {item.label} is mostly {chosen}."

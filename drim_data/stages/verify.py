@@ -135,13 +135,13 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
 
 
 def _ambiguous(ctx: Context, item: Question) -> bool:
-    """Another candidate of the same label lies within the referent radius of a referred point."""
+    """Another candidate of the same label lies within the referent radius of a target's centre."""
     others = ctx.con.execute(
         "SELECT region_id, x1, y1, x2, y2 FROM regions WHERE image_id = ? AND lower(label) = ?",
         [item.image_id, item.label],
     ).fetchall()
     radius = ctx.recipe.verify.referent_radius
-    for point in item.referent:
+    for point in (centre_grid(t, item.width, item.height) for t in item.targets[: len(item.region_ids)]):
         for rid, *box in others:
             if rid in item.region_ids:
                 continue
