@@ -350,6 +350,7 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
     found = []
     others = [i for i in facts.instances if i.sure and i.label != GENERIC]
     for a in rng.sample(_targets(facts), len(_targets(facts))):
+        asked = 0
         for b in rng.sample(others, len(others)):
             where = b is not a and relation(a, b, facts, cfg)
             if not where:
@@ -372,7 +373,9 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
                 stem = f"Where is {ref_a} relative to {ref_b}?"
                 draft = Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
             found.append(draft)
-            break
+            asked += 1
+            if asked == cfg.partners_per_target or len(found) >= cfg.per_image:
+                break
         if len(found) >= cfg.per_image:
             break
     return found
