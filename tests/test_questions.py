@@ -223,7 +223,7 @@ def scene_for(seed: int) -> ImageFacts:
     """A random harbour: boats (some red), ships and an island, boats boxed completely."""
     rng = random.Random(seed)
     found = [Instance("oil island", (900, 350, 1100, 550))]
-    for i in range(rng.randint(3, 9)):
+    for _ in range(rng.randint(3, 9)):
         colour = rng.choice(["red", "white", "blue", "green"])
         x, y = rng.randint(20, 1950), rng.randint(20, 950)
         found.append(boat(x, y, side=rng.randint(10, 30), colour=colour, colour_share=0.9))

@@ -1,5 +1,8 @@
 """Model-teacher stages end to end against a local OpenAI-compatible server playing a competent teacher."""
 
+import base64
+import collections
+import io
 import json
 import os
 import re
@@ -9,12 +12,14 @@ import sys
 import time
 
 import duckdb
+import numpy as np
 import pytest
+from PIL import Image
 
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import RecipeError, load_recipe
 from drim_data.status import read_status
-from tests.conftest import write_recipe
+from tests.conftest import query, write_recipe
 from tests.openai_server import FakeOpenAI, Reply, completion
 
 KEY_ENV = "DRIM_TEST_TEACHER_KEY"
@@ -42,19 +47,54 @@ def _correct(question: str) -> str:
     return next((letter for letter, text in options if text == TRUTH), TRUTH)
 
 
+OUTLINES = {
+    "magenta": lambda r, g, b: (r > 180) & (g < 90) & (b > 180),
+    "cyan": lambda r, g, b: (r < 90) & (g > 180) & (b > 180),
+}
+LOCATED: dict[str, tuple[int, int]] = {}  # the fake teacher's memory: each referent it wrote, and where it saw it
+COORDINATES = re.compile(r"\d+\s*,\s*\d+|\(\s*\d+|\[\s*\d+|0-1000|grid")
+
+
+def _images(body: dict) -> list[Image.Image]:
+    parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
+    return [
+        Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
+        for p in parts
+        if p["type"] == "image_url"
+    ]
+
+
+def _outlined(view: Image.Image, colour: str) -> tuple[int, int]:
+    """Where the outline of a colour is drawn in the view, on the 0..1000 grid: what a teacher sees."""
+    rgb = np.asarray(view).astype(int)
+    ys, xs = np.nonzero(OUTLINES[colour](rgb[..., 0], rgb[..., 1], rgb[..., 2]))
+    cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+    return round(cx / view.width * 1000), round(cy / view.height * 1000)
+
+
+def _name(body: dict, colour: str) -> str:
+    """A referring expression with no coordinates in it, remembered with where the object is."""
+    x, y = _outlined(_images(body)[0], colour)
+    label = re.search(r"The object is an? ([\w ]+)\.", body["messages"][0]["content"])
+    name = f"the {label.group(1) if label else 'thing'} number {'abcdefghij'[x % 10]}{'abcdefghij'[y % 10]}{colour}"
+    LOCATED[name] = (x, y)
+    return name
+
+
 def _centres(question: str) -> list[tuple[int, int]]:
-    return [(int(x), int(y)) for x, y in re.findall(r"centred at \((\d+), (\d+)\)", question)]
+    return [xy for name, xy in sorted(LOCATED.items(), key=lambda kv: question.find(kv[0])) if name in question]
 
 
 def competent_teacher(body: dict):
-    """Answers like a good teacher would, from what the request itself says."""
+    """Answers like a good teacher would, from what the request itself says and shows."""
     task = _task(body)
     if task == "ground":
         return json.dumps({"objects": [{"label": "buoy", "bbox_2d": [480, 480, 515, 520]}]})
     if task == "questions":
-        referent = re.search(r'exactly as "(.+?)"', body["messages"][0]["content"]).group(1)
+        referent = _name(body, "magenta")
         return json.dumps(
             {
+                "referent": referent,
                 "questions": [
                     {
                         "type": "attribute",
@@ -63,16 +103,23 @@ def competent_teacher(body: dict):
                         "answer": TRUTH,
                     },
                     {"type": "count", "question": f"How many parts has {referent}?", "options": [], "answer": "oops"},
+                    {
+                        "type": "attribute",
+                        "question": "What colour is the thing at (10, 20)?",
+                        "options": [],
+                        "answer": "red",
+                    },
                     {"type": "bogus", "question": "Something else entirely?", "options": [], "answer": "x"},
-                ]
+                ],
             }
         )
     if task == "questions_pair":
-        a, b = re.findall(r'"(the [^"]+? on a 0-1000 grid over the image)"', body["messages"][0]["content"])[:2]
+        a, b = _name(body, "magenta"), _name(body, "cyan")
         return (
             "```json\n"
             + json.dumps(
                 {
+                    "referents": [a, b],
                     "questions": [
                         {
                             "type": "multi_target",
@@ -80,7 +127,7 @@ def competent_teacher(body: dict):
                             "options": [],
                             "answer": "yes",
                         }
-                    ]
+                    ],
                 }
             )
             + "\n```"
@@ -165,12 +212,49 @@ def test_model_teacher_drives_questions_verification_and_trajectories(tmp_path, 
     assert sum(row[2] for row in status.teacher) == n and all(row[3] == 0 for row in status.teacher)
     assert sum(row[6] for row in status.teacher) == pytest.approx((100 * n * 2.0 + 20 * n * 8.0) / 1e6)
     assert {row[0] for row in status.teacher} == {"ground", "generate", "verify", "trajectories"}
+    referents = [json.loads(r) for (r,) in con.execute("SELECT referent FROM questions").fetchall()]
+    assert referents and all(all(name in LOCATED for name in r) for r in referents)  # the teacher's own names
+    assert all(not COORDINATES.search(q) for (q,) in con.execute("SELECT question FROM questions").fetchall())
     everything = json.dumps(con.execute("SELECT * FROM teacher_calls").fetchall(), default=str)
     con.close()
     assert SECRET not in everything
     for path in result.export.path.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes()
+
+
+def _texts(body: dict, task: str) -> list[str]:
+    """The words a request puts before the model: every text part, or for a trajectory the question alone."""
+    texts = [
+        m["content"] if isinstance(m["content"], str) else p["text"]
+        for m in body["messages"]
+        for p in (m["content"] if isinstance(m["content"], list) else [{"type": "text"}])
+        if p["type"] == "text"
+    ]
+    return [_question(body)] if task == "trajectory" else texts
+
+
+def test_no_prompt_names_a_place_by_coordinates(tmp_path, small_images):
+    with FakeOpenAI(competent_teacher) as server:
+        recipe = load_recipe(
+            teacher_recipe(tmp_path, small_images, server, ["questions", "verification", "trajectories"])
+        )
+        run_pipeline(recipe)
+    seen = collections.Counter()
+    for request in server.successful():
+        task = _task(request.body)
+        seen[task] += 1
+        for t in _texts(request.body, task):
+            assert not COORDINATES.search(t), (task, t)
+        if task == "questions":
+            assert (
+                "The object is a" in request.body["messages"][0]["content"]
+                or "no class name" in (request.body["messages"][0]["content"])
+            )
+            assert len(_images(request.body)) == 2  # the outlined whole view and the crop
+    assert {"questions", "questions_pair", "answer", "validate", "trajectory"} <= set(seen)
+    dropped = query(recipe.db, "SELECT count(*) FROM questions WHERE question LIKE '%(10, 20)%'")
+    assert dropped == [(0,)]  # a question that points with coordinates is left out
 
 
 def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
@@ -185,8 +269,7 @@ def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
             return Reply(500)
         if n % 13 == 0:
             return Reply(drop=True)
-        system = body["messages"][0]["content"]
-        x = int(re.search(r"centred at \((\d+),", system).group(1)) if task == "questions" else 2
+        x = _outlined(_images(body)[0], "magenta")[0] if task == "questions" else 2
         if x % 4 == 0:
             return completion(None, refusal="I cannot help with that.")
         if x % 4 == 1:  # malformed, and so is the reply to the repair request
