@@ -179,6 +179,13 @@ def test_counts_skip_areas_with_an_instance_on_the_edge_or_an_unsure_box():
     assert not any("left half" in q["question"] for q in ask(facts(*row, unsure, complete=["boat"]), ["count"]))
 
 
+def test_counts_of_objects_visible_without_zooming_are_not_asked():
+    row = [boat(x, 100) for x in (100, 300, 500)]
+    assert any("left half" in q["question"] for q in ask(facts(*row, complete=["boat"]), ["count"]))
+    seen = [boat(x, 100, small=False) for x in (100, 300)] + [boat(500, 100)]  # two of three resolvable
+    assert not any("left half" in q["question"] for q in ask(facts(*seen, complete=["boat"]), ["count"]))
+
+
 def test_relative_position_is_asked_only_when_clear_on_one_axis():
     ship, island = (
         Instance("ship", (300, 480, 320, 520), region_id="s"),

@@ -105,7 +105,7 @@ def competent_teacher(body: dict):
                     {"type": "count", "question": f"How many parts has {referent}?", "options": [], "answer": "oops"},
                     {
                         "type": "attribute",
-                        "question": "What colour is the thing at (10, 20)?",
+                        "question": f"What colour is {referent} at (10, 20)?",
                         "options": [],
                         "answer": "red",
                     },
