@@ -76,7 +76,7 @@ class GenerateConfig:
     position_margin: float = 0.03
     size_ratio: float = 1.5  # "the largest" is at least this many times the area of the next largest
     nearest_ratio: float = 0.6  # "the X nearest the Y" is at most this share of the next X's distance to Y
-    partners_per_target: int = 2  # relative-position questions per target, each against another named object
+    partners_per_target: int = 4  # relative-position questions per target, each against another named object
     min_count: int = 2  # counts are asked between these numbers of instances
     max_count: int = 9
     min_text_agreement: float = 0.8  # OCR must read the labeller's text this closely (similarity 0..1)

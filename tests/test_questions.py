@@ -73,7 +73,9 @@ def test_uniqueness_is_checked_against_every_instance_even_unsure_or_not_mined()
 def test_area_scoped_positions():
     a, b, c = boat(200, 100), boat(600, 150), boat(300, 800)
     scene = facts(a, b, c)
-    assert "the leftmost boat in the top half of the image" in phrases(a, scene)
+    assert "the second boat from the right in the top half of the image" in phrases(a, scene)
+    assert "the leftmost boat" in phrases(a, scene)  # and not the redundant "... in the top half of the image"
+    assert "the leftmost boat in the top half of the image" not in phrases(a, scene)
     assert "the boat in the bottom half of the image" in phrases(c, scene)
     on_edge = boat(700, 490)  # centred on the halfway line: top or bottom is not clear
     assert not any("top half" in p or "bottom half" in p for p in phrases(c, facts(a, b, c, on_edge)))
@@ -87,6 +89,16 @@ def test_nearest_a_named_object_needs_a_clear_margin():
     assert "the boat nearest the oil island" not in phrases(near, facts(near, far, rival, island))
     unsure = Instance("oil island", (1000, 400, 1200, 600), sure=False)
     assert not any("nearest" in p for p in phrases(near, facts(near, far, unsure)))
+
+
+def test_sides_of_a_named_object_scope_a_description():
+    island = Instance("oil island", (1000, 400, 1200, 600))
+    west, east, far_east = boat(500, 480), boat(1400, 300), boat(1800, 700)
+    scene = facts(west, east, far_east, island)
+    assert "the boat left of the oil island" in phrases(west, scene)
+    assert "the leftmost boat right of the oil island" in phrases(east, scene)
+    on_edge = boat(1010, 900)  # centred just inside the island's left edge: left of it or not is not clear
+    assert "the boat left of the oil island" not in phrases(west, facts(west, east, far_east, island, on_edge))
 
 
 def test_size_and_colour_descriptions():

@@ -2,6 +2,7 @@
 
 import base64
 import collections
+import hashlib
 import io
 import json
 import os
@@ -259,6 +260,7 @@ def test_no_prompt_names_a_place_by_coordinates(tmp_path, small_images):
 
 def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
     calls = {"n": 0}
+    regions: dict[str, int] = {}  # each region's crop, numbered as first seen: the first is refused, the next garbled
 
     def flaky(body):
         calls["n"] += 1
@@ -269,7 +271,8 @@ def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
             return Reply(500)
         if n % 13 == 0:
             return Reply(drop=True)
-        x = _outlined(_images(body)[0], "magenta")[0] if task == "questions" else 2
+        crop = [p for p in body["messages"][1]["content"] if p["type"] == "image_url"][-1]["image_url"]["url"]
+        x = regions.setdefault(hashlib.sha256(crop.encode()).hexdigest(), len(regions)) if task == "questions" else 2
         if x % 4 == 0:
             return completion(None, refusal="I cannot help with that.")
         if x % 4 == 1:  # malformed, and so is the reply to the repair request

@@ -114,6 +114,19 @@ def image_areas(facts: ImageFacts, cfg: GenerateConfig, whole: bool = False) -> 
     return areas
 
 
+def anchor_sides(anchor: Instance, named: str, facts: ImageFacts, cfg: GenerateConfig) -> list[tuple]:
+    """(name, axes, test) for the four sides of a named object, tested like `image_areas`."""
+    mx, my = cfg.position_margin * facts.width, cfg.position_margin * facts.height
+    x1, y1, x2, y2 = anchor.box
+    H, V = frozenset({"horizontal"}), frozenset({"vertical"})
+    return [
+        (f"left of {named}", H, lambda i: _side(i.centre[0], x1, mx, True)),
+        (f"right of {named}", H, lambda i: _side(i.centre[0], x2, mx, False)),
+        (f"above {named}", V, lambda i: _side(i.centre[1], y1, my, True)),
+        (f"below {named}", V, lambda i: _side(i.centre[1], y2, my, False)),
+    ]
+
+
 def _gap(a: Instance, b: Instance) -> float:
     """Distance between two boxes (0 when they touch or overlap)."""
     dx = max(0.0, max(a.box[0], b.box[0]) - min(a.box[2], b.box[2]))
@@ -148,7 +161,12 @@ def descriptions(
     if not others:
         return [("name", f"the {noun}", None)]
     found = []
-    for scope, axes, inside in image_areas(facts, cfg, whole=True):
+    scopes = image_areas(facts, cfg, whole=True)
+    for anchor in facts.instances if anchors and "relation" not in avoid else []:
+        if anchor.label != noun and anchor.sure and anchor.label != GENERIC:
+            named = descriptions(anchor, facts, cfg, anchors=False)
+            scopes += [(*side, anchor) for side in anchor_sides(anchor, named[0][1], facts, cfg)] if named else []
+    for scope, axes, inside, *leans_on in scopes:
         if axes & avoid or inside(target) is not True:
             continue
         verdicts = [inside(o) for o in others]
@@ -156,7 +174,7 @@ def descriptions(
             continue  # another one lies on the area's edge: in or out is not clear
         members = [o for o, v in zip(others, verdicts, strict=True) if v]
         if not members:
-            found.append(("area", f"the {noun} {scope}", None))
+            found.append(("area", f"the {noun} {scope}", leans_on[0] if leans_on else None))
             continue
         suffix = f" {scope}" if scope else ""
         for axis, ends in (("horizontal", ("left", "right")), ("vertical", ("top", "bottom"))):
@@ -169,8 +187,9 @@ def descriptions(
                 behind = [sign * o.centre[k] for o in members if sign * o.centre[k] >= sign * target.centre[k]]
                 here = sign * target.centre[k]
                 clear = (not ahead or here - ahead[-1] >= margin) and (not behind or min(behind) - here >= margin)
-                if clear and len(ahead) < len(ORDINALS):
-                    found.append((axis, ORDINALS[len(ahead)](noun, end) + suffix, None))
+                phrase = ORDINALS[len(ahead)](noun, end) if clear and len(ahead) < len(ORDINALS) else None
+                if phrase and (not suffix or (axis, phrase, None) not in found):  # "topmost in the top half": no
+                    found.append((axis, phrase + suffix, leans_on[0] if leans_on else None))
     if "size" not in avoid:
         areas = [o.area for o in others]
         if target.area >= cfg.size_ratio * max(areas):
@@ -271,22 +290,12 @@ def _colour(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: N
 def _areas(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names, label: str) -> list[tuple]:
     """(name, test) for the areas a count of `label` can be asked about: the image's halves and quarters, and the
     sides of each named object of another class."""
-    mx, my = cfg.position_margin * facts.width, cfg.position_margin * facts.height
-    areas = [(name, test) for name, _, test in image_areas(facts, cfg)]
+    areas = image_areas(facts, cfg)
     for anchor in facts.instances:
-        if anchor.label == label or not anchor.sure or anchor.label == GENERIC:
-            continue
-        named = names.pick(anchor, rng)
-        if not named:
-            continue
-        x1, y1, x2, y2 = anchor.box
-        areas += [
-            (f"left of {named}", lambda i, x=x1: _side(i.centre[0], x, mx, True)),
-            (f"right of {named}", lambda i, x=x2: _side(i.centre[0], x, mx, False)),
-            (f"above {named}", lambda i, y=y1: _side(i.centre[1], y, my, True)),
-            (f"below {named}", lambda i, y=y2: _side(i.centre[1], y, my, False)),
-        ]
-    return areas
+        if anchor.label != label and anchor.sure and anchor.label != GENERIC:
+            named = names.pick(anchor, rng)
+            areas += anchor_sides(anchor, named, facts, cfg) if named else []
+    return [(name, test) for name, _, test in areas]
 
 
 PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children", "bus": "buses"}
