@@ -71,6 +71,7 @@ class GenerateConfig:
     per_image: int = 12  # at most this many questions of each type per image
     short_answer_share: float = 0.3  # the rest are multiple choice
     min_colour_share: float = 0.6  # a colour is asked only when this share of the object's own pixels carry it
+    min_colour_side_px: int = 12  # ... and only of objects at least this wide and tall at full resolution
     # referents and relations need clear margins: this share of the image's side between the target and the next
     # instance ("the leftmost"), between two objects ("left of"), and from a count's area boundary
     position_margin: float = 0.03

@@ -140,6 +140,8 @@ def test_colour_is_the_measured_one_and_must_agree_with_the_labeller():
     assert ask(facts(disputed), ["colour"]) == []
     agreed = Instance("ship", ship.box, colour="red", colour_share=0.8, recorded_colour="red", region_id="s")
     assert len(ask(facts(agreed), ["colour"])) == 1
+    speck = Instance("ship", (500, 500, 510, 540), colour="red", colour_share=0.9, region_id="s")  # 10 px wide
+    assert ask(facts(speck), ["colour"]) == []
 
 
 def test_colour_distractors_are_near_but_clearly_other_colours():

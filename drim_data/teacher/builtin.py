@@ -142,6 +142,8 @@ def asked_colour(instance: Instance, cfg: GenerateConfig) -> str | None:
     """The colour a question may state as fact: measured with a high share, and the labeller's, if recorded."""
     if instance.colour is None or instance.colour_share < cfg.min_colour_share:
         return None
+    if min(instance.box[2] - instance.box[0], instance.box[3] - instance.box[1]) < cfg.min_colour_side_px:
+        return None  # a few pixels blend with their surround: the measured colour is not the one a person sees
     if instance.recorded_colour is not None and instance.recorded_colour != instance.colour:
         return None
     return instance.colour
