@@ -115,6 +115,8 @@ def test_size_and_colour_descriptions():
     assert "the red boat" in phrases(red, facts(red, white))
     recorded_red = boat(1500, 500, colour="maroon", colour_share=0.5, recorded_colour="red")
     assert "the red boat" not in phrases(red, facts(red, recorded_red))
+    orange = boat(1500, 500, colour="orange", colour_share=0.9)  # red's near neighbour: 'the red boat' is unclear
+    assert "the red boat" not in phrases(red, facts(red, orange))
     assert "the red boat" not in phrases(red, facts(red, white), avoid=frozenset({"colour"}))
 
 

@@ -199,7 +199,8 @@ def descriptions(
         if target.area * cfg.size_ratio <= min(areas):
             found.append(("size", f"the smallest {noun}", None))
     colour = asked_colour(target, cfg)
-    if "colour" not in avoid and colour and all(colour not in _known_colours(o) for o in others):
+    alike = {colour, *confusions(colour)[:3]} if colour else set()  # the colour and its nearest look-alikes
+    if "colour" not in avoid and colour and all(not alike & _known_colours(o) for o in others):
         found.append(("colour", f"the {colour} {noun}", None))
     if "relation" not in avoid and anchors:
         margin = cfg.position_margin * max(facts.width, facts.height)
