@@ -68,13 +68,22 @@ class MineConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    question_types: list[Literal["colour", "count", "compare_brightness"]] = field(
-        default_factory=lambda: ["colour", "count", "compare_brightness"]
+    question_types: list[Literal["colour", "count", "relative_position", "text"]] = field(
+        default_factory=lambda: ["colour", "count", "relative_position", "text"]
     )
     per_image: int = 12  # at most this many questions of each type per image
     short_answer_share: float = 0.3  # the rest are multiple choice
-    min_colour_share: float = 0.6  # a colour is asked only when this share of the object's pixels carry it
-    min_brightness_gap: float = 30.0  # on 0..255, so the brighter of two objects is unambiguous
+    min_colour_share: float = 0.6  # a colour is asked only when this share of the object's own pixels carry it
+    min_colour_side_px: int = 12  # ... and only of objects at least this wide and tall at full resolution
+    # referents and relations need clear margins: this share of the image's side between the target and the next
+    # instance ("the leftmost"), between two objects ("left of"), and from a count's area boundary
+    position_margin: float = 0.03
+    size_ratio: float = 1.5  # "the largest" is at least this many times the area of the next largest
+    nearest_ratio: float = 0.6  # "the X nearest the Y" is at most this share of the next X's distance to Y
+    partners_per_target: int = 4  # relative-position questions per target, each against another named object
+    min_count: int = 2  # counts are asked between these numbers of instances
+    max_count: int = 9
+    min_text_agreement: float = 0.8  # OCR must read the labeller's text this closely (similarity 0..1)
     seed: int = 0
 
 

@@ -32,7 +32,10 @@ def write_recipe(folder: Path, images: Path, annotations: bool = True, **section
         "ingest": {"images": str(images)},
     }
     if annotations:
-        recipe["ingest"]["annotations"] = [{"format": "voc", "path": str(DEMO_ANNOTATIONS)}]
+        recipe["ingest"]["annotations"] = [  # the trees, and the class-named boxes the built-in teacher asks about
+            {"format": "voc", "path": str(DEMO_ANNOTATIONS)},
+            {"format": "coco", "path": str(DEMO_ANNOTATIONS / "labelled.coco.json")},
+        ]
     for key, value in sections.items():
         recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
     folder.mkdir(parents=True, exist_ok=True)

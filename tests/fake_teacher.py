@@ -1,17 +1,23 @@
 """A scripted model teacher for the stage tests and benchmarks, and a fault injector to wrap any responder.
 
-`competent_teacher` answers every task the way a good teacher would, from what the request itself says, so a
-pipeline run against it is deterministic. `with_faults` turns a share of requests into the faults a real endpoint
+`competent_teacher` answers every task the way a good teacher would, from what the request itself says and shows
+(it finds the outlined object in the view and names it without coordinates), so a pipeline run against it is
+deterministic. `with_faults` turns a share of requests into the faults a real endpoint
 produces: rate limits, server errors, timeouts, dropped connections and truncated bodies.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import random
 import re
 import threading
 from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
 
 from tests.openai_server import Reply
 
@@ -23,7 +29,7 @@ def task_of(body: dict) -> str:
     return re.match(r"TASK: (\w+)", first).group(1) if isinstance(first, str) else ""
 
 
-def _question(body: dict) -> str:
+def question_of(body: dict) -> str:
     return next(
         p["text"]
         for m in body["messages"]
@@ -38,19 +44,54 @@ def _correct(question: str) -> str:
     return next((letter for letter, text in options if text == TRUTH), TRUTH)
 
 
+OUTLINES = {
+    "magenta": lambda r, g, b: (r > 180) & (g < 90) & (b > 180),
+    "cyan": lambda r, g, b: (r < 90) & (g > 180) & (b > 180),
+}
+LOCATED: dict[str, tuple[int, int]] = {}  # the fake teacher's memory: each referent it wrote, and where it saw it
+COORDINATES = re.compile(r"\d+\s*,\s*\d+|\(\s*\d+|\[\s*\d+|0-1000|grid")
+
+
+def images_of(body: dict) -> list[Image.Image]:
+    parts = [p for m in body["messages"] if isinstance(m["content"], list) for p in m["content"]]
+    return [
+        Image.open(io.BytesIO(base64.b64decode(p["image_url"]["url"].split(",", 1)[1]))).convert("RGB")
+        for p in parts
+        if p["type"] == "image_url"
+    ]
+
+
+def _outlined(view: Image.Image, colour: str) -> tuple[int, int]:
+    """Where the outline of a colour is drawn in the view, on the 0..1000 grid: what a teacher sees."""
+    rgb = np.asarray(view).astype(int)
+    ys, xs = np.nonzero(OUTLINES[colour](rgb[..., 0], rgb[..., 1], rgb[..., 2]))
+    cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+    return round(cx / view.width * 1000), round(cy / view.height * 1000)
+
+
+def _name(body: dict, colour: str) -> str:
+    """A referring expression with no coordinates in it, remembered with where the object is."""
+    x, y = _outlined(images_of(body)[0], colour)
+    label = re.search(r"The object is an? ([\w ]+)\.", body["messages"][0]["content"])
+    name = f"the {label.group(1) if label else 'thing'} number {'abcdefghij'[x % 10]}{'abcdefghij'[y % 10]}{colour}"
+    LOCATED[name] = (x, y)
+    return name
+
+
 def _centres(question: str) -> list[tuple[int, int]]:
-    return [(int(x), int(y)) for x, y in re.findall(r"centred at \((\d+), (\d+)\)", question)]
+    return [xy for name, xy in sorted(LOCATED.items(), key=lambda kv: question.find(kv[0])) if name in question]
 
 
 def competent_teacher(body: dict):
-    """Answers like a good teacher would, from what the request itself says."""
+    """Answers like a good teacher would, from what the request itself says and shows."""
     task = task_of(body)
     if task == "ground":
         return json.dumps({"objects": [{"label": "buoy", "bbox_2d": [480, 480, 515, 520]}]})
     if task == "questions":
-        referent = re.search(r'exactly as "(.+?)"', body["messages"][0]["content"]).group(1)
+        referent = _name(body, "magenta")
         return json.dumps(
             {
+                "referent": referent,
                 "questions": [
                     {
                         "type": "attribute",
@@ -59,16 +100,23 @@ def competent_teacher(body: dict):
                         "answer": TRUTH,
                     },
                     {"type": "count", "question": f"How many parts has {referent}?", "options": [], "answer": "oops"},
+                    {
+                        "type": "attribute",
+                        "question": f"What colour is {referent} at (10, 20)?",
+                        "options": [],
+                        "answer": "red",
+                    },
                     {"type": "bogus", "question": "Something else entirely?", "options": [], "answer": "x"},
-                ]
+                ],
             }
         )
     if task == "questions_pair":
-        a, b = re.findall(r'"(the [^"]+? on a 0-1000 grid over the image)"', body["messages"][0]["content"])[:2]
+        a, b = _name(body, "magenta"), _name(body, "cyan")
         return (
             "```json\n"
             + json.dumps(
                 {
+                    "referents": [a, b],
                     "questions": [
                         {
                             "type": "multi_target",
@@ -76,20 +124,20 @@ def competent_teacher(body: dict):
                             "options": [],
                             "answer": "yes",
                         }
-                    ]
+                    ],
                 }
             )
             + "\n```"
         )
     if task == "answer":
-        question = _question(body)
+        question = question_of(body)
         if "whole scene" in body["messages"][0]["content"]:
             return json.dumps({"answer": "C"})  # the solver cannot tell without zooming
         return json.dumps({"answer": "yes" if "share a colour" in question else _correct(question)})
     if task == "validate":
         return json.dumps({"unambiguous": True, "reason": "one object"})
     if task == "trajectory":
-        question = _question(body)
+        question = question_of(body)
         # each zoom's crop comes back as a user turn with an image (a repair request's turn is text only)
         zooms_done = sum(1 for m in body["messages"][2:] if m["role"] == "user" and isinstance(m["content"], list))
         centres = _centres(question)

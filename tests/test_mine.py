@@ -11,7 +11,7 @@ from drim_data.pixels.annotations import AnnotationError
 from drim_data.pixels.candidates import Candidate, ambiguous, not_unique, proposal_factor, side_range
 from drim_data.recipe import MineConfig, ViewConfig, load_recipe
 from schemas.geometry import centre_grid
-from tests.conftest import DEMO_IMAGES, SHIPS, query, write_recipe
+from tests.conftest import DEMO_ANNOTATIONS, DEMO_IMAGES, SHIPS, query, write_recipe
 
 W, H = 2001, 1749  # the harbour scene; its global view (1M pixels) is 0.535x, so 45 px wide objects are visible
 BOXES = [  # (label, x1, y1, x2, y2, what mining should make of it)
@@ -116,7 +116,10 @@ def test_a_malformed_annotation_file_stops_the_run_naming_file_and_entry(tmp_pat
 def test_regions_do_not_depend_on_the_number_of_workers(tmp_path):
     runs = []
     for workers in (1, 2):
-        recipe = load_recipe(write_recipe(tmp_path / f"w{workers}", DEMO_IMAGES, mine={"workers": workers}))
+        trees = {"annotations": [{"format": "voc", "path": str(DEMO_ANNOTATIONS)}]}  # the other photos: proposals
+        recipe = load_recipe(
+            write_recipe(tmp_path / f"w{workers}", DEMO_IMAGES, ingest=trees, mine={"workers": workers})
+        )
         stats = {s.stage: s for s in run_pipeline(recipe, until="mine").stages}
         assert stats["mine"].processed == 4
         runs.append(

@@ -11,7 +11,7 @@ from PIL import Image
 from drim_data.errors import DrimError
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
-from tests.conftest import NEON, query, write_recipe
+from tests.conftest import DEMO_IMAGES, NEON, SHIPS, query, write_recipe
 from tests.test_images import BAD_CRC_PNG, REAL_JPEG, png_header_only
 
 
@@ -76,19 +76,21 @@ def test_the_view_setting_is_read_from_mining_on(tmp_path, small_images):
 
 
 def test_removing_an_input_image_removes_its_items(tmp_path, small_images):
+    shutil.copy(DEMO_IMAGES / "planet_shipsnet_scene_3.jpg", small_images)  # a second image with named objects
     recipe = load_recipe(write_recipe(tmp_path, small_images))
     first = run_pipeline(recipe)
     ids_before = query(recipe.db, "SELECT count(DISTINCT image_id) FROM files WHERE status = 'ok'")
-    (small_images / NEON.name).unlink()
+    (removed,) = query(recipe.db, f"SELECT image_id FROM images WHERE source_path LIKE '%{SHIPS.name}'")[0]
+    (small_images / SHIPS.name).unlink()
     second = run_pipeline(recipe)
-    assert ids_before == [(2,)] and second.export.version == 2
+    assert ids_before == [(3,)] and second.export.version == 2
     manifest = json.loads((second.export.path / "manifest.json").read_text())
     assert sum(manifest["rows"].values()) < sum(first.export.rows.values())
     from datasets import load_dataset
 
     rl = load_dataset("parquet", data_dir=str(second.export.path / "data" / "rl"), split="train")
-    assert len(rl) == manifest["rows"]["rl"]
-    assert not any(row["question_type"] == "count" for row in rl)  # only the forest had annotations to count
+    assert len(rl) == manifest["rows"]["rl"] and len(rl) > 0
+    assert not any(row["image_id"] == removed for row in rl)
 
 
 def test_a_second_process_gets_a_clear_error(tmp_path, small_images):

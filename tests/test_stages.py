@@ -12,11 +12,10 @@ from drim_data.pixels.candidates import region_problem
 from drim_data.pixels.images import decode
 from drim_data.pixels.measure import measure
 from drim_data.pixels.proposer import propose
-from drim_data.recipe import GenerateConfig, MineConfig, ViewConfig, load_recipe
+from drim_data.recipe import MineConfig, ViewConfig, load_recipe
 from drim_data.stages.trajectories import replay
 from drim_data.stages.verify import difficulty
-from drim_data.teacher.builtin import BuiltinTeacher, ImageFacts, Region
-from schemas.geometry import grid_to_pixels, iou
+from schemas.geometry import iou
 from schemas.tool import min_side_in_global_view
 from tests.conftest import SHIPS, query, write_recipe
 
@@ -70,62 +69,6 @@ def test_region_filters(box, problem):
     assert region_problem(box, 1000, 1000, MineConfig(), ViewConfig()) == problem
 
 
-def facts_with(regions, annotations=()):
-    return ImageFacts("f" * 64, 2000, 1000, regions, list(annotations))
-
-
-def test_colour_questions_answer_with_the_measured_colour():
-    regions = [
-        Region(f"r{i}", "boat", (100 * i + 50, 100, 100 * i + 70, 120), c, 0.9, 100.0)
-        for i, c in enumerate(["red", "blue", "white", "green"])
-    ]
-    cfg = GenerateConfig(question_types=["colour"], short_answer_share=0.5, seed=3)
-    questions = BuiltinTeacher().write_questions(facts_with(regions), cfg)
-    assert len(questions) == 4
-    by_region = {r.region_id: r for r in regions}
-    for q in questions:
-        truth = by_region[q["target_region_ids"][0]].colour
-        if q["checker"] == "choice":
-            assert q["options"][ord(q["answer"]) - 65] == truth and len(set(q["options"])) == 4
-        else:
-            assert q["answer"] == truth and q["options"] == []
-    assert {q["checker"] for q in questions} == {"choice", "text"}
-    assert BuiltinTeacher().write_questions(facts_with(regions), cfg) == questions  # deterministic
-
-
-def test_count_questions_match_an_independent_count():
-    rng = np.random.default_rng(0)
-    trees = [
-        ("Tree", (float(x), float(y), float(x + 20), float(y + 20)))
-        for x, y in zip(rng.integers(0, 1980, 300), rng.integers(0, 980, 300), strict=False)
-    ]
-    questions = BuiltinTeacher().write_questions(facts_with([], trees), GenerateConfig(question_types=["count"]))
-    assert questions
-    for q in questions:
-        window = grid_to_pixels(json.loads(q["question"].split("box ")[1].split("?")[0]), 2000, 1000)
-        inside = [
-            b
-            for _, b in trees
-            if window[0] <= (b[0] + b[2]) / 2 <= window[2] and window[1] <= (b[1] + b[3]) / 2 <= window[3]
-        ]
-        assert q["answer"] == str(len(inside)) == str(len(q["target_boxes"]))
-
-
-def test_brightness_comparison_picks_the_brighter_distant_object():
-    dark, bright, near = (
-        Region("a", "car", (100, 100, 120, 120), "gray", 0.9, 40.0),
-        Region("b", "car", (1800, 800, 1820, 820), "white", 0.9, 220.0),
-        Region("c", "car", (130, 100, 150, 120), "white", 0.9, 230.0),
-    )
-    questions = BuiltinTeacher().write_questions(
-        facts_with([dark, bright, near]), GenerateConfig(question_types=["compare_brightness"])
-    )
-    assert len(questions) == 1  # the near pair is too close to need two zooms; each region is used once
-    q = questions[0]
-    brighter = q["target_region_ids"]["AB".index(q["answer"])]
-    assert set(q["target_region_ids"]) == {"a", "b"} and brighter == "b"  # (b, c) differ too little in brightness
-
-
 def test_global_view_size_and_difficulty():
     # a 4000x3000 image seen at 1M pixels is scaled by ~0.289
     assert min_side_in_global_view([[0, 0, 40, 80]], 4000, 3000, 1_000_000) == pytest.approx(11.547, abs=1e-3)
@@ -141,13 +84,17 @@ def mined_db(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stages")
     images = folder / "images"
     images.mkdir()
-    for name in ("neon_2019_YELL_2_541000_4977000_image_crop.png", "planet_shipsnet_scene_2.jpg"):
+    for name in (
+        "neon_2019_YELL_2_541000_4977000_image_crop.png",
+        "planet_shipsnet_scene_2.jpg",
+        "planet_shipsnet_scene_3.jpg",
+    ):
         (images / name).write_bytes((DEMO_IMAGES / name).read_bytes())
-    annotations = [
-        {"format": "voc", "path": str(DEMO_ANNOTATIONS)},
-        {"format": "coco", "path": str(DEMO_ANNOTATIONS / "labelled.coco.json")},  # tiny named boats, among others
-    ]
-    recipe = load_recipe(write_recipe(folder, images, ingest={"images": str(images), "annotations": annotations}))
+    labelled = {"format": "coco", "path": str(DEMO_ANNOTATIONS / "labelled.coco.json")}
+    voc = {"format": "voc", "path": str(DEMO_ANNOTATIONS), "complete": ["Tree"]}
+    recipe = load_recipe(
+        write_recipe(folder, images, ingest={"annotations": [voc, labelled]}, mine={"unique_radius": 0})
+    )
     run_pipeline(recipe)
     return recipe
 
@@ -156,12 +103,7 @@ def test_verified_items_need_zooming_and_refer_unambiguously(mined_db):
     kept = query(mined_db.db, "SELECT min_side_global FROM verdicts WHERE kept")
     dropped = dict(query(mined_db.db, "SELECT reason, count(*) FROM verdicts WHERE NOT kept GROUP BY reason"))
     assert kept and all(s < mined_db.view.min_resolvable_px for (s,) in kept)
-    assert dropped and set(dropped) <= {
-        "visible_without_zoom",
-        "solvable_without_zoom",
-        "ambiguous_referent",
-        "duplicate",
-    }
+    assert set(dropped) <= {"visible_without_zoom", "solvable_without_zoom", "ambiguous_referent", "duplicate"}
 
 
 def test_trajectories_replay_and_their_zooms_approach_the_targets(mined_db):
@@ -171,7 +113,7 @@ def test_trajectories_replay_and_their_zooms_approach_the_targets(mined_db):
         "JOIN questions q USING (question_id) JOIN images i USING (image_id)"
     ).fetchall()
     assert {p for _, p, *_ in rows} <= {"coarse_to_fine", "direct", "multi_target", "reflective"}
-    assert {"coarse_to_fine", "multi_target"} <= {p for _, p, *_ in rows}
+    assert "multi_target" in {p for _, p, *_ in rows}
     for qid, pattern, messages, targets, data in rows:
         image = decode(data)
         stored = con.execute(

@@ -1,8 +1,9 @@
 """Model-teacher stages end to end against a local OpenAI-compatible server playing a competent teacher."""
 
+import collections
+import hashlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from drim_data.pipeline import run_pipeline
 from drim_data.recipe import RecipeError, load_recipe
 from drim_data.status import read_status
 from tests.conftest import query, write_recipe
-from tests.fake_teacher import competent_teacher, task_of
+from tests.fake_teacher import COORDINATES, LOCATED, competent_teacher, images_of, question_of, task_of
 from tests.openai_server import FakeOpenAI, Reply, completion
 
 KEY_ENV = "DRIM_TEST_TEACHER_KEY"
@@ -86,6 +87,9 @@ def test_model_teacher_drives_questions_verification_and_trajectories(tmp_path, 
     assert sum(row[2] for row in status.teacher) == n and all(row[3] == 0 for row in status.teacher)
     assert sum(row[6] for row in status.teacher) == pytest.approx((100 * n * 2.0 + 20 * n * 8.0) / 1e6)
     assert {row[0] for row in status.teacher} == {"ground", "generate", "verify", "trajectories"}
+    referents = [json.loads(r) for (r,) in con.execute("SELECT referent FROM questions").fetchall()]
+    assert referents and all(all(name in LOCATED for name in r) for r in referents)  # the teacher's own names
+    assert all(not COORDINATES.search(q) for (q,) in con.execute("SELECT question FROM questions").fetchall())
     everything = json.dumps(con.execute("SELECT * FROM teacher_calls").fetchall(), default=str)
     con.close()
     assert SECRET not in everything
@@ -94,8 +98,43 @@ def test_model_teacher_drives_questions_verification_and_trajectories(tmp_path, 
             assert SECRET.encode() not in path.read_bytes()
 
 
+def _texts(body: dict, task: str) -> list[str]:
+    """The words a request puts before the model: every text part, or for a trajectory the question alone."""
+    texts = [
+        m["content"] if isinstance(m["content"], str) else p["text"]
+        for m in body["messages"]
+        for p in (m["content"] if isinstance(m["content"], list) else [{"type": "text"}])
+        if p["type"] == "text"
+    ]
+    return [question_of(body)] if task == "trajectory" else texts
+
+
+def test_no_prompt_names_a_place_by_coordinates(tmp_path, small_images):
+    with FakeOpenAI(competent_teacher) as server:
+        recipe = load_recipe(
+            teacher_recipe(tmp_path, small_images, server, ["questions", "verification", "trajectories"])
+        )
+        run_pipeline(recipe)
+    seen = collections.Counter()
+    for request in server.successful():
+        task = task_of(request.body)
+        seen[task] += 1
+        for t in _texts(request.body, task):
+            assert not COORDINATES.search(t), (task, t)
+        if task == "questions":
+            assert (
+                "The object is a" in request.body["messages"][0]["content"]
+                or "no class name" in (request.body["messages"][0]["content"])
+            )
+            assert len(images_of(request.body)) == 2  # the outlined whole view and the crop
+    assert {"questions", "questions_pair", "answer", "validate", "trajectory"} <= set(seen)
+    dropped = query(recipe.db, "SELECT count(*) FROM questions WHERE question LIKE '%(10, 20)%'")
+    assert dropped == [(0,)]  # a question that points with coordinates is left out
+
+
 def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
     calls = {"n": 0}
+    regions: dict[str, int] = {}  # each region's crop, numbered as first seen: the first is refused, the next garbled
 
     def flaky(body):
         calls["n"] += 1
@@ -106,8 +145,8 @@ def test_faults_end_in_completed_or_dropped_with_reason(tmp_path, small_images):
             return Reply(500)
         if n % 13 == 0:
             return Reply(drop=True)
-        system = body["messages"][0]["content"]
-        x = int(re.search(r"centred at \((\d+),", system).group(1)) if task == "questions" else 2
+        crop = [p for p in body["messages"][1]["content"] if p["type"] == "image_url"][-1]["image_url"]["url"]
+        x = regions.setdefault(hashlib.sha256(crop.encode()).hexdigest(), len(regions)) if task == "questions" else 2
         if x % 4 == 0:
             return completion(None, refusal="I cannot help with that.")
         if x % 4 == 1:  # malformed, and so is the reply to the repair request

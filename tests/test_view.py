@@ -110,6 +110,10 @@ def test_the_page_in_headless_chromium(demo_version, demo_recipe, tmp_path, brow
     con = duckdb.connect(str(tmp_path / "state.duckdb"))
     votes = [("vote", 0, "A", True), ("vote", 1, "A", True), ("vote", 2, "B", False), ("validator", 0, "yes", True)]
     con.executemany("INSERT INTO votes VALUES (?, ?, ?, ?, ?)", [(first_id, *v) for v in votes])
+    repeat = con.execute("SELECT * FROM questions ORDER BY question_id LIMIT 1").fetchone()  # a dropped repeat
+    con.execute("INSERT INTO questions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ["repeat" + repeat[0], *repeat[1:]])
+    con.execute("INSERT INTO verdicts VALUES (?, false, 'duplicate', 10.0, NULL)", ["repeat" + repeat[0]])
+    con.execute("INSERT INTO drops VALUES ('verify', ?, 'duplicate', '')", ["repeat" + repeat[0]])
     con.close()
     result = runner.invoke(
         app, ["view", str(demo_version), "--recipe", str(demo_recipe), "--out", str(out), "--page-size", "10"]

@@ -1,32 +1,40 @@
 """Generate: questions for each mined image, from the built-in teacher or, when the recipe says so, a model.
 
-A model teacher writes its questions on the zoomed crop of one region (or on the crops of two distant regions for
-multi-target questions): hard to see in the full image, easy to check on the crop. Every call is kept in
-`teacher_calls`.
+The built-in teacher is handed every object the annotations name, each with the colour measured on its own
+full-resolution pixels and, for signs, what OCR reads there; it asks about the ones mining kept as small targets.
+A model teacher is shown the whole view with the region outlined and its zoomed crop, told the region's class when
+it has one, and writes its own referring expression: no prompt names a place by coordinates. Every call is kept
+in `teacher_calls`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from drim_data.errors import Drop
 from drim_data.pixels.images import min_side_in_global_view
-from drim_data.pixels.measure import measure
-from drim_data.recipe import sha256_json, to_plain
+from drim_data.pixels.palette import colour_name, object_pixels
+from drim_data.recipe import ViewConfig, sha256_json, to_plain
 from drim_data.stages.contract import Context, StageStats
-from drim_data.teacher.builtin import ImageFacts, Region, centre_grid
+from drim_data.teacher.builtin import GENERIC, ImageFacts, Instance, centre_grid
 from drim_data.teacher.tasks import write_pair_questions, write_questions
 from drim_data.teacher.together import or_drop, together
 from schemas.answers import with_options
 from schemas.tables import validate_table
-from schemas.tool import GRID, ZOOM, pixels_to_grid
+from schemas.tool import GRID, ZOOM, global_view, global_view_size, pixels_to_grid
+
+try:  # the text type needs OCR; without it no text question is written
+    from drim_data.pixels.ocr import read_text
+except ImportError:
+    read_text = None
 
 NAME = "generate"
-VERSION = "2"
+VERSION = "3"
 
 PENDING = """
 SELECT image_id, width, height FROM images
@@ -37,6 +45,7 @@ ORDER BY image_id
 """
 CONTEXT_SCALE = 3.0  # the crop a model writes on spans this many target sizes
 MIN_PAIR_DISTANCE = 0.35 * GRID * 2**0.5  # multi-target pairs must be this far apart on the grid
+OUTLINES = ((255, 0, 255), (0, 255, 255))
 
 
 def run(ctx: Context) -> StageStats:
@@ -49,9 +58,22 @@ def run(ctx: Context) -> StageStats:
     return stats
 
 
-def referent(region: Region, width: int, height: int) -> str:
-    x, y = centre_grid(region.box, width, height)
-    return f"the {region.label.lower()} centred at ({x}, {y}) on a 0-1000 grid over the image"
+def referent(region: Instance) -> str | None:
+    """What a model teacher is told the region is: its class, when it has one; never where it is."""
+    return None if region.label.lower() == GENERIC else region.label.lower()
+
+
+def outlined(view: Image.Image, boxes: list[tuple], width: int, height: int) -> Image.Image:
+    """The whole view with each region outlined (magenta, then cyan), so a teacher knows which object it names."""
+    marked = view.copy()
+    draw = ImageDraw.Draw(marked)
+    sx, sy = view.width / width, view.height / height
+    for box, colour in zip(boxes, OUTLINES, strict=False):
+        pad = 4
+        draw.rectangle(
+            [box[0] * sx - pad, box[1] * sy - pad, box[2] * sx + pad, box[3] * sy + pad], outline=colour, width=4
+        )
+    return marked
 
 
 def context_crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
@@ -68,24 +90,29 @@ def context_crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Im
 
 async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, width: int, height: int):
     image = ctx.image(image_id)
-    facts = image_facts(ctx.con, image, image_id)
+    facts = image_facts(ctx.con, image, image_id, ctx.recipe.view)
     teacher, per_image = ctx.model(), ctx.recipe.teacher.questions_per_image
     view = ctx.recipe.view  # paid questions only on regions verify will agree need a zoom
     small = [
         r
-        for r in facts.regions
-        if min_side_in_global_view([r.box], width, height, view.max_pixels) < view.min_resolvable_px
+        for r in facts.instances
+        if r.region_id and min_side_in_global_view([r.box], width, height, view.max_pixels) < view.min_resolvable_px
     ]
     scores = dict(ctx.con.execute("SELECT region_id, score FROM regions WHERE image_id = ?", [image_id]).fetchall())
     regions = sorted(small, key=lambda r: (-scores[r.region_id], r.region_id))[:per_image]
+    whole = global_view(image, global_view_size(width, height, view.max_pixels))
     crops = {r.region_id: context_crop(image, r.box) for r in regions}
-    singles = [write_questions(teacher, crops[r.region_id], referent(r, width, height), 2, NAME) for r in regions]
+    singles = [
+        write_questions(teacher, outlined(whole, [r.box], width, height), crops[r.region_id], referent(r), 2, NAME)
+        for r in regions
+    ]
     pairs = _distant_pairs(regions, width, height)[: max(1, per_image // 3)]
     doubles = [
         write_pair_questions(
             teacher,
+            outlined(whole, [a.box, b.box], width, height),
             [crops[a.region_id], crops[b.region_id]],
-            [referent(a, width, height), referent(b, width, height)],
+            [referent(a), referent(b)],
             1,
             NAME,
         )
@@ -98,22 +125,19 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
         if isinstance(found, Drop):
             rejected.append(("+".join(t.region_id for t in targets), found.reason, found.detail))
             continue
-        for q in found:
-            phrases = [referent(t, width, height) for t in targets]
-            text = q["question"]
-            if not all(p in text for p in phrases):
-                text += " (" + " and ".join(f"Object {i + 1} is {p}" for i, p in enumerate(phrases)) + ".)"
+        names, written = found
+        for q in written:
             questions.append(
                 {
                     "question_type": q["type"],
-                    "question": with_options(text, q["options"]),
+                    "question": with_options(q["question"], q["options"]),
                     "options": q["options"],
                     "answer": q["answer"],
                     "checker": q["checker"],
-                    "label": targets[0].label.lower(),
+                    "label": next((t.label.lower() for t in targets if referent(t)), GENERIC),
                     "target_region_ids": [t.region_id for t in targets],
-                    "target_boxes": [list(t.box) for t in targets],
-                    "referent": [list(centre_grid(t.box, width, height)) for t in targets],
+                    "target_boxes": [[round(v) for v in t.box] for t in targets],
+                    "referent": names,
                 }
             )
 
@@ -128,7 +152,7 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
     return write
 
 
-def _distant_pairs(regions: list[Region], width: int, height: int) -> list[tuple[Region, Region]]:
+def _distant_pairs(regions: list[Instance], width: int, height: int) -> list[tuple[Instance, Instance]]:
     pairs = []
     for i, a in enumerate(regions):
         for b in regions[i + 1 :]:
@@ -159,30 +183,79 @@ def _insert_question(ctx: Context, stats: StageStats, image_id: str, q: dict) ->
     stats.count(f"questions:{q['question_type']}")
 
 
-def image_facts(con, image: Image.Image, image_id: str) -> ImageFacts:
-    """The image's kept regions, each measured on its full-resolution pixels, and its annotated boxes."""
-    regions = []
-    for rid, label, *box in con.execute(
+def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> ImageFacts:
+    """Every named object of the image, measured on its full-resolution pixels, with the mined regions marked.
+
+    Annotated boxes come with what the labeller recorded (colour, text, confidence); a sign's text is read again
+    by OCR. A region that matches no annotation (a proposal, or a teacher's box) joins with its own label.
+    """
+    pixels = np.asarray(image)
+    regions = con.execute(
         "SELECT region_id, label, x1, y1, x2, y2 FROM regions WHERE image_id = ? ORDER BY region_id", [image_id]
+    ).fetchall()
+    by_box = {(label, tuple(box)): rid for rid, label, *box in regions}
+    instances, matched = [], set()
+    for label, x1, y1, x2, y2, attributes in con.execute(
+        "SELECT label, x1, y1, x2, y2, attributes FROM annotations WHERE image_id = ? ORDER BY x1, y1, x2, y2, label",
+        [image_id],
     ).fetchall():
-        m = measure(np.asarray(image.crop(box)))
-        regions.append(Region(rid, label, tuple(box), m.colour, m.colour_share, m.brightness))
-    annotations = [
-        (label, (x1, y1, x2, y2))
-        for label, x1, y1, x2, y2 in con.execute(
-            "SELECT label, x1, y1, x2, y2 FROM annotations WHERE image_id = ? ORDER BY x1, y1, x2, y2", [image_id]
-        ).fetchall()
-    ]
-    return ImageFacts(image_id, image.width, image.height, regions, annotations)
+        attrs = json.loads(attributes) if attributes else {}
+        box = (x1, y1, x2, y2)
+        mined = (
+            max(0, math.floor(x1)),
+            max(0, math.floor(y1)),
+            min(math.ceil(x2), image.width),
+            min(math.ceil(y2), image.height),
+        )
+        rid = by_box.get((label, mined))
+        matched.add(rid)
+        instances.append(_instance(pixels, image, label, box, attrs, rid, view))
+    for rid, label, *box in regions:
+        if rid not in matched:
+            instances.append(_instance(pixels, image, label, tuple(box), {}, rid, view))
+    complete = {
+        label
+        for (label,) in con.execute("SELECT label FROM complete_categories WHERE image_id = ?", [image_id]).fetchall()
+    }
+    return ImageFacts(image_id, image.width, image.height, instances, frozenset(complete))
+
+
+def _instance(
+    pixels: np.ndarray, image: Image.Image, label: str, box: tuple, attrs: dict, rid: str | None, view: ViewConfig
+) -> Instance:
+    colour, share = colour_name(object_pixels(pixels, tuple(round(v) for v in box)))
+    text = attrs.get("text") if isinstance(attrs.get("text"), str) else None
+    return Instance(
+        label=label,
+        box=tuple(float(v) for v in box),
+        sure=attrs.get("confidence") != "likely" and label.lower() != GENERIC,
+        colour=colour,
+        colour_share=share,
+        recorded_colour=attrs.get("colour") if isinstance(attrs.get("colour"), str) else None,
+        text=text,
+        ocr_text=ocr_reading(image, box) if text and rid and read_text is not None else None,
+        region_id=rid,
+        small=view.min_resolvable_px <= 0
+        or min_side_in_global_view([box], image.width, image.height, view.max_pixels) < view.min_resolvable_px,
+    )
+
+
+def ocr_reading(image: Image.Image, box: tuple) -> str:
+    """What OCR reads in a box at full resolution, with a margin of half its height so no letter is cut."""
+    pad = (box[3] - box[1]) / 2
+    crop = image.crop(
+        (max(0, box[0] - pad), max(0, box[1] - pad), min(image.width, box[2] + pad), min(image.height, box[3] + pad))
+    )
+    return " ".join(line.text for line in read_text(crop))
 
 
 def _generate(ctx: Context, stats: StageStats, image_id: str, width: int, height: int) -> None:
-    facts = image_facts(ctx.con, ctx.image(image_id), image_id)
+    facts = image_facts(ctx.con, ctx.image(image_id), image_id, ctx.recipe.view)
     teacher, cfg = ctx.teacher, ctx.recipe.generate
     request = {
         "image_id": image_id,
-        "regions": [r.region_id for r in facts.regions],
-        "annotations": len(facts.annotations),
+        "targets": sorted(i.region_id for i in facts.instances if i.region_id),
+        "instances": len(facts.instances),
         "settings": to_plain(cfg),
     }
     started = time.perf_counter()

@@ -21,7 +21,7 @@ class Question:
     label: str
     region_ids: list[str]
     targets: list[list[int]]  # target boxes in original pixels
-    referent: list[list[int]]  # the points (or count window) the question names, on the 0..1000 grid
+    referent: list[str]  # how the question names each target (for a count, the counted class and area)
     width: int
     height: int
 

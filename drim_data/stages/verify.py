@@ -158,16 +158,17 @@ def _solved_blind(ctx: Context, item: Question) -> bool:
 
 
 def _ambiguous(ctx: Context, item: Question) -> bool:
-    """Another region of the image could be taken for a target the question points at: mine's uniqueness rule
-    (`candidates.confusable`, radius `mine.unique_radius`), each target under its own label."""
+    """Another region of the image could be taken for a target: mine's uniqueness rule (`candidates.confusable`,
+    radius `mine.unique_radius`) around each target's centre, under its own label."""
     regions = ctx.con.execute(
         "SELECT region_id, label, x1, y1, x2, y2 FROM regions WHERE image_id = ?", [item.image_id]
     ).fetchall()
     labels = {rid: label for rid, label, *_ in regions}
-    referents = [
-        (labels.get(rid, item.label), point) for rid, point in zip(item.region_ids, item.referent, strict=False)
-    ]
     size = item.width, item.height
+    referents = [
+        (labels.get(rid, item.label), centre_grid(target, *size))
+        for rid, target in zip(item.region_ids, item.targets, strict=False)
+    ]
     others = [(label, centre_grid(box, *size)) for rid, label, *box in regions if rid not in item.region_ids]
     return ambiguous(referents, others, ctx.recipe.mine.unique_radius)
 

@@ -1,35 +1,63 @@
-"""The built-in teacher: offline and deterministic, it writes questions whose answers follow from what was measured.
+"""The built-in teacher: offline and deterministic, it asks about objects by name, as a benchmark would.
 
-Every answer is verifiable by construction: a colour measured on the full-resolution pixels, a count of annotated
-boxes centred inside a window, the brighter of two distant objects. Referents are given as points or boxes on the
-0..1000 grid, so a question is unambiguous without revealing the answer.
+A referent is a class name from the annotations. When a class has several instances, the referent is a description
+that picks out one of them and can be checked on the boxes and pixels: an extreme position ("the leftmost ship"),
+the nearest to another named object ("the boat nearest the oil island"), a clearly different size ("the largest
+boat"), or a colour no other instance has ("the red ship"). Uniqueness is checked against every instance of the
+class, with margins, and only boxes the labeller was sure of are asked about or leaned on. An unlabelled proposal
+is never asked about: without a name it can only point with coordinates.
+
+Question types follow V* Bench, HR-Bench and MME-RealWorld: colour (measured on the object's own pixels), count (of
+a class boxed completely, in an area named by the image's halves or a named object), relative position between two
+named objects, and text (a sign's words, when OCR at full resolution agrees with the labeller). Multiple-choice
+distractors are plausible confusions, and the correct letter rotates over an image's questions so letters come out
+balanced across a dataset.
 """
 
 from __future__ import annotations
 
+import difflib
 import random
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-from drim_data.pixels.palette import PALETTE, confusions
+import numpy as np
+
+from drim_data.pixels.palette import PALETTE, confusions, to_lab
 from drim_data.recipe import GenerateConfig, sha256_json
 from schemas.answers import LETTERS, with_options
-from schemas.tool import GRID, grid_to_pixels
+from schemas.tool import GRID
 
 MODEL = "builtin"
-PROMPT_VERSION = "1"
-# Colours a person could reasonably call by the other name are never offered as distractors of each other.
-CONFUSABLE = {name: set(confusions(name)[:3]) for name in PALETTE}
-COLOURS = tuple(PALETTE)
+PROMPT_VERSION = "2"
+GENERIC = "object"  # a proposal's label: it could be anything
+MIN_DISTRACTOR_DE = 20.0  # palette neighbours closer than this in CIELAB (white/silver, beige/tan) are not offered
+RELATIONS = ("left", "right", "above", "below")
+OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
 @dataclass(frozen=True)
-class Region:
-    region_id: str
+class Instance:
+    """One object in the image: its class and box, and what was recorded about it or measured on its pixels."""
+
     label: str
-    box: tuple[int, int, int, int]  # original pixels
-    colour: str
-    colour_share: float
-    brightness: float
+    box: tuple[float, float, float, float]  # original pixels
+    sure: bool = True  # the labeller was sure of object and class (confidence not `likely`)
+    colour: str | None = None  # palette colour measured on its own pixels
+    colour_share: float = 0.0  # the share of those pixels that colour names
+    recorded_colour: str | None = None  # what the labeller recorded (attributes.colour)
+    text: str | None = None  # what the labeller read on it (attributes.text)
+    ocr_text: str | None = None  # what OCR read on it at full resolution, None when OCR did not run
+    region_id: str | None = None  # set when mining kept it as a target: small, not at the border, needs a zoom
+    small: bool = True  # too small to resolve in the model's global view
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
 @dataclass(frozen=True)
@@ -37,19 +65,395 @@ class ImageFacts:
     image_id: str
     width: int
     height: int
-    regions: list[Region]
-    annotations: list[tuple[str, tuple[float, float, float, float]]]  # every annotated box, for counting
+    instances: list[Instance]
+    complete: frozenset[str] = field(default_factory=frozenset)  # classes whose every instance is boxed
 
 
 def centre_grid(box: tuple, width: int, height: int) -> tuple[int, int]:
     return round((box[0] + box[2]) / 2 / width * GRID), round((box[1] + box[3]) / 2 / height * GRID)
 
 
-def _where(label: str, point: tuple[int, int]) -> str:
-    return f"the {label} centred at ({point[0]}, {point[1]})"
+# ---- referring expressions ----
 
 
-GRID_NOTE = "Coordinates are on a 0-1000 grid over the image."
+EXTREMES = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom": "bottommost"}
+ORDINALS = (
+    lambda noun, end: f"the {EXTREMES[end]} {noun}",
+    lambda noun, end: f"the second {noun} from the {end}",
+)
+
+
+def _side(value: float, cut: float, margin: float, before: bool) -> bool | None:
+    """Whether `value` lies before (or after) `cut`; None when it is within `margin` of it, too close to call."""
+    if abs(value - cut) < margin:
+        return None
+    return value < cut if before else value > cut
+
+
+def image_areas(facts: ImageFacts, cfg: GenerateConfig, whole: bool = False) -> list[tuple]:
+    """(name, axes it speaks of, test) for the image's halves and quarters (and the whole image, named ""); test
+    is True inside, False outside, None for an instance too close to the edge to call."""
+    w, h = facts.width, facts.height
+    mx, my = cfg.position_margin * w, cfg.position_margin * h
+    H, V = frozenset({"horizontal"}), frozenset({"vertical"})
+    areas = [("", frozenset(), lambda i: True)] if whole else []
+    areas += [
+        ("in the left half of the image", H, lambda i: _side(i.centre[0], w / 2, mx, True)),
+        ("in the right half of the image", H, lambda i: _side(i.centre[0], w / 2, mx, False)),
+        ("in the top half of the image", V, lambda i: _side(i.centre[1], h / 2, my, True)),
+        ("in the bottom half of the image", V, lambda i: _side(i.centre[1], h / 2, my, False)),
+    ]
+    for vertical, top in (("top", True), ("bottom", False)):
+        for horizontal, left in (("left", True), ("right", False)):
+
+            def quarter(i: Instance, top: bool = top, left: bool = left) -> bool | None:
+                x, y = _side(i.centre[0], w / 2, mx, left), _side(i.centre[1], h / 2, my, top)
+                return None if x is None or y is None else x and y
+
+            areas.append((f"in the {vertical}-{horizontal} quarter of the image", H | V, quarter))
+    return areas
+
+
+def anchor_sides(anchor: Instance, named: str, facts: ImageFacts, cfg: GenerateConfig) -> list[tuple]:
+    """(name, axes, test) for the four sides of a named object, tested like `image_areas`."""
+    mx, my = cfg.position_margin * facts.width, cfg.position_margin * facts.height
+    x1, y1, x2, y2 = anchor.box
+    H, V = frozenset({"horizontal"}), frozenset({"vertical"})
+    return [
+        (f"left of {named}", H, lambda i: _side(i.centre[0], x1, mx, True)),
+        (f"right of {named}", H, lambda i: _side(i.centre[0], x2, mx, False)),
+        (f"above {named}", V, lambda i: _side(i.centre[1], y1, my, True)),
+        (f"below {named}", V, lambda i: _side(i.centre[1], y2, my, False)),
+    ]
+
+
+def _gap(a: Instance, b: Instance) -> float:
+    """Distance between two boxes (0 when they touch or overlap)."""
+    dx = max(0.0, max(a.box[0], b.box[0]) - min(a.box[2], b.box[2]))
+    dy = max(0.0, max(a.box[1], b.box[1]) - min(a.box[3], b.box[3]))
+    return (dx * dx + dy * dy) ** 0.5
+
+
+def _known_colours(instance: Instance) -> set[str | None]:
+    return {instance.colour, instance.recorded_colour} - {None} or {None}
+
+
+def asked_colour(instance: Instance, cfg: GenerateConfig) -> str | None:
+    """The colour a question may state as fact: measured with a high share, and the labeller's, if recorded."""
+    if instance.colour is None or instance.colour_share < cfg.min_colour_share:
+        return None
+    if min(instance.box[2] - instance.box[0], instance.box[3] - instance.box[1]) < cfg.min_colour_side_px:
+        return None  # a few pixels blend with their surround: the measured colour is not the one a person sees
+    if instance.recorded_colour is not None and instance.recorded_colour != instance.colour:
+        return None
+    return instance.colour
+
+
+def descriptions(
+    target: Instance,
+    facts: ImageFacts,
+    cfg: GenerateConfig,
+    avoid: frozenset[str] = frozenset(),
+    anchors: bool = True,
+) -> list[tuple[str, str, Instance | None]]:
+    """Every (cue, phrase, the object it leans on) that picks out `target` and no other instance of its class,
+    checked with margins against all of them."""
+    noun = target.label
+    others = [i for i in facts.instances if i.label == target.label and i is not target]
+    if not others:
+        return [("name", f"the {noun}", None)]
+    found = []
+    scopes = image_areas(facts, cfg, whole=True)
+    for anchor in facts.instances if anchors and "relation" not in avoid else []:
+        if anchor.label != noun and anchor.sure and anchor.label != GENERIC:
+            named = descriptions(anchor, facts, cfg, anchors=False)
+            scopes += [(*side, anchor) for side in anchor_sides(anchor, named[0][1], facts, cfg)] if named else []
+    for scope, axes, inside, *leans_on in scopes:
+        if axes & avoid or inside(target) is not True:
+            continue
+        verdicts = [inside(o) for o in others]
+        if None in verdicts:
+            continue  # another one lies on the area's edge: in or out is not clear
+        members = [o for o, v in zip(others, verdicts, strict=True) if v]
+        if not members:
+            found.append(("area", f"the {noun} {scope}", leans_on[0] if leans_on else None))
+            continue
+        suffix = f" {scope}" if scope else ""
+        for axis, ends in (("horizontal", ("left", "right")), ("vertical", ("top", "bottom"))):
+            if axis in avoid:
+                continue
+            k = 0 if axis == "horizontal" else 1
+            margin = cfg.position_margin * (facts.width, facts.height)[k]
+            for end, sign in zip(ends, (1, -1), strict=True):
+                ahead = sorted(sign * o.centre[k] for o in members if sign * o.centre[k] < sign * target.centre[k])
+                behind = [sign * o.centre[k] for o in members if sign * o.centre[k] >= sign * target.centre[k]]
+                here = sign * target.centre[k]
+                clear = (not ahead or here - ahead[-1] >= margin) and (not behind or min(behind) - here >= margin)
+                phrase = ORDINALS[len(ahead)](noun, end) if clear and len(ahead) < len(ORDINALS) else None
+                if phrase and (not suffix or (axis, phrase, None) not in found):  # "topmost in the top half": no
+                    found.append((axis, phrase + suffix, leans_on[0] if leans_on else None))
+    if "size" not in avoid:
+        areas = [o.area for o in others]
+        if target.area >= cfg.size_ratio * max(areas):
+            found.append(("size", f"the largest {noun}", None))
+        if target.area * cfg.size_ratio <= min(areas):
+            found.append(("size", f"the smallest {noun}", None))
+    colour = asked_colour(target, cfg)
+    alike = {colour, *confusions(colour)[:3]} if colour else set()  # the colour and its nearest look-alikes
+    if "colour" not in avoid and colour and all(not alike & _known_colours(o) for o in others):
+        found.append(("colour", f"the {colour} {noun}", None))
+    if "relation" not in avoid and anchors:
+        margin = cfg.position_margin * max(facts.width, facts.height)
+        for anchor in facts.instances:
+            if anchor.label == noun or not anchor.sure or anchor.label == GENERIC:
+                continue
+            near = _gap(target, anchor)
+            rest = min(_gap(o, anchor) for o in others)
+            if near <= cfg.nearest_ratio * rest and rest - near >= margin:
+                named = descriptions(anchor, facts, cfg, anchors=False)
+                if named:
+                    found.append(("relation", f"the {noun} nearest {named[0][1]}", anchor))
+    return found
+
+
+class Names:
+    """The descriptions of one image's objects, each computed once: pairs and counts ask for them many times."""
+
+    def __init__(self, facts: ImageFacts, cfg: GenerateConfig):
+        self.facts, self.cfg, self.memo = facts, cfg, {}
+
+    def pick(
+        self,
+        target: Instance,
+        rng: random.Random,
+        avoid: frozenset[str] = frozenset(),
+        not_anchor: Instance | None = None,
+    ) -> str | None:
+        """One unique description of `target` (the bare name when it is the only one of its class), or None."""
+        key = (id(target), avoid)
+        if key not in self.memo:
+            self.memo[key] = descriptions(target, self.facts, self.cfg, avoid)
+        found = [phrase for _, phrase, anchor in self.memo[key] if anchor is None or anchor is not not_anchor]
+        return rng.choice(found) if found else None
+
+
+# ---- question writers: each returns drafts; letters are assigned over the whole image at the end ----
+
+
+@dataclass
+class Draft:
+    question_type: str
+    stem: str  # the question without options
+    correct: str  # the correct option's text, or the short answer
+    distractors: list[str]  # empty for a short answer
+    checker: str  # for a short answer: "text" or "number"
+    label: str
+    targets: list[Instance]
+    referents: list[str]
+
+
+def _targets(facts: ImageFacts) -> list[Instance]:
+    """What may be asked about: named, sure, and kept by mining as small and needing a zoom."""
+    return [i for i in facts.instances if i.region_id and i.sure and i.label != GENERIC]
+
+
+def colour_distractors(name: str) -> list[str]:
+    """The three nearest palette colours that are still clearly another colour."""
+    lab = to_lab(np.array(list(PALETTE.values()), np.uint8))
+    index = {n: i for i, n in enumerate(PALETTE)}
+    far = [c for c in confusions(name) if np.linalg.norm(lab[index[c]] - lab[index[name]]) >= MIN_DISTRACTOR_DE]
+    return far[:3]
+
+
+def _colour(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    found = []
+    for t in rng.sample(_targets(facts), len(_targets(facts))):
+        colour = asked_colour(t, cfg)
+        ref = colour and names.pick(t, rng, avoid=frozenset({"colour"}))
+        if not ref:
+            continue
+        short = rng.random() < cfg.short_answer_share
+        found.append(
+            Draft(
+                "colour",
+                f"What is the main colour of {ref}?" + (" Answer with one colour word." if short else ""),
+                colour,
+                [] if short else colour_distractors(colour),
+                "text",
+                t.label,
+                [t],
+                [ref],
+            )
+        )
+        if len(found) >= cfg.per_image:
+            break
+    return found
+
+
+def _areas(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names, label: str) -> list[tuple]:
+    """(name, test) for the areas a count of `label` can be asked about: the image's halves and quarters, and the
+    sides of each named object of another class."""
+    areas = image_areas(facts, cfg)
+    for anchor in facts.instances:
+        if anchor.label != label and anchor.sure and anchor.label != GENERIC:
+            named = names.pick(anchor, rng)
+            areas += anchor_sides(anchor, named, facts, cfg) if named else []
+    return [(name, test) for name, _, test in areas]
+
+
+PLURALS = {"person": "people", "man": "men", "woman": "women", "child": "children", "bus": "buses"}
+
+
+def plural_of(label: str) -> str:
+    return PLURALS.get(label, label if label.endswith("s") else label + "s")
+
+
+def _count(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    found = []
+    for label in sorted(facts.complete):
+        same = [i for i in facts.instances if i.label == label]
+        for area, inside in _areas(facts, cfg, rng, names, label):
+            verdicts = [inside(i) for i in same]
+            if None in verdicts:
+                continue  # an instance on the boundary: the count is not clear
+            counted = [i for i, v in zip(same, verdicts, strict=True) if v]
+            if not cfg.min_count <= len(counted) <= cfg.max_count or any(not i.sure for i in counted):
+                continue  # an uncertain box could be miscounted
+            if 2 * sum(i.small for i in counted) < len(counted):
+                continue  # most of them can be counted without zooming
+            n = len(counted)
+            short = rng.random() < cfg.short_answer_share
+            near = [str(v) for v in (n - 1, n + 1, n - 2, n + 2) if v >= 0]
+            plural = plural_of(label)
+            found.append(
+                Draft(
+                    "count",
+                    f"How many {plural} are there {area}?" + (" Answer with a number." if short else ""),
+                    str(n),
+                    [] if short else rng.sample(near, min(3, len(near))),
+                    "number",
+                    label,
+                    counted,
+                    [f"the {plural} {area}"],
+                )
+            )
+    rng.shuffle(found)
+    return found[: cfg.per_image]
+
+
+def relation(a: Instance, b: Instance, facts: ImageFacts, cfg: GenerateConfig) -> str | None:
+    """Where `a` is relative to `b`, when clearly so on one axis and not on the other; else None."""
+    gx, gy = cfg.position_margin * facts.width, cfg.position_margin * facts.height
+    dx, dy = a.centre[0] - b.centre[0], a.centre[1] - b.centre[1]
+    if abs(dx) >= 2 * abs(dy):
+        if a.box[2] + gx <= b.box[0]:
+            return "left"
+        if a.box[0] - gx >= b.box[2]:
+            return "right"
+    if abs(dy) >= 2 * abs(dx):
+        if a.box[3] + gy <= b.box[1]:
+            return "above"
+        if a.box[1] - gy >= b.box[3]:
+            return "below"
+    return None
+
+
+def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    found = []
+    others = [i for i in facts.instances if i.sure and i.label != GENERIC]
+    for a in rng.sample(_targets(facts), len(_targets(facts))):
+        asked = 0
+        for b in rng.sample(others, len(others)):
+            where = b is not a and relation(a, b, facts, cfg)
+            if not where:
+                continue
+            axis = frozenset({"horizontal" if where in ("left", "right") else "vertical"})  # names do not give it away
+            ref_a = names.pick(a, rng, avoid=axis, not_anchor=b)
+            ref_b = names.pick(b, rng, avoid=axis, not_anchor=a)
+            if not ref_a or not ref_b or ref_a == ref_b:
+                continue
+            if rng.random() < cfg.short_answer_share:
+                pair = ("left", "right") if where in ("left", "right") else ("above", "below")
+                stem = (
+                    f"Is {ref_a} to the left or to the right of {ref_b}? Answer left or right."
+                    if pair[0] == "left"
+                    else f"Is {ref_a} above or below {ref_b}? Answer above or below."
+                )
+                draft = Draft("relative_position", stem, where, [], "text", a.label, [a, b], [ref_a, ref_b])
+            else:
+                wrong = [OPPOSITE[where]] + [r for r in RELATIONS if r not in (where, OPPOSITE[where])]
+                stem = f"Where is {ref_a} relative to {ref_b}?"
+                draft = Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
+            found.append(draft)
+            asked += 1
+            if asked == cfg.partners_per_target or len(found) >= cfg.per_image:
+                break
+        if len(found) >= cfg.per_image:
+            break
+    return found
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.lower())
+
+
+def text_confirmed(instance: Instance, cfg: GenerateConfig) -> bool:
+    """The labeller's reading is asked only when OCR at full resolution reads nearly the same."""
+    if not instance.text or not instance.ocr_text:
+        return False
+    return (
+        difflib.SequenceMatcher(None, _norm(instance.text), _norm(instance.ocr_text)).ratio() >= cfg.min_text_agreement
+    )
+
+
+def _text(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    found = []
+    for t in _targets(facts):
+        ref = text_confirmed(t, cfg) and names.pick(t, rng)
+        if ref:
+            stem = f"What does {ref} say? Answer with the text as written."
+            found.append(Draft("text", stem, t.text, [], "text", t.label, [t], [ref]))
+    return found[: cfg.per_image]
+
+
+WRITERS = {"colour": _colour, "count": _count, "relative_position": _relative_position, "text": _text}
+
+
+def letter_of(rank: int, image_id: str) -> int:
+    """The correct option's position: an image's multiple-choice questions take the letters in turn, from an
+    offset that depends on the image, so letters come out balanced however many questions an image has."""
+    return (int(sha256_json(image_id)[:8], 16) + rank) % 4
+
+
+def _finish(facts: ImageFacts, drafts: list[Draft], rng: random.Random) -> list[dict]:
+    choice = sorted((d for d in drafts if d.distractors), key=lambda d: sha256_json([d.stem, d.correct]))
+    letters = {id(d): letter_of(rank, facts.image_id) for rank, d in enumerate(choice)}
+    questions = []
+    for d in drafts:
+        base = {
+            "question_type": d.question_type,
+            "label": d.label,
+            "target_region_ids": [t.region_id for t in d.targets if t.region_id],
+            "target_boxes": [[round(v) for v in t.box] for t in d.targets],
+            "referent": d.referents,
+        }
+        if d.question_type == "count":
+            base["target_region_ids"] = []
+        if not d.distractors:
+            questions.append({**base, "question": d.stem, "options": [], "answer": d.correct, "checker": d.checker})
+            continue
+        options = rng.sample(d.distractors, len(d.distractors))
+        options.insert(letters[id(d)], d.correct)
+        questions.append(
+            {
+                **base,
+                "question": with_options(d.stem, options),
+                "options": options,
+                "answer": LETTERS[options.index(d.correct)],
+                "checker": "choice",
+            }
+        )
+    return questions
 
 
 class BuiltinTeacher:
@@ -58,132 +462,7 @@ class BuiltinTeacher:
 
     def write_questions(self, facts: ImageFacts, cfg: GenerateConfig) -> list[dict]:
         rng = random.Random(sha256_json([facts.image_id, cfg.seed]))
-        writers = {"colour": self._colour, "count": self._count, "compare_brightness": self._compare}
-        questions = []
+        drafts, names = [], Names(facts, cfg)
         for kind in cfg.question_types:
-            questions += writers[kind](facts, cfg, rng)
-        return questions
-
-    def _colour(self, facts: ImageFacts, cfg: GenerateConfig, rng: random.Random) -> list[dict]:
-        found = []
-        candidates = [r for r in facts.regions if r.colour_share >= cfg.min_colour_share]
-        for region in rng.sample(candidates, min(cfg.per_image, len(candidates))):
-            point = centre_grid(region.box, facts.width, facts.height)
-            label = region.label.lower()
-            stem = f"What is the main colour of {_where(label, point)}? {GRID_NOTE}"
-            base = {
-                "question_type": "colour",
-                "label": label,
-                "target_region_ids": [region.region_id],
-                "target_boxes": [list(region.box)],
-                "referent": [list(point)],
-            }
-            if rng.random() < cfg.short_answer_share:
-                found.append(
-                    {
-                        **base,
-                        "question": f"{stem} Answer with one colour word.",
-                        "options": [],
-                        "answer": region.colour,
-                        "checker": "text",
-                    }
-                )
-                continue
-            distractors = [c for c in COLOURS if c != region.colour and c not in CONFUSABLE[region.colour]]
-            options = rng.sample(distractors, 3) + [region.colour]
-            rng.shuffle(options)
-            found.append(
-                {
-                    **base,
-                    "question": with_options(stem, options),
-                    "options": options,
-                    "answer": LETTERS[options.index(region.colour)],
-                    "checker": "choice",
-                }
-            )
-        return found
-
-    def _count(self, facts: ImageFacts, cfg: GenerateConfig, rng: random.Random) -> list[dict]:
-        labels = sorted({label for label, _ in facts.annotations})
-        found: list[dict] = []
-        windows: list[list[int]] = []
-        for _ in range(200):
-            if len(found) >= cfg.per_image or not labels:
-                break
-            label = rng.choice(labels)
-            side = rng.randint(120, 260)
-            x, y = rng.randint(0, GRID - side), rng.randint(0, GRID - side)
-            window = [x, y, x + side, y + side]
-            if any(_overlap(window, w) for w in windows):
-                continue
-            px = grid_to_pixels(window, facts.width, facts.height)
-            margin = 0.05 * (px[2] - px[0])  # centres this close to an edge are too close to call
-            inside, unclear = [], False
-            for name, box in facts.annotations:
-                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-                if name != label or not (
-                    px[0] - margin < cx < px[2] + margin and px[1] - margin < cy < px[3] + margin
-                ):
-                    continue
-                if px[0] + margin <= cx <= px[2] - margin and px[1] + margin <= cy <= px[3] - margin:
-                    inside.append([round(v) for v in box])
-                else:
-                    unclear = True
-                    break
-            if unclear or not 2 <= len(inside) <= 9:
-                continue
-            windows.append(window)
-            noun = label.lower() + "s"
-            found.append(
-                {
-                    "question_type": "count",
-                    "label": label.lower(),
-                    "question": f"How many {noun} have their centre inside the box {window}? {GRID_NOTE} "
-                    "Answer with a number.",
-                    "options": [],
-                    "answer": str(len(inside)),
-                    "checker": "number",
-                    "target_region_ids": [],
-                    "target_boxes": inside,
-                    "referent": [window],
-                }
-            )
-        return found
-
-    def _compare(self, facts: ImageFacts, cfg: GenerateConfig, rng: random.Random) -> list[dict]:
-        regions = list(facts.regions)
-        rng.shuffle(regions)
-        found, used = [], set()
-        for i, a in enumerate(regions):
-            for b in regions[i + 1 :]:
-                if len(found) >= cfg.per_image:
-                    return found
-                if a.region_id in used or b.region_id in used or a.label != b.label:
-                    continue
-                if abs(a.brightness - b.brightness) < cfg.min_brightness_gap:
-                    continue
-                pa_, pb = centre_grid(a.box, facts.width, facts.height), centre_grid(b.box, facts.width, facts.height)
-                if ((pa_[0] - pb[0]) ** 2 + (pa_[1] - pb[1]) ** 2) ** 0.5 < 0.35 * GRID * 2**0.5:
-                    continue  # close pairs fit in one zoom; distant ones need two
-                used |= {a.region_id, b.region_id}
-                label = a.label.lower()
-                options = [f"the one at ({pa_[0]}, {pa_[1]})", f"the one at ({pb[0]}, {pb[1]})"]
-                stem = f"Which is brighter: {_where(label, pa_)} or {_where(label, pb)}? {GRID_NOTE}"
-                found.append(
-                    {
-                        "question_type": "compare_brightness",
-                        "label": label,
-                        "question": with_options(stem, options),
-                        "options": options,
-                        "answer": "A" if a.brightness > b.brightness else "B",
-                        "checker": "choice",
-                        "target_region_ids": [a.region_id, b.region_id],
-                        "target_boxes": [list(a.box), list(b.box)],
-                        "referent": [list(pa_), list(pb)],
-                    }
-                )
-        return found
-
-
-def _overlap(a, b) -> bool:
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+            drafts += WRITERS[kind](facts, cfg, rng, names)
+        return _finish(facts, drafts, rng)

@@ -47,6 +47,7 @@ SCHEMAS: dict[str, dict] = {
     "questions": {
         "type": "object",
         "properties": {
+            "referent": {"type": "string"},  # the teacher's own name for the object, used in every question
             "questions": {
                 "type": "array",
                 "items": {
@@ -59,9 +60,9 @@ SCHEMAS: dict[str, dict] = {
                     },
                     "required": ["type", "question", "options", "answer"],
                 },
-            }
+            },
         },
-        "required": ["questions"],
+        "required": ["referent", "questions"],
     },
     "answer": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
     "validate": {
@@ -70,7 +71,14 @@ SCHEMAS: dict[str, dict] = {
         "required": ["unambiguous"],
     },
 }
-SCHEMAS["questions_pair"] = SCHEMAS["questions"]
+SCHEMAS["questions_pair"] = {
+    "type": "object",
+    "properties": {
+        "referents": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+        "questions": SCHEMAS["questions"]["properties"]["questions"],
+    },
+    "required": ["referents", "questions"],
+}
 
 
 def image(im: Image.Image) -> dict:
@@ -134,16 +142,60 @@ async def ground_tile(teacher: Teacher, tile: Image.Image, max_objects: int, sta
     return await ask_json(teacher, "ground", system, [image(tile)], read_objects, stage=stage)
 
 
-async def write_questions(teacher: Teacher, crop: Image.Image, referent: str, count: int, stage: str) -> list[dict]:
-    system = load_prompt("questions").render(referent=referent, count=count)
-    return await ask_json(teacher, "questions", system, [image(crop)], read_questions, stage=stage)
+_COORDINATES = re.compile(r"\d+\s*,\s*\d+|\(\s*\d+|\[\s*\d+|grid", re.IGNORECASE)
+
+
+def what_it_is(label: str | None) -> str:
+    return f"The object is a {label}." if label else "The object has no class name yet: name it yourself."
+
+
+def read_referents(doc: dict, count: int) -> list[str]:
+    """The teacher's own referring expressions: non-empty, and naming no place by coordinates."""
+    found = doc.get("referents") if count > 1 else [doc.get("referent")]
+    if not isinstance(found, list) or len(found) != count or not all(isinstance(r, str) and r.strip() for r in found):
+        raise ReplyError("expected 'referent' (or 'referents' for two objects): how the question names the object")
+    names = [r.strip() for r in found]
+    if any(_COORDINATES.search(r) for r in names):
+        raise ReplyError(f"a referent names the object by coordinates: {names}")
+    return names
+
+
+def _named(count: int) -> Callable[[dict], tuple[list[str], list[dict]]]:
+    """A reader of questions that must use the teacher's referents verbatim; others are left out."""
+
+    def read(doc: dict) -> tuple[list[str], list[dict]]:
+        names = read_referents(doc, count)
+        questions = [
+            q
+            for q in read_questions(doc)
+            if all(n.lower() in q["question"].lower() for n in names) and not _COORDINATES.search(q["question"])
+        ]
+        return names, questions
+
+    return read
+
+
+async def write_questions(
+    teacher: Teacher, full: Image.Image, crop: Image.Image, label: str | None, count: int, stage: str
+) -> tuple[list[str], list[dict]]:
+    """The teacher's referring expression for one outlined object and its questions about it."""
+    system = load_prompt("questions").render(what=what_it_is(label), count=count)
+    return await ask_json(teacher, "questions", system, [image(full), image(crop)], _named(1), stage=stage)
 
 
 async def write_pair_questions(
-    teacher: Teacher, crops: list[Image.Image], referents: list[str], count: int, stage: str
-) -> list[dict]:
-    system = load_prompt("questions_pair").render(referent_a=referents[0], referent_b=referents[1], count=count)
-    return await ask_json(teacher, "questions_pair", system, [image(c) for c in crops], read_questions, stage=stage)
+    teacher: Teacher,
+    full: Image.Image,
+    crops: list[Image.Image],
+    labels: list[str | None],
+    count: int,
+    stage: str,
+) -> tuple[list[str], list[dict]]:
+    system = load_prompt("questions_pair").render(
+        what_a=what_it_is(labels[0]), what_b=what_it_is(labels[1]), count=count
+    )
+    content = [image(full), *(image(c) for c in crops)]
+    return await ask_json(teacher, "questions_pair", system, content, _named(2), stage=stage)
 
 
 async def answer(
@@ -155,8 +207,13 @@ async def answer(
     )
 
 
-async def validate(teacher: Teacher, full: Image.Image, crop: Image.Image, question: str, stage: str) -> bool:
-    system = load_prompt("validate").render()
+async def validate(
+    teacher: Teacher, full: Image.Image, crop: Image.Image, question: str, stage: str, referent: str | None = None
+) -> bool:
+    """Whether the question's referring expression picks out exactly one object in the whole image: the crop's."""
+    system = load_prompt("validate").render(
+        referent=f'The question names it as "{referent}".' if referent else "The question names it in its text."
+    )
 
     def read(doc: dict) -> bool:
         if not isinstance(doc.get("unambiguous"), bool):

@@ -1,0 +1,355 @@
+"""The built-in teacher's questions: named referents that pick out one object, answers that follow from the boxes and
+pixels, plausible distractors and balanced answer letters. Scenes are hand-made so the right answer is known."""
+
+import collections
+import json
+import random
+import re
+
+import numpy as np
+from PIL import Image
+
+from drim_data.pipeline import run_pipeline
+from drim_data.pixels.palette import confusions
+from drim_data.recipe import GenerateConfig, load_recipe
+from drim_data.stages import generate
+from drim_data.teacher.builtin import (
+    BuiltinTeacher,
+    ImageFacts,
+    Instance,
+    colour_distractors,
+    descriptions,
+    relation,
+)
+from tests.conftest import query, write_recipe
+
+W, H = 2000, 1000
+ALL = GenerateConfig(short_answer_share=0.0)
+COORDINATES = re.compile(r"\d+\s*,\s*\d+|\(\s*\d+|\[\s*\d+|grid")
+
+
+def boat(x, y, side=20, **kw) -> Instance:
+    kw.setdefault("region_id", f"r{x}-{y}")
+    return Instance("boat", (x, y, x + side, y + side), **kw)
+
+
+def facts(*instances, complete=(), image_id="a" * 64) -> ImageFacts:
+    return ImageFacts(image_id, W, H, list(instances), frozenset(complete))
+
+
+def phrases(target, scene, cfg=ALL, avoid=frozenset()):
+    return [p for _, p, _ in descriptions(target, scene, cfg, avoid)]
+
+
+def ask(scene, kinds, cfg=ALL):
+    return BuiltinTeacher().write_questions(scene, GenerateConfig(**{**cfg.__dict__, "question_types": kinds}))
+
+
+# ---- referents ----
+
+
+def test_a_lone_instance_is_named_by_its_class():
+    ship = Instance("ship", (500, 500, 520, 540), region_id="s")
+    assert phrases(ship, facts(ship, boat(100, 100), boat(900, 700))) == ["the ship"]
+
+
+def test_extreme_and_second_positions_need_a_clear_gap():
+    left, middle, right = boat(100, 480), boat(900, 490), boat(1800, 500)
+    scene = facts(left, middle, right)
+    assert "the leftmost boat" in phrases(left, scene)
+    assert "the second boat from the left" in phrases(middle, scene)
+    assert "the rightmost boat" in phrases(right, scene) and "the leftmost boat" not in phrases(right, scene)
+    crowded = boat(130, 900)  # centre 30 px right of the leftmost one: 1.5% of the width, under the 3% margin
+    assert not any("leftmost" in p for p in phrases(left, facts(left, middle, right, crowded)))
+
+
+def test_uniqueness_is_checked_against_every_instance_even_unsure_or_not_mined():
+    target, other = boat(300, 400), boat(1500, 400)
+    assert "the leftmost boat" in phrases(target, facts(target, other))
+    unsure = boat(100, 100, sure=False, region_id=None)  # further left: 'the leftmost boat' would be ambiguous
+    assert "the leftmost boat" not in phrases(target, facts(target, other, unsure))
+
+
+def test_area_scoped_positions():
+    a, b, c = boat(200, 100), boat(600, 150), boat(300, 800)
+    scene = facts(a, b, c)
+    assert "the second boat from the right in the top half of the image" in phrases(a, scene)
+    assert "the leftmost boat" in phrases(a, scene)  # and not the redundant "... in the top half of the image"
+    assert "the leftmost boat in the top half of the image" not in phrases(a, scene)
+    assert "the boat in the bottom half of the image" in phrases(c, scene)
+    on_edge = boat(700, 490)  # centred on the halfway line: top or bottom is not clear
+    assert not any("top half" in p or "bottom half" in p for p in phrases(c, facts(a, b, c, on_edge)))
+
+
+def test_nearest_a_named_object_needs_a_clear_margin():
+    island = Instance("oil island", (1000, 400, 1200, 600), region_id=None)
+    near, far = boat(1250, 480), boat(300, 100)
+    assert "the boat nearest the oil island" in phrases(near, facts(near, far, island))
+    rival = boat(1260, 650)  # almost as near: no longer clearly the nearest
+    assert "the boat nearest the oil island" not in phrases(near, facts(near, far, rival, island))
+    unsure = Instance("oil island", (1000, 400, 1200, 600), sure=False)
+    assert not any("nearest" in p for p in phrases(near, facts(near, far, unsure)))
+
+
+def test_sides_of_a_named_object_scope_a_description():
+    island = Instance("oil island", (1000, 400, 1200, 600))
+    west, east, far_east = boat(500, 480), boat(1400, 300), boat(1800, 700)
+    scene = facts(west, east, far_east, island)
+    assert "the boat left of the oil island" in phrases(west, scene)
+    assert "the leftmost boat right of the oil island" in phrases(east, scene)
+    on_edge = boat(1010, 900)  # centred just inside the island's left edge: left of it or not is not clear
+    assert "the boat left of the oil island" not in phrases(west, facts(west, east, far_east, island, on_edge))
+
+
+def test_size_and_colour_descriptions():
+    big, small = boat(500, 500, side=40), boat(1500, 200, side=20)
+    scene = facts(big, small)
+    assert "the largest boat" in phrases(big, scene) and "the smallest boat" in phrases(small, scene)
+    close = boat(1500, 200, side=30)  # 1600 vs 900 px: clearly larger
+    assert "the largest boat" in phrases(big, facts(big, close))
+    closer = boat(1500, 200, side=35)  # 1600 vs 1225 px: not clearly larger
+    assert "the largest boat" not in phrases(big, facts(big, closer))
+
+    red = boat(500, 500, colour="red", colour_share=0.9)
+    white = boat(1500, 500, colour="white", colour_share=0.9)
+    assert "the red boat" in phrases(red, facts(red, white))
+    recorded_red = boat(1500, 500, colour="maroon", colour_share=0.5, recorded_colour="red")
+    assert "the red boat" not in phrases(red, facts(red, recorded_red))
+    orange = boat(1500, 500, colour="orange", colour_share=0.9)  # red's near neighbour: 'the red boat' is unclear
+    assert "the red boat" not in phrases(red, facts(red, orange))
+    assert "the red boat" not in phrases(red, facts(red, white), avoid=frozenset({"colour"}))
+
+
+def test_unlabelled_or_unsure_targets_are_never_asked_about():
+    proposal = Instance("object", (100, 100, 120, 120), colour="red", colour_share=1.0, region_id="p")
+    unsure = boat(500, 500, sure=False, colour="red", colour_share=1.0)
+    not_mined = boat(900, 500, region_id=None, colour="red", colour_share=1.0)
+    assert ask(facts(proposal, unsure, not_mined), ["colour", "relative_position", "text"]) == []
+
+
+# ---- question types ----
+
+
+def test_colour_is_the_measured_one_and_must_agree_with_the_labeller():
+    ship = Instance("ship", (500, 500, 520, 540), colour="red", colour_share=0.8, region_id="s")
+    (q,) = ask(facts(ship), ["colour"])
+    assert q["question"].startswith("What is the main colour of the ship?")
+    assert q["options"][ord(q["answer"]) - 65] == "red" and q["referent"] == ["the ship"]
+    assert set(q["options"]) - {"red"} == set(colour_distractors("red")) and len(set(q["options"])) == 4
+    faint = Instance("ship", ship.box, colour="red", colour_share=0.5, region_id="s")
+    assert ask(facts(faint), ["colour"]) == []  # under min_colour_share
+    disputed = Instance("ship", ship.box, colour="red", colour_share=0.8, recorded_colour="orange", region_id="s")
+    assert ask(facts(disputed), ["colour"]) == []
+    agreed = Instance("ship", ship.box, colour="red", colour_share=0.8, recorded_colour="red", region_id="s")
+    assert len(ask(facts(agreed), ["colour"])) == 1
+    speck = Instance("ship", (500, 500, 510, 540), colour="red", colour_share=0.9, region_id="s")  # 10 px wide
+    assert ask(facts(speck), ["colour"]) == []
+
+
+def test_colour_distractors_are_near_but_clearly_other_colours():
+    assert colour_distractors("white") == ["beige", "tan", "cyan"]  # silver is too close to white to be wrong
+    for name in ("red", "navy", "beige", "green"):
+        found = colour_distractors(name)
+        assert len(found) == 3 and name not in found
+        assert found == [c for c in confusions(name) if c in found]  # nearest first
+
+
+def test_counts_match_an_independent_count_and_only_for_complete_classes():
+    rng = np.random.default_rng(1)
+    boats = [boat(int(x), int(y)) for x, y in zip(rng.integers(50, 1900, 14), rng.integers(50, 900, 14), strict=True)]
+    island = Instance("oil island", (900, 300, 1100, 500))
+    scene = facts(*boats, island, complete=["boat"])
+    questions = ask(scene, ["count"])
+    assert questions
+    areas = {
+        "in the left half of the image": lambda x, y: x < W / 2,
+        "in the right half of the image": lambda x, y: x > W / 2,
+        "in the top half of the image": lambda x, y: y < H / 2,
+        "in the bottom half of the image": lambda x, y: y > H / 2,
+        "in the top-left quarter of the image": lambda x, y: x < W / 2 and y < H / 2,
+        "in the top-right quarter of the image": lambda x, y: x > W / 2 and y < H / 2,
+        "in the bottom-left quarter of the image": lambda x, y: x < W / 2 and y > H / 2,
+        "in the bottom-right quarter of the image": lambda x, y: x > W / 2 and y > H / 2,
+        "left of the oil island": lambda x, y: x < 900,
+        "right of the oil island": lambda x, y: x > 1100,
+        "above the oil island": lambda x, y: y < 300,
+        "below the oil island": lambda x, y: y > 500,
+    }
+    for q in questions:
+        area = re.search(r"How many boats are there (.+?)\?", q["question"]).group(1)
+        truth = sum(areas[area](*b.centre) for b in boats)
+        assert q["options"][ord(q["answer"]) - 65] == str(truth) == str(len(q["target_boxes"]))
+        assert sorted(int(o) for o in q["options"] if o != str(truth)) == sorted(
+            int(o) for o in q["options"] if abs(int(o) - truth) in (1, 2)
+        )
+    assert ask(facts(*boats, island), ["count"]) == []  # boats are not boxed completely here
+
+
+def test_counts_skip_areas_with_an_instance_on_the_edge_or_an_unsure_box():
+    row = [boat(x, 100) for x in (100, 300, 500)]
+    scene = facts(*row, complete=["boat"])
+    assert any("left half" in q["question"] for q in ask(scene, ["count"]))
+    edge = boat(W // 2 - 10, 800)  # centred on the halfway line
+    assert not any("left half" in q["question"] for q in ask(facts(*row, edge, complete=["boat"]), ["count"]))
+    unsure = boat(700, 700, sure=False)
+    assert not any("left half" in q["question"] for q in ask(facts(*row, unsure, complete=["boat"]), ["count"]))
+
+
+def test_counts_of_objects_visible_without_zooming_are_not_asked():
+    row = [boat(x, 100) for x in (100, 300, 500)]
+    assert any("left half" in q["question"] for q in ask(facts(*row, complete=["boat"]), ["count"]))
+    seen = [boat(x, 100, small=False) for x in (100, 300)] + [boat(500, 100)]  # two of three resolvable
+    assert not any("left half" in q["question"] for q in ask(facts(*seen, complete=["boat"]), ["count"]))
+
+
+def test_relative_position_is_asked_only_when_clear_on_one_axis():
+    ship, island = (
+        Instance("ship", (300, 480, 320, 520), region_id="s"),
+        Instance("oil island", (1000, 400, 1200, 600)),
+    )
+    scene = facts(ship, island)
+    assert relation(ship, island, scene, ALL) == "left" and relation(island, ship, scene, ALL) == "right"
+    (q,) = ask(scene, ["relative_position"])
+    assert q["question"].startswith("Where is the ship relative to the oil island?")
+    assert sorted(q["options"]) == ["above", "below", "left", "right"]
+    assert q["options"][ord(q["answer"]) - 65] == "left" and q["referent"] == ["the ship", "the oil island"]
+    diagonal = Instance("ship", (700, 50, 720, 90), region_id="s")  # as far up as it is left: not clear
+    assert relation(diagonal, island, facts(diagonal, island), ALL) is None
+    touching = Instance("ship", (960, 480, 980, 520), region_id="s")  # 20 px from the island: no clear gap
+    assert relation(touching, island, facts(touching, island), ALL) is None
+    below = Instance("ship", (1090, 800, 1110, 840), region_id="s")
+    assert relation(below, island, facts(below, island), ALL) == "below"
+
+
+def test_relative_position_referents_do_not_give_the_answer_away():
+    boats = [boat(200, 480), boat(1600, 480)]
+    island = Instance("oil island", (1000, 400, 1200, 600))
+    for q in ask(facts(*boats, island), ["relative_position"]):
+        assert not re.search(r"leftmost|rightmost|left half|right half", q["question"].split("?")[0]), q
+
+
+def test_text_needs_ocr_to_agree_with_the_labeller():
+    sign = Instance(
+        "sign", (400, 400, 700, 420), text="KOMMET HER ZU MIR", ocr_text="KOMMET HER ZU MlR", region_id="g"
+    )
+    (q,) = ask(facts(sign), ["text"])
+    assert q["answer"] == "KOMMET HER ZU MIR" and q["checker"] == "text" and q["referent"] == ["the sign"]
+    for ocr in (None, "EINGANG"):
+        unread = Instance("sign", sign.box, text=sign.text, ocr_text=ocr, region_id="g")
+        assert ask(facts(unread), ["text"]) == []
+
+
+# ---- answer letters ----
+
+
+def scene_for(seed: int) -> ImageFacts:
+    """A random harbour: boats (some red), ships and an island, boats boxed completely."""
+    rng = random.Random(seed)
+    found = [Instance("oil island", (900, 350, 1100, 550))]
+    for _ in range(rng.randint(3, 9)):
+        colour = rng.choice(["red", "white", "blue", "green"])
+        x, y = rng.randint(20, 1950), rng.randint(20, 950)
+        found.append(boat(x, y, side=rng.randint(10, 30), colour=colour, colour_share=0.9))
+    for _ in range(rng.randint(1, 3)):
+        x, y = rng.randint(20, 1900), rng.randint(20, 900)
+        found.append(Instance("ship", (x, y, x + 40, y + 60), colour="gray", colour_share=0.9, region_id=f"s{x}"))
+    return facts(*found, complete=["boat"], image_id=f"{seed:064x}")
+
+
+def test_answer_letters_are_balanced_within_each_image_and_across_many():
+    letters = collections.Counter()
+    for seed in range(150):
+        per_image = collections.Counter(
+            q["answer"] for q in ask(scene_for(seed), ["colour", "count", "relative_position"]) if q["options"]
+        )
+        if per_image:
+            assert max(per_image.values()) - min(per_image.get(x, 0) for x in "ABCD") <= 1, per_image
+        letters += per_image
+    total = sum(letters.values())
+    assert total > 400
+    assert all(abs(letters[x] / total - 0.25) <= 0.025 for x in "ABCD"), letters  # within 10% of uniform
+
+
+def test_questions_never_point_with_coordinates_and_are_deterministic():
+    for seed in range(30):
+        scene = scene_for(seed)
+        questions = ask(scene, ["colour", "count", "relative_position"])
+        assert questions == ask(scene, ["colour", "count", "relative_position"])
+        for q in questions:
+            assert not COORDINATES.search(q["question"]) and all(not COORDINATES.search(r) for r in q["referent"])
+            assert all(isinstance(r, str) and r.startswith("the ") for r in q["referent"])
+            assert all(r in q["question"] or q["question_type"] == "count" for r in q["referent"])
+
+
+# ---- on real pixels, through the stage ----
+
+
+def test_generate_measures_each_object_on_its_own_pixels(tmp_path):
+    """A real image with painted objects and a COCO file: the stage measures, names and asks."""
+    rgb = np.full((1500, 2000, 3), (40, 70, 110), np.uint8)  # open water
+    painted = {"red": (200, 30, 30), "white": (240, 240, 240), "green": (40, 150, 60)}
+    boxes = {"red": (300, 300, 318, 330), "white": (1500, 700, 1518, 730), "green": (900, 1200, 918, 1230)}
+    for name, (x1, y1, x2, y2) in boxes.items():
+        rgb[y1:y2, x1:x2] = painted[name]
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(rgb).save(images / "harbour.png")
+    coco = {
+        "images": [{"id": 1, "file_name": "harbour.png", "width": 2000, "height": 1500, "complete_categories": []}],
+        "categories": [{"id": 1, "name": "boat"}],
+        "annotations": [
+            {"id": i, "image_id": 1, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+            | ({"attributes": {"colour": "orange"}} if name == "green" else {})  # the labeller disagrees
+            for i, (name, b) in enumerate(boxes.items())
+        ],
+    }
+    (tmp_path / "boats.json").write_text(json.dumps(coco))
+    recipe = write_recipe(
+        tmp_path,
+        images,
+        annotations=False,
+        ingest={"annotations": [{"format": "coco", "path": str(tmp_path / "boats.json")}]},
+        generate={"question_types": ["colour"], "short_answer_share": 1.0},
+    )
+    run_pipeline(load_recipe(recipe), until="generate")
+    found = dict(query(tmp_path / "state.duckdb", "SELECT referent, answer FROM questions"))
+    leftmost = json.dumps(["the leftmost boat"])
+    assert found.get(leftmost, "red") == "red" and found.get(json.dumps(["the rightmost boat"]), "white") == "white"
+    assert set(found.values()) <= {"red", "white"} and found  # the green boat's colour is disputed: not asked
+    assert all("green" not in r for r in found)
+
+
+def test_text_is_not_asked_without_ocr(monkeypatch, tmp_path):
+    """Until OCR is installed, the stage reads no text and the teacher asks no text question."""
+    monkeypatch.setattr(generate, "read_text", None)
+    sign = generate._instance(
+        np.zeros((100, 400, 3), np.uint8),
+        Image.new("RGB", (400, 100)),
+        "sign",
+        (50, 40, 350, 60),
+        {"text": "EINGANG"},
+        "g",
+        load_recipe(write_recipe(tmp_path, tmp_path)).view,
+    )
+    assert sign.text == "EINGANG" and sign.ocr_text is None and sign.small
+
+
+def test_bundled_recipes_ask_named_questions_of_several_types(tmp_path):
+    from tests.conftest import REPO
+
+    types = set()
+    for name in ("demo", "fixtures"):
+        text = (REPO / "pipelines" / f"{name}.yaml").read_text()
+        text = re.sub(r"(?m)^db: .*$", f"db: {tmp_path / name / 'state.duckdb'}", text)
+        text = re.sub(r"(?m)^output_dir: .*$", f"output_dir: {tmp_path / name / 'out'}", text)
+        (tmp_path / f"{name}.yaml").write_text(text.replace("../data", str(REPO / "data")))
+        run_pipeline(load_recipe(tmp_path / f"{name}.yaml"), until="generate")
+        rows = query(
+            tmp_path / name / "state.duckdb", "SELECT question_type, question, referent, label FROM questions"
+        )
+        assert "relative_position" in {t for t, *_ in rows}
+        types |= {t for t, *_ in rows}
+        for _, question, referents, label in rows:
+            assert not COORDINATES.search(question) and label != "object"
+            assert all(not COORDINATES.search(r) for r in json.loads(referents))
+    assert types >= {"colour", "count", "relative_position"}
