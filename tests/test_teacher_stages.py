@@ -27,10 +27,11 @@ KEY_ENV = "DRIM_TEST_TEACHER_KEY"
 SECRET = "sk-test-secret-abcdef0123456789"
 
 
-def teacher_recipe(tmp_path, images, server, stages, base_url=None, **teacher):
+def teacher_recipe(tmp_path, images, server, stages, base_url=None, annotations=True, **teacher):
     return write_recipe(
         tmp_path,
         images,
+        annotations,
         teacher={
             "stages": stages,
             "questions_per_image": 6,

@@ -116,7 +116,7 @@ def test_the_page_in_headless_chromium(demo_version, demo_recipe, tmp_path, brow
     con.execute("INSERT INTO drops VALUES ('verify', ?, 'duplicate', '')", ["repeat" + repeat[0]])
     con.close()
     result = runner.invoke(
-        app, ["view", str(demo_version), "--recipe", str(demo_recipe), "--out", str(out), "--page-size", "10"]
+        app, ["view", str(demo_version), "--recipe", str(demo_recipe), "--out", str(out), "--page-size", "5"]
     )
     assert result.exit_code == 0, result.output
     con = duckdb.connect(str(tmp_path / "state.duckdb"), read_only=True)
@@ -135,14 +135,14 @@ def test_the_page_in_headless_chromium(demo_version, demo_recipe, tmp_path, brow
     browser.get((out / "index.html").as_uri())
     assert console_errors(browser) == []
     count = browser.find_element("id", "count")
-    assert count.text == f"{questions} of {questions} items" and len(shown(browser)) == 10
+    assert count.text == f"{questions} of {questions} items" and len(shown(browser)) == 5
     first = shown(browser)[0]
     assert first.get_attribute("data-id") == first_id
     cast = [v.text for v in first.find_elements("css selector", ".vote-role")]
     assert cast == ["VOTE A \u2713 A \u2713 B \u2717 2/3 correct", "VALIDATOR yes \u2713 1/1 correct"]
 
     choose(browser, "status", "kept")
-    assert count.text == f"{kept} of {questions} items" and len(shown(browser)) == 10
+    assert count.text == f"{kept} of {questions} items" and len(shown(browser)) == 5
     first_page = [a.get_attribute("data-id") for a in shown(browser)]
     browser.find_element("id", "next").click()
     assert not set(first_page) & {a.get_attribute("data-id") for a in shown(browser)}
