@@ -21,6 +21,9 @@ from drim_data.pixels.palette import colour_name, object_pixels
 from schemas.answers import LETTERS, normalise_text
 
 FINDABLE_PX = 6  # a target whose shorter side spans fewer view pixels (under half a 14 px vision patch) is not found
+# Telling which of several objects is "the boat left of the oil island" takes recognising each as its class: at
+# least one 14 px vision patch across. A colour is read off fewer pixels than a class is recognised from.
+IDENTIFIABLE_PX = 14
 SEPARABLE_PX = 2  # instances closer than this in the view merge into one blob
 TEXT_MARGIN = 0.25  # OCR reads the text's box widened by this share of its height on every side
 MIN_TEXT_MATCH = 0.6  # an option is picked only when the reading is at least this similar to it
@@ -95,7 +98,7 @@ def _count(view: Image.Image, boxes: list) -> str | None:
 
 def _relation(view: Image.Image, boxes: list) -> str | None:
     """Where the first object is relative to the second, along the axis on which they are further apart."""
-    if len(boxes) < 2 or not all(_findable(b) for b in boxes[:2]):
+    if len(boxes) < 2 or not all(min(b[2] - b[0], b[3] - b[1]) >= IDENTIFIABLE_PX for b in boxes[:2]):
         return None
     (ax, ay), (bx, by) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes[:2])
     if abs(ax - bx) >= abs(ay - by):
