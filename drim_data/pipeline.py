@@ -136,7 +136,7 @@ def _invalidate_if_changed(con: duckdb.DuckDBPyConnection, stage: str, fingerpri
 def _run_stage(ctx: Context, name: str, module: Any) -> StageStats:
     started = time.perf_counter()
     stats = module.run(ctx)
-    ctx.decoded = None
+    ctx.decoded = ctx.viewed = None
     stats.seconds = time.perf_counter() - started
     if stats.processed:
         module.validate(ctx.con)  # the stage's tables against their schemas, at the boundary

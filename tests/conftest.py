@@ -65,11 +65,13 @@ def small_images(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_version(tmp_path_factory) -> Path:
-    """A v1 folder produced by the real pipeline on the bundled demo images."""
+    """A v1 folder produced by the real pipeline on the bundled demo images, with the demo recipe's settings."""
     from drim_data.pipeline import run_pipeline
     from drim_data.recipe import load_recipe
 
     folder = tmp_path_factory.mktemp("demo")
-    result = run_pipeline(load_recipe(write_recipe(folder, DEMO_IMAGES)))
+    demo = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())  # the demo's own settings
+    settings = {key: demo[key] for key in ("mine", "generate", "view", "export") if key in demo}
+    result = run_pipeline(load_recipe(write_recipe(folder, DEMO_IMAGES, **settings)))
     assert result.export.written and result.export.version == 1
     return result.export.path

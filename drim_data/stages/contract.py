@@ -22,6 +22,7 @@ from PIL import Image
 from drim_data.errors import Drop, RunFault
 from drim_data.pixels.images import decode
 from drim_data.recipe import Recipe, sha256_json
+from schemas.tool import global_view, global_view_size
 
 Track = Callable[[Iterable[Any], str, int], Iterator[Any]]
 
@@ -49,6 +50,7 @@ class Context:
     track: Track = _no_progress
     models: dict[str, Any] = field(default_factory=dict)
     decoded: tuple[str, Image.Image] | None = field(default=None, repr=False)
+    viewed: tuple[str, Image.Image] | None = field(default=None, repr=False)
 
     def image(self, image_id: str) -> Image.Image:
         """An input image's pixels. Stages take their items grouped by image, so only the last one decoded is kept
@@ -58,6 +60,13 @@ class Context:
             (data,) = self.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
             self.decoded = (image_id, decode(data))
         return self.decoded[1]
+
+    def view(self, image_id: str) -> Image.Image:
+        """The global view the model sees of an input image (the recipe's `view`), kept like `image`."""
+        if self.viewed is None or self.viewed[0] != image_id:
+            image = self.image(image_id)
+            self.viewed = (image_id, global_view(image, global_view_size(*image.size, self.recipe.view.max_pixels)))
+        return self.viewed[1]
 
     def uses_model(self, stage: str) -> bool:
         return stage in self.recipe.teacher.stages

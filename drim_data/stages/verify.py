@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-from PIL import Image
-
 from drim_data.pixels.candidates import ambiguous
 from drim_data.pixels.solver import BlindItem, blind_answer
 from drim_data.recipe import ViewConfig
@@ -141,20 +139,12 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
     return write
 
 
-_views: dict[tuple[str, int], Image.Image] = {}  # the last image's global view: items come grouped by image
-
-
 def _solved_blind(ctx: Context, item: Question) -> bool:
     """The blind solver answers correctly from the global view alone."""
-    key = (item.image_id, ctx.recipe.view.max_pixels)
-    if key not in _views:
-        _views.clear()
-        size = global_view_size(item.width, item.height, ctx.recipe.view.max_pixels)
-        _views[key] = global_view(ctx.image(item.image_id), size)
     blind = BlindItem(
         item.question_type, item.label, item.targets, item.width, item.height, item.options, item.checker
     )
-    return is_correct(item.checker, blind_answer(_views[key], blind), item.answer)
+    return is_correct(item.checker, blind_answer(ctx.view(item.image_id), blind), item.answer)
 
 
 def _ambiguous(ctx: Context, item: Question) -> bool:
