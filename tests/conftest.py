@@ -44,6 +44,12 @@ def write_recipe(folder: Path, images: Path, annotations: bool = True, **section
     return path
 
 
+def demo_settings() -> dict:
+    """The demo recipe's stage settings, for recipes over the demo images that must match its database."""
+    demo = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())
+    return {key: demo[key] for key in ("mine", "generate", "view", "export") if key in demo}
+
+
 def query(db: Path, sql: str) -> list[tuple]:
     """Rows of a query on a recipe's database, opened read-only and closed again."""
     con = duckdb.connect(str(db), read_only=True)
@@ -70,8 +76,6 @@ def demo_version(tmp_path_factory) -> Path:
     from drim_data.recipe import load_recipe
 
     folder = tmp_path_factory.mktemp("demo")
-    demo = yaml.safe_load((REPO / "pipelines" / "demo.yaml").read_text())  # the demo's own settings
-    settings = {key: demo[key] for key in ("mine", "generate", "view", "export") if key in demo}
-    result = run_pipeline(load_recipe(write_recipe(folder, DEMO_IMAGES, **settings)))
+    result = run_pipeline(load_recipe(write_recipe(folder, DEMO_IMAGES, **demo_settings())))
     assert result.export.written and result.export.version == 1
     return result.export.path

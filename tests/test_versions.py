@@ -18,7 +18,7 @@ from drim_data.recipe import load_recipe
 from drim_data.release.card import dataset_card
 from drim_data.release.versions import compare_versions, list_versions, verify_version
 from schemas import manifest as manifest_contract
-from tests.conftest import DEMO_IMAGES, write_recipe
+from tests.conftest import DEMO_IMAGES, demo_settings, write_recipe
 
 runner = CliRunner()
 SOURCES = [
@@ -110,7 +110,8 @@ def test_a_tampered_version_is_refused_everywhere(demo_version, tmp_path, tamper
 def test_versions_lists_parent_hash_counts_and_difference(demo_version, tmp_path):
     # A second version of the demo: the same database, its recipe now with sources and another split share.
     shutil.copy(demo_version.parents[2] / "state.duckdb", tmp_path / "state.duckdb")
-    path = write_recipe(tmp_path, DEMO_IMAGES, export={"rl_share": 0.3}, sources=SOURCES)
+    settings = demo_settings()
+    path = write_recipe(tmp_path, DEMO_IMAGES, **{**settings, "export": {"rl_share": 0.3}}, sources=SOURCES)
     result = run_pipeline(load_recipe(path))
     v2 = result.export.path
     assert result.export.version == 2

@@ -18,7 +18,7 @@ from drim_data.db import connect
 from drim_data.errors import DrimError
 from drim_data.release.audit import FLAGS as AUDIT_FLAGS
 from drim_data.release.view import build_view, write_page
-from tests.conftest import DEMO_IMAGES, write_recipe
+from tests.conftest import DEMO_IMAGES, demo_settings, write_recipe
 from tests.test_audit import FLAGS, flawed_version
 from tests.test_versions import derive_version
 
@@ -44,7 +44,7 @@ def read_items(folder: Path) -> dict:
 def demo_recipe(demo_version, tmp_path):
     """A recipe over a copy of the demo's database, so the page can show its verdicts and drops."""
     shutil.copy(demo_version.parents[2] / "state.duckdb", tmp_path / "state.duckdb")
-    return write_recipe(tmp_path, DEMO_IMAGES)
+    return write_recipe(tmp_path, DEMO_IMAGES, **demo_settings())
 
 
 @pytest.fixture(scope="module")
