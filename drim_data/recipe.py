@@ -291,6 +291,11 @@ def sha256_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def hash_share(key: Any) -> float:
+    """A number in [0, 1) from a hash of `key`: a choice that depends on the item alone, whatever else runs."""
+    return int(sha256_json(key)[:8], 16) / 16**8
+
+
 def to_plain(obj: Any) -> Any:
     """Dataclass -> JSON-able dict, without the `source` path."""
     if dataclasses.is_dataclass(obj):

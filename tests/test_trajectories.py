@@ -39,7 +39,7 @@ from drim_data.stages.search import (
     plan,
     violations,
 )
-from drim_data.stages.trajectories import build
+from drim_data.stages.trajectories import build, judge
 from schemas.tool import ZOOM, global_view_scale, grid_to_pixels, iou
 from tests.conftest import DEMO_ANNOTATIONS, REPO, SHIPS
 
@@ -383,3 +383,15 @@ def test_demo_trajectories_search(demo):
         for t in re.findall(r"<think>(.*?)</think>", m["content"][-1]["text"] or "", re.S)
     ]
     assert len(set(thinks)) >= 0.5 * len(thinks)
+
+
+def test_a_model_trajectory_that_ends_wrong_or_misses_its_target_is_a_drop_with_its_reason():
+    item = question("m", "colour", "boat", [[400, 400, 420, 420]], answer="red")
+    reached, elsewhere = [{"box_px": [300, 300, 500, 500]}], [{"box_px": [0, 0, 100, 100]}]
+    with pytest.raises(Drop) as wrong:
+        judge(item, reached, "<answer>blue</answer>")
+    with pytest.raises(Drop) as missed:
+        judge(item, elsewhere, "<answer>red</answer>")
+    assert (wrong.value.reason, missed.value.reason) == ("wrong_final_answer", "zoom_misses_target")
+    assert judge(item, reached, "<answer>red</answer>") == "direct"
+    assert judge(item, [*elsewhere, *reached], "<answer>red</answer>") == "reflective"

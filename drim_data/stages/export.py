@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from drim_data import __version__
 from drim_data.errors import RunFault
 from drim_data.pixels.images import decode, encode_jpeg
-from drim_data.recipe import sha256_json, to_plain
+from drim_data.recipe import hash_share, sha256_json, to_plain
 from drim_data.release.card import dataset_card
 from drim_data.stages.contract import Context
 from schemas.manifest import MANIFEST, ManifestError, new_manifest, read_manifest, shard_entry
@@ -86,7 +86,7 @@ class ExportResult:
 
 
 def split_of(question_id: str, rl_share: float) -> str:
-    return "rl" if int(sha256_json(question_id)[:8], 16) / 16**8 < rl_share else "sft"
+    return "rl" if hash_share(question_id) < rl_share else "sft"
 
 
 def content_fingerprint(recipe, upstream: str, items: list[Item]) -> str:

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from drim_data.recipe import TrajectoryConfig, sha256_json
+from drim_data.recipe import TrajectoryConfig, hash_share, sha256_json
 
 # box geometry, all from one place
 from schemas.geometry import GRID, centre, contains, intersects, iou, pixels_to_grid
@@ -71,12 +71,6 @@ class PlanRejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-def share(key: object) -> float:
-    """A number in [0, 1) from a hash of `key`; trajectories salt their keys so that their choices are
-    independent of the split (export sends an item to RL by the unsalted hash of its id)."""
-    return int(sha256_json(key)[:8], 16) / 16**8
 
 
 # -- detail ---------------------------------------------------------------------------------------------------
@@ -193,7 +187,7 @@ def candidates(item, scene: Scene, cfg: TrajectoryConfig):
     if not targets:
         return
     plain = list(searches(item, targets, scene, cfg))
-    if share(["reflective", qid]) < cfg.reflective_share:
+    if hash_share(["reflective", qid]) < cfg.reflective_share:
         anchor = union(targets) if item.question_type == "count" else targets[0]
         straight = [search for pattern, search in plain if pattern != "coarse_to_fine"]
         straight += [search for pattern, search in plain if pattern == "coarse_to_fine"]
@@ -211,7 +205,7 @@ def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig):
         subject = union(targets)
         seen = cfg.min_instance_px if item.question_type == "count" else cfg.min_target_px
         need = seen / min(_short(t) for t in targets)
-        orders = ["direct", "coarse_to_fine"] if share(["single", qid]) < cfg.single_zoom_share else None
+        orders = ["direct", "coarse_to_fine"] if hash_share(["single", qid]) < cfg.single_zoom_share else None
         for order in orders or ["coarse_to_fine", "direct"]:
             for k in range(len(OFFSETS)):
                 yield order, _single(qid, k, subject, need, order, scene, cfg)
@@ -282,7 +276,7 @@ def _off_centre(subject: Box, side: float, key, k: int, scene: Scene) -> list[fl
 
 def _around(subject: Box, side: float, key, scene: Scene) -> list[float]:
     """A square box of `side` roughly centred on the subject (a refining zoom knows where it is)."""
-    jitter = (share(["jitter", key]) - 0.5) * 0.1
+    jitter = (hash_share(["jitter", key]) - 0.5) * 0.1
     return _place(subject, side, 0.5 + jitter, 0.5 - jitter, scene)
 
 

@@ -47,10 +47,6 @@ ORDER BY q.image_id, q.question_id
 """
 
 
-class TrajectoryRejected(Exception):
-    pass
-
-
 def run(ctx: Context) -> StageStats:
     stats = StageStats(NAME)
     scenes: dict[str, Scene] = {}
@@ -70,11 +66,7 @@ def run(ctx: Context) -> StageStats:
         steps, final = await drive_trajectory(
             ctx.model(), full, view, item.question, ctx.recipe.teacher.max_turns, stage=NAME
         )
-        try:
-            pattern = judge(item, steps, final)
-        except TrajectoryRejected as exc:
-            reason, _, detail = str(exc).partition(": ")
-            return lambda: ctx.drop(stats, item.question_id, reason, detail)
+        pattern = judge(item, steps, final)  # a Drop: the runner records it
         messages, turns = conversation(item, steps, final, ctx.recipe.trajectories.crop_quality)
         return lambda: store(ctx, stats, item, pattern, messages, turns)
 
@@ -102,13 +94,13 @@ def store(
 
 
 def judge(item: Question, steps: list[dict], final: str) -> str:
-    """A model trajectory's pattern, or TrajectoryRejected: it must end correct and its zooms reach every target."""
+    """A model trajectory's pattern, or a Drop: it must end correct and its zooms reach every target."""
     if not is_correct(item.checker, extract_answer(final), item.answer):
-        raise TrajectoryRejected(f"wrong_final_answer: {extract_answer(final)!r} vs {item.answer!r}")
+        raise Drop("wrong_final_answer", f"{extract_answer(final)!r} vs {item.answer!r}")
     centres = [((t[0] + t[2]) / 2, (t[1] + t[3]) / 2) for t in item.targets]
     hits = [[contains(s["box_px"], (x, y, x, y)) for x, y in centres] for s in steps]
     if not steps or not all(any(h[i] for h in hits) for i in range(len(centres))):
-        raise TrajectoryRejected("zoom_misses_target")
+        raise Drop("zoom_misses_target")
     if any(not any(hits[i]) and any(any(h) for h in hits[i + 1 :]) for i in range(len(hits))):
         return "reflective"  # a zoom that showed no target, recovered by a later one
     if len(centres) > 1:
