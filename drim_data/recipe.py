@@ -68,8 +68,8 @@ class MineConfig:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    question_types: list[Literal["colour", "count", "relative_position", "text"]] = field(
-        default_factory=lambda: ["colour", "count", "relative_position", "text"]
+    question_types: list[Literal["colour", "count", "relative_position", "compare_size", "text"]] = field(
+        default_factory=lambda: ["colour", "count", "relative_position", "compare_size", "text"]
     )
     per_image: int = 12  # at most this many questions of each type per image
     short_answer_share: float = 0.3  # the rest are multiple choice
@@ -79,11 +79,14 @@ class GenerateConfig:
     # instance ("the leftmost"), between two objects ("left of"), and from a count's area boundary
     position_margin: float = 0.03
     size_ratio: float = 1.5  # "the largest" is at least this many times the area of the next largest
+    length_ratio: float = 1.3  # "longer" is at least this many times the other's length (a third more)
     nearest_ratio: float = 0.6  # "the X nearest the Y" is at most this share of the next X's distance to Y
     partners_per_target: int = 4  # relative-position questions per target, each against another named object
     min_count: int = 2  # counts are asked between these numbers of instances
     max_count: int = 9
-    min_text_agreement: float = 0.8  # OCR must read the labeller's text this closely (similarity 0..1)
+    # OCR must read the labeller's text this closely (similarity 0..1): it drops and swaps letters of small text
+    min_text_agreement: float = 0.7
+    max_text_words: int = 4  # a longer text is asked about by its first or last word, which an answer can match
     seed: int = 0
 
 
@@ -240,11 +243,13 @@ RANGES: dict[type, dict[str, Range]] = {
         "min_colour_side_px": OFF_OR_MORE,
         "position_margin": SHARE,
         "size_ratio": Range(ge=1),
+        "length_ratio": Range(ge=1),
         "nearest_ratio": Range(gt=0, le=1),
         "partners_per_target": OFF_OR_MORE,
         "min_count": COUNT,
         "max_count": COUNT,
         "min_text_agreement": SHARE,
+        "max_text_words": COUNT,
         "seed": Range(),
     },
     VerifyConfig: {},

@@ -21,6 +21,7 @@ QUESTION_TYPES = (
     "colour",
     "count",
     "relative_position",
+    "compare_size",
     "text",
     "compare_brightness",
     "attribute",

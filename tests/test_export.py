@@ -224,3 +224,44 @@ def test_a_deleted_version_is_shown_missing_and_exported_again(tmp_path, small_i
 
     again = run_pipeline(recipe)  # v2 is on disk now: nothing changed, nothing written
     assert not again.export.written and again.export.version == 2
+
+
+def test_answer_letters_take_turns_within_a_split_whatever_verify_dropped():
+    from schemas.answers import with_options
+
+    def item(i: int, answer: str = "C", checker: str = "choice") -> export.Item:
+        options = ["red", "blue", "green", "white"]
+        question = with_options(f"What is the main colour of the boat {i}?", options)
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": f"<think>green</think>\n<answer>{answer}</answer>"}],
+            },
+        ]
+        fields = [
+            f"q{i}",
+            "img",
+            question,
+            json.dumps(options),
+            answer,
+            checker,
+            "colour",
+            "hard",
+            "[]",
+            "t",
+            "direct",
+        ]
+        return export.Item(*fields, json.dumps(messages), "[]", 10, 10, "boat")
+
+    items = [item(i) for i in range(8)] + [item(9, answer="green", checker="text")]
+    out = export.balanced_letters(items)
+    assert [o.answer for o in out[:8]] == list("ABCDABCD")  # every one was "C" before
+    for o in out[:8]:
+        options = json.loads(o.options)
+        assert options["ABCD".index(o.answer)] == "green" and sorted(options) == ["blue", "green", "red", "white"]
+        assert o.question == with_options(o.question.split("\n")[0], options)
+        turns = json.loads(o.messages)
+        assert turns[0]["content"][1]["text"] == o.question
+        assert extract_answer(turns[1]["content"][0]["text"]) == o.answer
+    assert out[8] == items[8]  # a short answer is left as it is

@@ -12,7 +12,7 @@ from drim_data.pixels import ocr
 from drim_data.pixels.ocr import read_text
 from schemas.tool import global_view, global_view_size
 
-BERLIN = Path(__file__).resolve().parent.parent / "data" / "fixtures" / "images" / "opensfm_berlin_01.jpg"
+BERLIN = Path(__file__).resolve().parent.parent / "data" / "demo" / "images" / "opensfm_berlin_01.jpg"
 INSCRIPTION = (1202, 1150, 2004, 1177)  # the labelled `sign` box: a gold-on-dark band of capitals ~12 px tall
 WORDS = "KOMMET HER ZU MIR ALLE DIE IHR MUEHSELIG UND BELADEN SEID ICH WILL EUCH ERQUICKEN".split()
 

@@ -40,7 +40,7 @@ def test_bad_inputs_are_quarantined_and_the_run_goes_on(tmp_path, small_images):
         "deep.png": "unsupported_mode",
         "zz_copy_of_forest.png": "duplicate",
         # the class-named boxes of the demo photos this folder lacks
-        "labelled.coco.json#opensfm_berlin_02.jpg": "unmatched_annotation",
+        "labelled.coco.json#opensfm_berlin_01.jpg": "unmatched_annotation",
         "labelled.coco.json#planet_shipsnet_scene_3.jpg": "unmatched_annotation",
     }
     assert query(recipe.db, "SELECT count(*) FROM images") == [(2,)]

@@ -241,6 +241,47 @@ def test_text_needs_ocr_to_agree_with_the_labeller():
         assert ask(facts(unread), ["text"]) == []
 
 
+def test_a_long_text_is_asked_by_its_first_or_last_word_where_that_word_lies():
+    band = Instance(
+        "inscription",
+        (1000, 400, 1800, 420),
+        text="KOMMET HER ZU MIR ALLE DIE IHR",
+        ocr_text="OMMET HER ZU MIR AILE DIE IHR",
+        region_id="g",
+    )
+    seen = {}
+    for seed in range(12):
+        (q,) = ask(facts(band), ["text"], GenerateConfig(seed=seed))
+        seen[q["answer"]] = q
+    assert set(seen) == {"KOMMET", "IHR"}
+    first, last = seen["KOMMET"], seen["IHR"]
+    assert first["question"].startswith("What is the first word of the inscription?")
+    assert first["referent"] == ["the first word of the inscription"]
+    (fx1, _, fx2, _), (lx1, _, lx2, _) = first["target_boxes"][0], last["target_boxes"][0]
+    per_char = 800 / len(band.text)
+    assert fx1 == 1000 and fx2 == round(1000 + 7 * per_char)  # "KOMMET" and a letter's margin
+    assert lx2 == 1800 and lx1 == round(1000 + (len(band.text) - 4) * per_char)
+    short = Instance("sign", (400, 400, 700, 420), text="EINGANG", ocr_text="EINGANG", region_id="s")
+    (q,) = ask(facts(short), ["text"])
+    assert q["answer"] == "EINGANG" and q["target_boxes"] == [[400, 400, 700, 420]]
+
+
+def test_size_comparison_needs_a_clear_ratio_and_names_that_do_not_speak_of_size():
+    long_ship = Instance("ship", (100, 480, 160, 490), region_id="a")  # 60 px long
+    short_ship = Instance("ship", (1500, 480, 1540, 490), region_id="b")  # 40 px: 1.5 times shorter
+    questions = ask(facts(long_ship, short_ship), ["compare_size"])
+    assert len(questions) == 1  # one question per pair, not the same pair both ways
+    (q,) = questions
+    asked_first = q["target_boxes"][0] == [100, 480, 160, 490]
+    assert q["answer"] == ("longer" if asked_first else "shorter") and q["checker"] == "text"
+    assert not re.search(r"largest|smallest|longest", q["question"])
+    assert set(q["referent"]) == {"the leftmost ship", "the rightmost ship"}
+    alike = Instance("ship", (1500, 480, 1550, 490), region_id="b")  # 50 px: within the length ratio
+    assert ask(facts(long_ship, alike), ["compare_size"]) == []
+    boat_beside = Instance("boat", (1500, 480, 1520, 490), region_id="c")  # another class is not compared
+    assert ask(facts(long_ship, boat_beside), ["compare_size"]) == []
+
+
 # ---- answer letters ----
 
 
@@ -354,4 +395,4 @@ def test_bundled_recipes_ask_named_questions_of_several_types(tmp_path):
         for _, question, referents, label in rows:
             assert not COORDINATES.search(question) and label != "object"
             assert all(not COORDINATES.search(r) for r in json.loads(referents))
-    assert types >= {"colour", "count", "relative_position"}
+    assert types >= {"colour", "count", "relative_position", "compare_size", "text"}

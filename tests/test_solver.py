@@ -121,6 +121,24 @@ def test_relative_position_only_when_both_objects_are_found():
     assert relation([(300, 1000, 310, 1010), (2000, 1100, 2060, 1160)], options) is None
 
 
+def test_a_long_thin_hull_is_recognised_by_its_area_not_its_narrow_side():
+    hull, buoy, island = (300, 1000, 408, 1030), (300, 1000, 330, 1030), (2000, 1100, 2060, 1160)  # view: 36x10, 10x10
+    options = ["to the right of it", "to the left of it"]
+    for box, expected in ((hull, "B"), (buoy, None)):
+        item = BlindItem("relative_position", "ship", [list(box), list(island)], 3000, 3000, options, "choice")
+        assert blind_answer(view_of(scene_with([box, island])), item) == expected
+
+
+def test_size_comparison_only_when_both_objects_are_recognised():
+    def compare(boxes):
+        item = BlindItem("compare_size", "ship", [list(b) for b in boxes], 3000, 3000, [], "text")
+        return blind_answer(view_of(scene_with(boxes)), item)
+
+    assert compare([(300, 1000, 450, 1060), (2000, 1100, 2090, 1160)]) == "longer"  # 50 vs 30 px in the view
+    assert compare([(2000, 1100, 2090, 1160), (300, 1000, 450, 1060)]) == "shorter"
+    assert compare([(300, 1000, 330, 1015), (2000, 1100, 2090, 1160)]) is None  # 10x5 px: not recognised
+
+
 def test_text_is_read_from_the_view():
     sign = Image.new("RGB", (1600, 1200), (200, 200, 195))
     ImageDraw.Draw(sign).text((400, 500), "HARBOUR 42", fill=(20, 20, 30), font=ImageFont.load_default(size=120))

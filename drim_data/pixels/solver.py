@@ -2,9 +2,9 @@
 
 It uses the instruments the questions were written with, at the view's scale: colour measured on the downscaled
 object's pixels, OCR on the downscaled text, instances counted where they are still told apart, left/right/above/
-below read from two objects that can both be found there. It is told where the targets are, so it is an upper bound
-on what a model could get from the view; when a target is too small to find at that scale it does not guess but
-returns None. A question it answers correctly does not need the zoom.
+below and longer/shorter read from two objects that can both be recognised there. It is told where the targets
+are, so it is an upper bound on what a model could get from the view; when a target is too small to find at that
+scale it does not guess but returns None. A question it answers correctly does not need the zoom.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from drim_data.pixels.palette import colour_name, object_pixels
 from schemas.answers import LETTERS, normalise_text
 
 FINDABLE_PX = 6  # a target whose shorter side spans fewer view pixels (under half a 14 px vision patch) is not found
-# Telling which of several objects is "the boat left of the oil island" takes recognising each as its class: at
-# least one 14 px vision patch across. A colour is read off fewer pixels than a class is recognised from.
+# A question names its objects ("the leftmost boat", "the ships left of the oil island"), so answering it from the
+# view takes recognising each as its class there: an area of at least one 14 px vision patch. Told where the
+# object is, the solver still needs to see it as a boat to know it has found the leftmost boat.
 IDENTIFIABLE_PX = 14
 SEPARABLE_PX = 2  # instances closer than this in the view merge into one blob
 TEXT_MARGIN = 0.25  # OCR reads the text's box widened by this share of its height on every side
@@ -37,14 +38,14 @@ RELATIONS = {
 
 @dataclass(frozen=True)
 class BlindItem:
-    question_type: str  # colour | count | relative_position | text
+    question_type: str  # colour | count | relative_position | compare_size | text
     label: str  # the class name of the targets
-    targets: list[list[int]]  # boxes in original pixels; for relative_position the subject first, then the reference
+    targets: list[list[int]]  # boxes in original pixels; for two-object types the subject first, then the reference
     width: int  # the original image's size
     height: int
     options: list[str]  # multiple-choice options (answered by letter); empty for a short answer
     checker: str  # choice | number | text
-    answer_format: str = ""  # how a short answer is written, where the checker alone does not say
+    question: str = ""  # its wording, read for which part of a text it asks (its first or last word)
 
 
 def blind_answer(view: Image.Image, item: BlindItem) -> str | None:
@@ -67,7 +68,7 @@ def _findable(box: tuple[float, float, float, float]) -> bool:
 
 
 def _colour(view: Image.Image, boxes: list) -> str | None:
-    if not all(_findable(b) for b in boxes):
+    if not all(_identifiable(b) for b in boxes):  # the named object must be recognised to be found
         return None
     pixels = np.asarray(view.convert("RGB"))
     box = boxes[0]
@@ -76,8 +77,8 @@ def _colour(view: Image.Image, boxes: list) -> str | None:
 
 
 def _count(view: Image.Image, boxes: list) -> str | None:
-    """Instances found at this scale, those closer than `SEPARABLE_PX` merged as the eye would merge them."""
-    found = [b for b in boxes if _findable(b)]
+    """Instances recognised at this scale, those closer than `SEPARABLE_PX` merged as the eye would merge them."""
+    found = [b for b in boxes if _identifiable(b)]
     if not found:
         return None
     parent = list(range(len(found)))
@@ -96,14 +97,29 @@ def _count(view: Image.Image, boxes: list) -> str | None:
     return str(len({root(i) for i in range(len(found))}))
 
 
+def _identifiable(box: tuple[float, float, float, float]) -> bool:
+    """Whether an object spans enough view pixels to be recognised as its class: a patch's worth of area (a long
+    thin hull counts by its area, not its narrow side)."""
+    return _findable(box) and math.sqrt((box[2] - box[0]) * (box[3] - box[1])) >= IDENTIFIABLE_PX
+
+
 def _relation(view: Image.Image, boxes: list) -> str | None:
     """Where the first object is relative to the second, along the axis on which they are further apart."""
-    if len(boxes) < 2 or not all(min(b[2] - b[0], b[3] - b[1]) >= IDENTIFIABLE_PX for b in boxes[:2]):
+    if len(boxes) < 2 or not all(_identifiable(b) for b in boxes[:2]):
         return None
     (ax, ay), (bx, by) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes[:2])
     if abs(ax - bx) >= abs(ay - by):
         return "left" if ax < bx else "right"
     return "above" if ay < by else "below"
+
+
+def _compare_size(view: Image.Image, boxes: list) -> str | None:
+    """Whether the first object is longer than the second, from their longer sides in the view; both must be
+    recognised there, or which is which is not known."""
+    if len(boxes) < 2 or not all(_identifiable(b) for b in boxes[:2]):
+        return None
+    a, b = (max(x[2] - x[0], x[3] - x[1]) for x in boxes[:2])
+    return "longer" if a > b else "shorter"
 
 
 def _text(view: Image.Image, boxes: list) -> str | None:
@@ -121,12 +137,22 @@ def _text(view: Image.Image, boxes: list) -> str | None:
     return " ".join(line.text for line in lines) if lines else None
 
 
-READERS = {"colour": _colour, "count": _count, "relative_position": _relation, "text": _text}
+READERS = {
+    "colour": _colour,
+    "count": _count,
+    "relative_position": _relation,
+    "compare_size": _compare_size,
+    "text": _text,
+}
 
 
 def _as_answer(found: str, item: BlindItem) -> str | None:
     """A reading as the checker expects it: the letter of the option it matches, or the reading itself."""
     if item.checker != "choice":
+        words = found.split()
+        for end, pick in (("first word", 0), ("last word", -1)):
+            if end in item.question.lower():
+                return words[pick] if words else None
         return found
     if item.question_type == "relative_position":
         matches = [i for i, o in enumerate(item.options) if _relation_of(o) == found]

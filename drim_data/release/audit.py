@@ -146,6 +146,7 @@ def solved_blind(row: dict) -> bool:
         row["height"],
         row["options"],
         row["checker"],
+        row["question"],
     )
     return is_correct(row["checker"], blind_answer(view, item), row["answer"])
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from drim_data.pixels.images import decode, encode_jpeg
 from drim_data.recipe import hash_share, sha256_json, to_plain
 from drim_data.release.card import dataset_card
 from drim_data.stages.contract import Context
+from schemas.answers import LETTERS, with_options
 from schemas.manifest import MANIFEST, ManifestError, new_manifest, read_manifest, shard_entry
 from schemas.rows import SCHEMA_VERSION, SPLITS, message
 from schemas.tool import SYSTEM_PROMPT, ZOOM, global_view, global_view_size, normalise
@@ -87,6 +89,54 @@ class ExportResult:
 
 def split_of(question_id: str, rl_share: float) -> str:
     return "rl" if hash_share(question_id) < rl_share else "sft"
+
+
+def balanced_letters(items: list[Item]) -> list[Item]:
+    """Multiple-choice items take the answer letters in turn (in question-id order), so a split's letters are
+    balanced whatever verify dropped: the correct option moves to its letter, the others keep their order, and the
+    question, the options and the dialogue's final answer are rewritten to match."""
+    turns: Counter[int] = Counter()
+    out = []
+    for item in items:
+        options = json.loads(item.options)
+        block = with_options("", options)
+        if item.checker != "choice" or len(options) < 2 or not item.question.endswith(block):
+            out.append(item)
+            continue
+        letter = turns[len(options)] % len(options)
+        turns[len(options)] += 1
+        correct = LETTERS.index(item.answer.strip().upper())
+        others = [o for i, o in enumerate(options) if i != correct]
+        moved = [*others[:letter], options[correct], *others[letter:]]
+        question = with_options(item.question[: -len(block)], moved)
+        out.append(
+            item._replace(
+                question=question,
+                options=json.dumps(moved),
+                answer=LETTERS[letter],
+                messages=_relettered(item.messages, item.question, question, item.answer, LETTERS[letter]),
+            )
+        )
+    return out
+
+
+def _relettered(messages: str | None, old_question: str, question: str, old_answer: str, answer: str) -> str | None:
+    """A dialogue that asks the rewritten question and ends with the moved answer's letter."""
+    if not messages:
+        return messages
+    turns = json.loads(messages)
+    for turn in turns:
+        for block in turn.get("content") or []:
+            if block.get("text") == old_question:
+                block["text"] = question
+    for turn in reversed(turns):
+        blocks = [b for b in turn.get("content") or [] if b.get("text")]
+        if turn.get("role") == "assistant" and blocks:
+            blocks[-1]["text"] = blocks[-1]["text"].replace(
+                f"<answer>{old_answer}</answer>", f"<answer>{answer}</answer>"
+            )
+            break
+    return json.dumps(turns)
 
 
 def content_fingerprint(recipe, upstream: str, items: list[Item]) -> str:
@@ -151,6 +201,7 @@ def _write_version(
     splits = {"sft": [], "rl": []}
     for item in items:
         splits[split_of(item.question_id, recipe.export.rl_share)].append(item)
+    splits = {split: balanced_letters(split_items) for split, split_items in splits.items()}
     shards = {}
     for split, split_items in splits.items():
         shards.update(_write_split(ctx, staging, split, split_items))

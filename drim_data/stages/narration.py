@@ -8,6 +8,7 @@ said to be too small for a detail only when the object spans fewer pixels there 
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import numpy as np
@@ -25,6 +26,7 @@ ASPECT = {
     "count": "one {label} from the next",
     "text": "any writing",
     "relative_position": "where exactly each one is",
+    "compare_size": "how long each one is",
     "compare_brightness": "their brightness",
 }
 IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children"}
@@ -84,6 +86,12 @@ def direction(src, dst) -> str:
     vertical = ("above" if dy < 0 else "below") if abs(dy) >= 0.4 * abs(dx) else ""
     horizontal = ("to the left" if dx < 0 else "to the right") if abs(dx) >= 0.4 * abs(dy) else ""
     return " and ".join(p for p in (vertical, horizontal) if p)
+
+
+def direction_of(src, dst, what: str) -> str:
+    """Where dst lies from src, said of `what`: 'above it', 'to the left of it', 'below and to the right of it'."""
+    where = direction(src, dst)
+    return f"{where} of {what}" if "to the" in where else f"{where} {what}"
 
 
 def grid_distance(a, b, scene: Scene) -> int:
@@ -178,19 +186,20 @@ class Narrator:
         name = self.names[nxt.target]
         if seen.role == "miss" and self.item.question_type == "count":
             goal = item_box(self.item, nxt)
+            away = grid_distance(seen.box, goal, self.scene)
             return (
                 f"{view} These are not the {plural(self.label)} the question asks about: those lie "
-                f"{direction(seen.box, goal)} of here, about {grid_distance(seen.box, goal, self.scene)} grid units "
-                "away. I zoom over there."
+                f"{direction_of(seen.box, goal, 'here')}, about {away} grid units away. I zoom over there."
             )
         if seen.role == "miss":
             d = seen.subject
             what, part = self.describe(d, scale), placed(d, seen.box)
             kind = f"The {self.label} {part}" if self.is_instance(d) else f"The blob {part}, not a {self.label},"
+            goal = item_box(self.item, nxt)
             why = (
-                f"{kind} is {what}. It is not {name}: that one lies {direction(d, item_box(self.item, nxt))} "
-                f"of it, about {grid_distance(d, item_box(self.item, nxt), self.scene)} grid units away"
-                f"{self.size_compare(d, item_box(self.item, nxt))}. I zoom over there."
+                f"{kind} is {what}. It is not {name}: that one lies {direction_of(d, goal, 'it')}, "
+                f"about {grid_distance(d, goal, self.scene)} grid units away"
+                f"{self.size_compare(d, goal)}. I zoom over there."
             )
             return f"{view} {why}"
         if seen.target != nxt.target:  # multi-target: done with one, on to the next
@@ -222,6 +231,8 @@ class Narrator:
             return self.brightness(chosen)
         if qtype == "relative_position":
             return self.relation(chosen)
+        if qtype == "compare_size":
+            return self.lengths(chosen)
         if qtype == "text":
             return self.text(item.targets[0], last, crop, chosen)
         target = item.targets[last.target]
@@ -271,16 +282,30 @@ class Narrator:
         if words and not words <= set(where.replace("to the ", "").split(" and ")):
             raise Drop("position_not_confirmed", f"{na} is {where} of {nb}, answer {chosen}")
         return (
-            f"{na.capitalize()} is centred near {ga} and {nb} near {gb}: {na} is {where} of {nb}. "
+            f"{na.capitalize()} is centred near {ga} and {nb} near {gb}: {na} is {direction_of(b, a, nb)}. "
             f"The answer is {chosen}."
         )
 
+    def lengths(self, chosen: str) -> str:
+        """The two objects' lengths in original pixels (the longer side of each box), which decide the answer."""
+        (a, b), (na, nb) = self.item.targets[:2], self.names[:2]
+        la, lb = (max(t[2] - t[0], t[3] - t[1]) for t in (a, b))
+        measured = "longer" if la > lb else "shorter"
+        if str(chosen).strip().lower() != measured:
+            raise Drop("size_not_confirmed", f"{na} {la:.0f} px, {nb} {lb:.0f} px, answer {chosen}")
+        return (
+            f"At full resolution {na} is about {la:.0f} px long and {nb} about {lb:.0f} px, "
+            f"{max(la, lb) / max(1.0, min(la, lb)):.1f} times as long: {na} is {measured}. The answer is {chosen}."
+        )
+
     def text(self, target, last: Zoom, crop: Image.Image, chosen: str) -> str:
-        said = f"Up close {self.names[0]} spans {size_in(target, detail(last.box, crop.size))}."
-        read = ocr_lines(crop)
-        if read:
-            said += f" OCR on this view reads: {' / '.join(repr(t) for t in read[:3])}."
-        return f"{said} The answer is {chosen}."
+        """What the text reads up close; OCR's reading of the crop is quoted only where it agrees with the answer,
+        since a reading that contradicts it would teach a conclusion the view does not support."""
+        said = f"Up close {self.names[0]} spans {size_in(target, detail(last.box, crop.size))}"
+        agreeing = [t for t in ocr_lines(crop) if agrees(t, str(chosen))]
+        if agreeing:
+            said += f", and OCR on this view reads {agreeing[0]!r}"
+        return f"{said}: it reads {chosen}. The answer is {chosen}."
 
     def describe(self, box, scale: float) -> str:
         colour, share = own_colour(self.image, box)
@@ -316,6 +341,21 @@ def _short(box) -> float:
 
 def _area(box) -> float:
     return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def agrees(reading: str, answer: str, least: float = 0.7) -> bool:
+    """Whether an OCR reading holds the answer, letter for letter or nearly (OCR drops and swaps letters)."""
+    norm = lambda s: "".join(ch for ch in s.lower() if ch.isalnum())  # noqa: E731
+    reading, answer = norm(reading), norm(answer)
+    if not reading or not answer:
+        return False
+    if answer in reading:
+        return True
+    best = max(
+        difflib.SequenceMatcher(None, reading[i : i + len(answer)], answer).ratio()
+        for i in range(max(1, len(reading) - len(answer) + 1))
+    )
+    return best >= least
 
 
 def ocr_lines(crop: Image.Image) -> list[str]:

@@ -28,7 +28,7 @@ MIN_OFFSET = 0.12  # a first look at a region keeps the object this share of the
 OFFSETS = (0.27, 0.33, 0.67, 0.73)  # where in the first box the object's centre lands, by a hash of the item
 MARGIN = 0.06  # the object stays this share of the box's side inside its edges
 MAX_DISTRACTORS = 12  # same-class instances tried, nearest first, for a reflective first look
-MULTI_TYPES = ("relative_position", "compare_brightness")  # one zoom per target
+MULTI_TYPES = ("relative_position", "compare_size", "compare_brightness")  # one zoom per target
 
 
 Box = Sequence[float]

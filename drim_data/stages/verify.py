@@ -142,7 +142,14 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
 def _solved_blind(ctx: Context, item: Question) -> bool:
     """The blind solver answers correctly from the global view alone."""
     blind = BlindItem(
-        item.question_type, item.label, item.targets, item.width, item.height, item.options, item.checker
+        item.question_type,
+        item.label,
+        item.targets,
+        item.width,
+        item.height,
+        item.options,
+        item.checker,
+        item.question,
     )
     return is_correct(item.checker, blind_answer(ctx.view(item.image_id), blind), item.answer)
 

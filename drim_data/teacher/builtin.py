@@ -9,7 +9,8 @@ is never asked about: without a name it can only point with coordinates.
 
 Question types follow V* Bench, HR-Bench and MME-RealWorld: colour (measured on the object's own pixels), count (of
 a class boxed completely, in an area named by the image's halves or a named object), relative position between two
-named objects, and text (a sign's words, when OCR at full resolution agrees with the labeller). Multiple-choice
+named objects, size comparison between two of a class (HR-Bench's cross-instance questions), and text (a sign's
+words, or a long text's first or last word, when OCR at full resolution agrees with the labeller). Multiple-choice
 distractors are plausible confusions, and the correct letter rotates over an image's questions so letters come out
 balanced across a dataset.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import difflib
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -216,6 +217,9 @@ def descriptions(
     return found
 
 
+SIMPLER_BY = 1  # a referent is picked among those at most this many words longer than the shortest
+
+
 class Names:
     """The descriptions of one image's objects, each computed once: pairs and counts ask for them many times."""
 
@@ -234,7 +238,10 @@ class Names:
         if key not in self.memo:
             self.memo[key] = descriptions(target, self.facts, self.cfg, avoid)
         found = [phrase for _, phrase, anchor in self.memo[key] if anchor is None or anchor is not not_anchor]
-        return rng.choice(found) if found else None
+        if not found:
+            return None
+        shortest = min(len(phrase.split()) for phrase in found)  # as a person would say it: the simplest that works
+        return rng.choice([phrase for phrase in found if len(phrase.split()) <= shortest + SIMPLER_BY])
 
 
 # ---- question writers: each returns drafts; letters are assigned over the whole image at the end ----
@@ -393,6 +400,41 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
     return found
 
 
+def length(instance: Instance) -> float:
+    """An object's length: the longer side of its box, the extent a hull, a plane or a person is measured by."""
+    return max(instance.box[2] - instance.box[0], instance.box[3] - instance.box[1])
+
+
+def _compare_size(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    """Is one named object longer or shorter than another of its class, by at least `length_ratio`; their names
+    never speak of size, which would give the answer away."""
+    found, asked_pairs = [], set()
+    targets = _targets(facts)
+    for a in rng.sample(targets, len(targets)):
+        asked = 0
+        partners = [b for b in facts.instances if b is not a and b.label == a.label and b.sure]
+        for b in rng.sample(partners, len(partners)):
+            if (id(b), id(a)) in asked_pairs:
+                continue  # the same pair the other way round asks the same thing
+            asked_pairs.add((id(a), id(b)))
+            longer = length(a) >= cfg.length_ratio * length(b)
+            if not longer and length(b) < cfg.length_ratio * length(a):
+                continue  # too close in length to call from boxes a labeller drew
+            ref_a = names.pick(a, rng, avoid=frozenset({"size"}), not_anchor=b)
+            ref_b = names.pick(b, rng, avoid=frozenset({"size"}), not_anchor=a)
+            if not ref_a or not ref_b or ref_a == ref_b:
+                continue
+            stem = f"Is {ref_a} longer or shorter than {ref_b}? Answer longer or shorter."
+            answer = "longer" if longer else "shorter"
+            found.append(Draft("compare_size", stem, answer, [], "text", a.label, [a, b], [ref_a, ref_b]))
+            asked += 1
+            if asked == cfg.partners_per_target or len(found) >= cfg.per_image:
+                break
+        if len(found) >= cfg.per_image:
+            break
+    return found
+
+
 def _norm(text: str) -> str:
     return re.sub(r"[^0-9a-z]", "", text.lower())
 
@@ -406,17 +448,44 @@ def text_confirmed(instance: Instance, cfg: GenerateConfig) -> bool:
     )
 
 
+def word_box(instance: Instance, first: bool) -> tuple[float, float, float, float]:
+    """Where a one-line text's first (or last) word lies in its box, taking letters and spaces as equally wide,
+    widened by a letter on each side: the part of the text a zoom must show."""
+    text = instance.text
+    x1, y1, x2, y2 = instance.box
+    per_char = (x2 - x1) / len(text)
+    word = text.split()[0 if first else -1]
+    start = text.index(word) if first else text.rindex(word)
+    left, right = x1 + (start - 1) * per_char, x1 + (start + len(word) + 1) * per_char
+    return max(x1, left), y1, min(x2, right), y2
+
+
 def _text(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    """What a sign says; of a longer text, its first or last word, which an answer can match exactly."""
     found = []
     for t in _targets(facts):
         ref = text_confirmed(t, cfg) and names.pick(t, rng)
-        if ref:
-            stem = f"What does {ref} say? Answer with the text as written."
-            found.append(Draft("text", stem, t.text, [], "text", t.label, [t], [ref]))
+        if not ref:
+            continue
+        words = t.text.split()
+        if len(words) <= cfg.max_text_words:
+            stem, answer, target = f"What does {ref} say? Answer with the text as written.", t.text, t
+        else:
+            end = rng.choice(("first", "last"))
+            stem = f"What is the {end} word of {ref}? Answer with the word as written."
+            answer = words[0] if end == "first" else words[-1]
+            target, ref = replace(t, box=word_box(t, end == "first")), f"the {end} word of {ref}"
+        found.append(Draft("text", stem, answer, [], "text", t.label, [target], [ref]))
     return found[: cfg.per_image]
 
 
-WRITERS = {"colour": _colour, "count": _count, "relative_position": _relative_position, "text": _text}
+WRITERS = {
+    "colour": _colour,
+    "count": _count,
+    "relative_position": _relative_position,
+    "compare_size": _compare_size,
+    "text": _text,
+}
 
 
 def letter_of(rank: int, image_id: str) -> int:
