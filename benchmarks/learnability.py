@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from transformers import TrainerCallback
 
 from drim_train import grpo, sft
 from drim_train.configs import DataModelArguments, DrimGRPOConfig, DrimSFTConfig
+from drim_train.data import load_split
 from drim_train.evaluate import load_rows
 from drim_train.models import load_processor
 from drim_train.rewards import well_formed_call
@@ -48,18 +50,30 @@ def demo_version(work: Path) -> Path:
     return max((work / "out" / recipe.dataset).glob("v*"), key=lambda p: int(p.name[1:]))
 
 
+def first_turn_budget(version: Path, processor) -> int:
+    """Tokens a first turn may take: the longest first assistant turn of the SFT rows (its reasoning and its call),
+    plus room for the template's markup, so a rollout is never cut short of the call it is learning to make."""
+    longest = 0
+    for row in load_split(version, "sft"):
+        turn = next(m for m in row["messages"] if m["role"] == "assistant")
+        text = " ".join(b["text"] for b in turn["content"] or [] if b.get("text"))
+        calls = json.dumps([c["function"] for c in turn.get("tool_calls") or []])
+        longest = max(longest, len(processor.tokenizer(text + calls)["input_ids"]))
+    return longest + 32
+
+
 class CallShare(TrainerCallback):
     """Every `every` steps, the share of held-out prompts whose first turn is a well-formed zoom_in call."""
 
-    def __init__(self, processor, rows: list[dict], spec, every: int):
-        self.processor, self.rows, self.spec, self.every = processor, rows, spec, every
+    def __init__(self, processor, rows: list[dict], spec, every: int, budget: int):
+        self.processor, self.rows, self.spec, self.every, self.budget = processor, rows, spec, every, budget
         self.curve: list[tuple[int, float]] = []
 
     def measure(self, model, step: int) -> None:
         was_training = model.training
         model.eval()
         envs = [ZoomEnv(self.spec) for _ in self.rows]
-        rollouts = rollout(model, self.processor, self.rows, envs, max_turns=0, max_new_tokens=96)
+        rollouts = rollout(model, self.processor, self.rows, envs, max_turns=0, max_new_tokens=self.budget)
         model.train(was_training)
         self.curve.append((step, sum(well_formed_call(r.completion[0]) for r in rollouts) / len(rollouts)))
 
@@ -91,7 +105,10 @@ def sft_curve(version: Path, tiny: Path, work: Path, steps: int, every: int, lr:
     rows, spec = load_rows(str(version))
     args = DataModelArguments(data=str(version), model=str(tiny))
     trainer = sft.build_trainer(args, sft_config(work / "sft-demo", steps, lr))
-    callback = CallShare(load_processor(str(tiny)), rows, spec, every)
+    processor = load_processor(str(tiny))
+    budget = first_turn_budget(version, processor)
+    print(f"first-turn budget: {budget} tokens (the longest first turn of the SFT rows, plus 32)")
+    callback = CallShare(processor, rows, spec, every, budget)
     trainer.add_callback(callback)
     trainer.train()
     return callback.curve

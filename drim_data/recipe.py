@@ -79,14 +79,18 @@ class GenerateConfig:
     # instance ("the leftmost"), between two objects ("left of"), and from a count's area boundary
     position_margin: float = 0.03
     size_ratio: float = 1.5  # "the largest" is at least this many times the area of the next largest
-    length_ratio: float = 1.3  # "longer" is at least this many times the other's length (a third more)
+    length_ratio: float = 1.5  # "longer" is at least this many times the other's length: a box drawn by hand on a
+    # blurred 15 px hull is good to a pixel or two at each end
+    # classes told apart only by size ([[ship, boat]]): a description of one must also pick its target out from
+    # instances of the others whose length is within `length_ratio` of the target's, which a viewer could take for it
+    look_alike: list[list[str]] = field(default_factory=list)
     nearest_ratio: float = 0.6  # "the X nearest the Y" is at most this share of the next X's distance to Y
     partners_per_target: int = 4  # relative-position questions per target, each against another named object
     min_count: int = 2  # counts are asked between these numbers of instances
     max_count: int = 9
     # OCR must read the labeller's text this closely (similarity 0..1): it drops and swaps letters of small text
     min_text_agreement: float = 0.7
-    max_text_words: int = 4  # a longer text is asked about by its first or last word, which an answer can match
+    max_text_words: int = 4  # a longer text is asked about by its first and last words, which an answer can match
     seed: int = 0
 
 

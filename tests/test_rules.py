@@ -119,6 +119,27 @@ def test_verify_keeps_one_of_two_questions_that_ask_the_same(tmp_path, generated
     assert all(a == b for a, b in pairs if a is not None and b is not None)  # otherwise both fail alike
 
 
+def test_a_short_answer_wording_of_a_kept_choice_question_is_a_duplicate(tmp_path, generated):
+    recipe = fresh_copy(tmp_path, generated)
+    con = duckdb.connect(str(recipe.db))
+    chosen = "json_extract_string(options, '$[' || (ascii(answer) - 65) || ']')"
+    choices = [qid for (qid,) in con.execute("SELECT question_id FROM questions WHERE checker = 'choice'").fetchall()]
+    # the same question asked for a short answer: no options, the correct option's text as the answer
+    con.execute(
+        "INSERT INTO questions SELECT 'short-' || question_id, image_id, question_type, 'Say: ' || question, '[]', "
+        f"{chosen}, 'text', label, target_region_ids, target_boxes, referent FROM questions WHERE checker = 'choice'"
+    )
+    con.close()
+    run_pipeline(recipe, until="verify")
+    reasons = verdicts(recipe)
+    kept = [q for q in choices if reasons[q] is None]
+    assert kept, "some multiple-choice question must survive verify"
+    assert all(
+        reasons[f"short-{q}"] == "duplicate" for q in kept if reasons.get(f"short-{q}") != "solvable_without_zoom"
+    )
+    assert sum(reasons[f"short-{q}"] == "duplicate" for q in kept) >= 1
+
+
 @pytest.fixture
 def api_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)

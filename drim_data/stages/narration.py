@@ -146,7 +146,7 @@ class Narrator:
     def opening(self, first: Zoom) -> str:
         """From the global view: how small the object is there, and where the first zoom looks."""
         item, label = self.item, self.label
-        shown = min(item.targets, key=_short)
+        shown = smallest(item.targets)
         small = _short(shown) * self.scale
         aspect = ASPECT.get(item.question_type, "its details").format(label=label)
         w, h = self.scene.width * self.scale, self.scene.height * self.scale
@@ -209,10 +209,8 @@ class Narrator:
             return f"{view} {done} Now {name}, in the {where} of the image."
         subject = seen.subject
         if self.item.question_type == "count":
-            smallest = size_in(min(self.item.targets, key=_short), scale)
-            found = (
-                f"The {plural(self.label)} asked about are {placed(subject, seen.box)}, the smallest still {smallest}"
-            )
+            least = size_in(smallest(self.item.targets), scale)
+            found = f"The {plural(self.label)} asked about are {placed(subject, seen.box)}, the smallest still {least}"
         else:
             found = f"{name.capitalize()} is {placed(subject, seen.box)}, still only {size_in(subject, scale)}"
         return f"{view} {found} here; a closer zoom will show it at {detail(nxt.box):.1f}x."
@@ -259,7 +257,7 @@ class Narrator:
         shown = instances_in(last.box, self.scene, self.label)
         return (
             f"This view holds {shown}; the smallest of those asked about now spans "
-            f"{size_in(min(self.item.targets, key=_short), detail(last.box))}, and {n} of them are in the area the "
+            f"{size_in(smallest(self.item.targets), detail(last.box))}, and {n} of them are in the area the "
             f"question describes. The answer is {chosen}."
         )
 
@@ -333,6 +331,11 @@ class Narrator:
 
 def item_box(item, zoom: Zoom):
     return item.targets[zoom.target] if item.question_type != "count" else zoom.subject
+
+
+def smallest(boxes):
+    """The box with the shortest side, the smaller in area on a tie: the one a view resolves last."""
+    return min(boxes, key=lambda b: (round(_short(b)), _area(b)))
 
 
 def _short(box) -> float:

@@ -17,7 +17,7 @@ from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
 from drim_data.teacher import tasks as teacher_tasks
 from drim_data.teacher.together import together
-from schemas.answers import is_correct
+from schemas.answers import LETTERS, is_correct, normalise_text
 from schemas.geometry import centre_grid
 from schemas.tables import validate_table
 from schemas.tool import global_view, global_view_size, min_side_in_global_view
@@ -171,14 +171,26 @@ def _ambiguous(ctx: Context, item: Question) -> bool:
 
 
 def _duplicate(ctx: Context, item: Question) -> bool:
-    """A kept question on the same image, of the same type, about the same targets, with the same answer."""
+    """A kept question on the same image, of the same type, about the same targets, with the same answer: the
+    answer compared as what it says, so a multiple-choice and a short-answer wording of one question are one."""
     kept = ctx.con.execute(
-        "SELECT q.target_boxes FROM questions q JOIN verdicts v USING (question_id) "
-        "WHERE v.kept AND q.image_id = ? AND q.question_type = ? AND q.answer = ?",
-        [item.image_id, item.question_type, item.answer],
+        "SELECT q.target_boxes, q.options, q.answer FROM questions q JOIN verdicts v USING (question_id) "
+        "WHERE v.kept AND q.image_id = ? AND q.question_type = ?",
+        [item.image_id, item.question_type],
     ).fetchall()
-    key = sorted(map(tuple, item.targets))
-    return any(sorted(map(tuple, json.loads(b))) == key for (b,) in kept)
+    key, says = sorted(map(tuple, item.targets)), answer_text(item.options, item.answer)
+    return any(
+        sorted(map(tuple, json.loads(boxes))) == key and answer_text(json.loads(options), answer) == says
+        for boxes, options, answer in kept
+    )
+
+
+def answer_text(options: list[str], answer: str) -> str:
+    """What an answer says: the chosen option's text for a letter, else the answer itself, normalised."""
+    letter = answer.strip().upper()
+    if options and len(letter) == 1 and letter in LETTERS[: len(options)]:
+        return normalise_text(options[LETTERS.index(letter)])
+    return normalise_text(answer)
 
 
 def validate(con) -> None:

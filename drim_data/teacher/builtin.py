@@ -10,7 +10,7 @@ is never asked about: without a name it can only point with coordinates.
 Question types follow V* Bench, HR-Bench and MME-RealWorld: colour (measured on the object's own pixels), count (of
 a class boxed completely, in an area named by the image's halves or a named object), relative position between two
 named objects, size comparison between two of a class (HR-Bench's cross-instance questions), and text (a sign's
-words, or a long text's first or last word, when OCR at full resolution agrees with the labeller). Multiple-choice
+words, or a long text's first and last words, when OCR at full resolution agrees with the labeller). Multiple-choice
 distractors are plausible confusions, and the correct letter rotates over an image's questions so letters come out
 balanced across a dataset.
 """
@@ -32,7 +32,8 @@ from schemas.tool import GRID
 MODEL = "builtin"
 PROMPT_VERSION = "2"
 GENERIC = "object"  # a proposal's label: it could be anything
-MIN_DISTRACTOR_DE = 20.0  # palette neighbours closer than this in CIELAB (white/silver, beige/tan) are not offered
+MIN_DISTRACTOR_DE = 30.0  # palette neighbours closer than this in CIELAB are not offered: white/silver (27),
+# silver/beige (29), beige/tan (19) and silver/gray (14) are told apart by lighting and blur more than by the object
 RELATIONS = ("left", "right", "above", "below")
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
@@ -68,6 +69,11 @@ class ImageFacts:
     height: int
     instances: list[Instance]
     complete: frozenset[str] = field(default_factory=frozenset)  # classes whose every instance is boxed
+
+
+def length(instance: Instance) -> float:
+    """An object's length: the longer side of its box, the extent a hull, a plane or a person is measured by."""
+    return max(instance.box[2] - instance.box[0], instance.box[3] - instance.box[1])
 
 
 def centre_grid(box: tuple, width: int, height: int) -> tuple[int, int]:
@@ -135,6 +141,16 @@ def _gap(a: Instance, b: Instance) -> float:
     return (dx * dx + dy * dy) ** 0.5
 
 
+def could_be_taken_for(other: Instance, target: Instance, cfg: GenerateConfig) -> bool:
+    """Whether a viewer looking for `target` by its class could take `other` for one: the same class, or a class
+    told apart from it only by size (`look_alike`) at a length within `length_ratio` of the target's."""
+    if other.label == target.label:
+        return True
+    if not any(other.label in group and target.label in group for group in cfg.look_alike):
+        return False
+    return max(length(other), length(target)) < cfg.length_ratio * min(length(other), length(target))
+
+
 def _known_colours(instance: Instance) -> set[str | None]:
     return {instance.colour, instance.recorded_colour} - {None} or {None}
 
@@ -157,10 +173,10 @@ def descriptions(
     avoid: frozenset[str] = frozenset(),
     anchors: bool = True,
 ) -> list[tuple[str, str, Instance | None]]:
-    """Every (cue, phrase, the object it leans on) that picks out `target` and no other instance of its class,
-    checked with margins against all of them."""
+    """Every (cue, phrase, the object it leans on) that picks out `target` and no other instance of its class (or
+    of a look-alike class, at a similar length), checked with margins against all of them."""
     noun = target.label
-    others = [i for i in facts.instances if i.label == target.label and i is not target]
+    others = [i for i in facts.instances if i is not target and could_be_taken_for(i, target, cfg)]
     if not others:
         return [("name", f"the {noun}", None)]
     found = []
@@ -400,11 +416,6 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
     return found
 
 
-def length(instance: Instance) -> float:
-    """An object's length: the longer side of its box, the extent a hull, a plane or a person is measured by."""
-    return max(instance.box[2] - instance.box[0], instance.box[3] - instance.box[1])
-
-
 def _compare_size(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
     """Is one named object longer or shorter than another of its class, by at least `length_ratio`; their names
     never speak of size, which would give the answer away."""
@@ -461,7 +472,7 @@ def word_box(instance: Instance, first: bool) -> tuple[float, float, float, floa
 
 
 def _text(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
-    """What a sign says; of a longer text, its first or last word, which an answer can match exactly."""
+    """What a sign says; of a longer text, its first and its last word, which an answer can match exactly."""
     found = []
     for t in _targets(facts):
         ref = text_confirmed(t, cfg) and names.pick(t, rng)
@@ -469,13 +480,13 @@ def _text(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Nam
             continue
         words = t.text.split()
         if len(words) <= cfg.max_text_words:
-            stem, answer, target = f"What does {ref} say? Answer with the text as written.", t.text, t
-        else:
-            end = rng.choice(("first", "last"))
+            stem = f"What does {ref} say? Answer with the text as written."
+            found.append(Draft("text", stem, t.text, [], "text", t.label, [t], [ref]))
+            continue
+        for end, word in (("first", words[0]), ("last", words[-1])):
             stem = f"What is the {end} word of {ref}? Answer with the word as written."
-            answer = words[0] if end == "first" else words[-1]
-            target, ref = replace(t, box=word_box(t, end == "first")), f"the {end} word of {ref}"
-        found.append(Draft("text", stem, answer, [], "text", t.label, [target], [ref]))
+            target = replace(t, box=word_box(t, end == "first"))
+            found.append(Draft("text", stem, word, [], "text", t.label, [target], [f"the {end} word of {ref}"]))
     return found[: cfg.per_image]
 
 
