@@ -102,7 +102,7 @@ class VerifyConfig:
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
-    reflective_share: float = 0.3  # share of single-target items that first look at a same-class distractor
+    reflective_share: float = 0.3  # share of SFT items that first look at a same-class distractor, where one is seen
     single_zoom_share: float = 0.3  # share of single-target items answered after one zoom with enough detail
     context_scale: float = 6.0  # the closest zoom spans this many target sizes (less when the target must show larger)
     coarse_gain: float = 2.0  # the first of two zooms shows this many times the global view's detail (or less)

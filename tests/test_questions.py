@@ -265,6 +265,28 @@ def test_a_long_text_is_asked_by_its_first_or_last_word_where_that_word_lies():
     assert q["answer"] == "EINGANG" and q["target_boxes"] == [[400, 400, 700, 420]]
 
 
+def test_a_thing_a_person_has_is_named_by_its_person():
+    left, right = Instance("person", (200, 300, 300, 600)), Instance("person", (1500, 300, 1600, 600))
+    bags = [Instance("bag", (210, 400, 240, 440)), Instance("bag", (1510, 400, 1540, 440))]
+    found = phrases(bags[0], facts(left, right, *bags), avoid=frozenset({"horizontal", "vertical"}))
+    assert "the leftmost person's bag" in found
+    between = Instance("bag", (1490, 400, 1530, 440))
+    crowd = facts(left, right, Instance("person", (1450, 300, 1520, 600)), bags[0], between)
+    assert not any("person's" in p for p in phrases(between, crowd))  # half in two people's boxes: whose?
+    two = facts(left, right, bags[0], Instance("bag", (250, 500, 280, 540)), bags[1])
+    assert not any("person's" in p for p in phrases(bags[0], two))  # the person has two bags
+
+
+def test_sizes_cut_by_the_image_edge_are_never_compared():
+    far, near = Instance("person", (400, 300, 430, 380)), Instance("person", (1200, 200, 1300, 500))
+    cut = Instance("person", (1600, 950, 1640, 1000))  # its legs below the frame: small only because cut
+    assert "the smallest person" in phrases(far, facts(far, near))
+    assert not any("smallest" in p or "largest" in p for p in phrases(far, facts(far, near, cut)))
+    long_ship = Instance("ship", (100, 480, 160, 490), region_id="a")
+    cut_ship = Instance("ship", (1960, 480, 2000, 490), region_id="b")  # 40 px inside the frame, longer beyond
+    assert ask(facts(long_ship, cut_ship), ["compare_size"]) == []
+
+
 def test_a_look_alike_class_of_similar_length_counts_against_a_description():
     target, other_boat = boat(400, 500, side=17), boat(1500, 500, side=17)
     small_ship = Instance("ship", (300, 500, 322, 522))  # 22 px: a viewer could take it for a boat

@@ -194,17 +194,31 @@ def test_a_distractor_whose_look_would_show_the_target_is_passed_over():
     assert pattern == "reflective" and zooms[0].subject == further
 
 
-def test_reflective_items_reach_both_splits(harbour):
-    """Which items search reflectively is independent of which split they land in."""
-    _, scene = harbour
-    cfg = TrajectoryConfig(reflective_share=0.3)
-    target = boxes_of(scene, "boat")[5]
-    patterns = {"sft": [], "rl": []}
-    for i in range(600):
-        item = question(f"item-{i}", "colour", "boat", [target])
-        patterns[split_of(item.question_id, 0.5)].append(plan(item, scene, cfg, G, 5)[1])
-    for split, found in patterns.items():
-        assert 0.22 <= found.count("reflective") / len(found) <= 0.38, split
+def test_reflective_searches_go_to_sft_items_in_their_share_however_few():
+    """Only SFT shows a dialogue: a share of an image's SFT items first looks at a distractor, spread evenly so
+    the share holds for a handful of items, and no RL item does."""
+    from types import SimpleNamespace
+
+    from drim_data.stages.trajectories import reflective_picks
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE questions (question_id VARCHAR, image_id VARCHAR)")
+    con.execute("CREATE TABLE verdicts (question_id VARCHAR, kept BOOLEAN)")
+    for image, n in (("a", 40), ("b", 5), ("c", 1)):
+        for i in range(n):
+            con.execute("INSERT INTO questions VALUES (?, ?)", [f"{image}-{i}", image])
+            con.execute("INSERT INTO verdicts VALUES (?, ?)", [f"{image}-{i}", True])
+    con.execute("INSERT INTO questions VALUES ('a-dropped', 'a')")
+    con.execute("INSERT INTO verdicts VALUES ('a-dropped', false)")
+    for share in (0.0, 0.3, 1.0):
+        recipe = SimpleNamespace(
+            trajectories=TrajectoryConfig(reflective_share=share), export=SimpleNamespace(rl_share=0.5)
+        )
+        for image, n in (("a", 40), ("b", 5), ("c", 1)):
+            picks = reflective_picks(con, image, recipe)
+            sft = [f"{image}-{i}" for i in range(n) if split_of(f"{image}-{i}", 0.5) == "sft"]
+            assert picks <= set(sft)  # never an RL item, never a dropped one
+            assert abs(len(picks) - share * len(sft)) < 1, (image, share, len(picks), len(sft))
 
 
 def test_multi_target_questions_zoom_to_each_target(harbour):

@@ -42,9 +42,10 @@ SELECT q.question_id, q.image_id, q.question, q.options, q.answer, q.checker, q.
        q.target_boxes, t.trajectory_id, t.pattern, t.messages, t.zoom_boxes_px, i.width, i.height, q.label
 FROM questions q
 JOIN verdicts v USING (question_id)
-JOIN trajectories t USING (question_id)
+LEFT JOIN trajectories t USING (question_id)
 JOIN images i USING (image_id)
 WHERE v.kept AND q.image_id IN (SELECT image_id FROM files WHERE status IN ('ok', 'duplicate'))
+  AND (t.trajectory_id IS NOT NULL OR q.question_id IN (SELECT item_id FROM done WHERE stage = 'trajectories'))
 ORDER BY q.question_id
 """
 
@@ -61,10 +62,10 @@ class Item(NamedTuple):
     question_type: str
     difficulty: str
     target_boxes: str  # pixels
-    trajectory_id: str
-    pattern: str
-    messages: str
-    zoom_boxes_px: str
+    trajectory_id: str | None  # None: verified, but no search could be shown for it (an RL prompt only)
+    pattern: str | None
+    messages: str | None
+    zoom_boxes_px: str | None
     width: int
     height: int
     label: str | None
@@ -87,15 +88,17 @@ class ExportResult:
         return {"version": self.version, "written": self.written, **self.rows}
 
 
-def split_of(question_id: str, rl_share: float) -> str:
-    return "rl" if hash_share(question_id) < rl_share else "sft"
+def split_of(question_id: str, rl_share: float, has_dialogue: bool = True) -> str:
+    """RL for a share of items by their hash, and for every verified item no search could be shown for: a prompt,
+    its image and its answer are all RL needs."""
+    return "rl" if not has_dialogue or hash_share(question_id) < rl_share else "sft"
 
 
-def balanced_letters(items: list[Item]) -> list[Item]:
-    """Multiple-choice items take the answer letters in turn (in question-id order), so a split's letters are
-    balanced whatever verify dropped: the correct option moves to its letter, the others keep their order, and the
-    question, the options and the dialogue's final answer are rewritten to match."""
-    turns: Counter[int] = Counter()
+def balanced_letters(items: list[Item], turns: Counter[int] | None = None) -> list[Item]:
+    """Multiple-choice items take the answer letters in turn (in question-id order, carrying on from `turns`), so
+    letters are balanced whatever verify dropped: the correct option moves to its letter, the others keep their
+    order, and the question, the options and the dialogue's final answer are rewritten to match."""
+    turns = Counter() if turns is None else turns
     out = []
     for item in items:
         options = json.loads(item.options)
@@ -200,8 +203,9 @@ def _write_version(
     recipe = ctx.recipe
     splits = {"sft": [], "rl": []}
     for item in items:
-        splits[split_of(item.question_id, recipe.export.rl_share)].append(item)
-    splits = {split: balanced_letters(split_items) for split, split_items in splits.items()}
+        splits[split_of(item.question_id, recipe.export.rl_share, item.trajectory_id is not None)].append(item)
+    turns: Counter[int] = Counter()  # one rotation over the whole version, so splits and version both balance
+    splits = {split: balanced_letters(split_items, turns) for split, split_items in splits.items()}
     shards = {}
     for split, split_items in splits.items():
         shards.update(_write_split(ctx, staging, split, split_items))

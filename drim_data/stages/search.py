@@ -159,13 +159,16 @@ def off_centre(box: Box, subject: Box) -> float:
 # -- planning -------------------------------------------------------------------------------------------------
 
 
-def plan(item, scene: Scene, cfg: TrajectoryConfig, view_scale: float, max_turns: int) -> tuple[list[Zoom], str]:
+def plan(
+    item, scene: Scene, cfg: TrajectoryConfig, view_scale: float, max_turns: int, reflective: bool | None = None
+) -> tuple[list[Zoom], str]:
     """The zooms of an item's trajectory and its pattern: the first candidate plan that breaks no rule.
 
     `item` needs question_id, question_type, label and targets (original-pixel boxes); nothing is read from the
-    question's text. Raises PlanRejected when every candidate breaks a rule."""
+    question's text. `reflective` says whether to first look at a distractor (by default, for a hashed share of
+    items). Raises PlanRejected when every candidate breaks a rule."""
     last = ("no_zoom", "")
-    for pattern, attempt in candidates(item, scene, cfg):
+    for pattern, attempt in candidates(item, scene, cfg, reflective):
         try:
             zooms = attempt(view_scale)
         except ZoomError as exc:
@@ -178,7 +181,7 @@ def plan(item, scene: Scene, cfg: TrajectoryConfig, view_scale: float, max_turns
     raise PlanRejected(*last)
 
 
-def candidates(item, scene: Scene, cfg: TrajectoryConfig):
+def candidates(item, scene: Scene, cfg: TrajectoryConfig, reflective: bool | None = None):
     """Candidate plans, preferred first, as (pattern, build(view_scale) -> zooms). A reflective item tries a first
     look at each distractor, nearest first, then goes to the target: straight there where one zoom can show it well
     (it has seen where it must be), else coarse to fine, never back over the distractor. Any item falls back to its
@@ -187,7 +190,7 @@ def candidates(item, scene: Scene, cfg: TrajectoryConfig):
     if not targets:
         return
     plain = list(searches(item, targets, scene, cfg))
-    if hash_share(["reflective", qid]) < cfg.reflective_share:
+    if hash_share(["reflective", qid]) < cfg.reflective_share if reflective is None else reflective:
         anchor = union(targets) if item.question_type == "count" else targets[0]
         straight = [search for pattern, search in plain if pattern != "coarse_to_fine"]
         straight += [search for pattern, search in plain if pattern == "coarse_to_fine"]

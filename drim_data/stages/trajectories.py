@@ -10,14 +10,16 @@ executed and the crop sent back, up to a turn limit.
 from __future__ import annotations
 
 import json
+import math
 
 from PIL import Image
 
 from drim_data.errors import Drop
 from drim_data.pixels.candidates import GENERIC
 from drim_data.pixels.images import encode_jpeg, sha256
-from drim_data.recipe import Recipe, sha256_json
+from drim_data.recipe import Recipe, hash_share, sha256_json
 from drim_data.stages.contract import Context, StageStats
+from drim_data.stages.export import split_of
 from drim_data.stages.narration import Narrator
 from drim_data.stages.questions import COLUMNS, Question
 from drim_data.stages.search import PlanRejected, Scene, contains, plan, violations
@@ -51,12 +53,17 @@ def run(ctx: Context) -> StageStats:
     stats = StageStats(NAME)
     scenes: dict[str, Scene] = {}
 
+    picks: set[str] = set()
+
     def handle(row: tuple) -> None:
         item = Question.from_row(row)
         if item.image_id not in scenes:
             scenes.clear()  # items come grouped by image
             scenes[item.image_id] = scene_of(ctx.con, item.image_id, item.width, item.height)
-        messages, turns, pattern = build(ctx.image(item.image_id), item, scenes[item.image_id], ctx.recipe)
+            picks.clear()
+            picks.update(reflective_picks(ctx.con, item.image_id, ctx.recipe))
+        reflective = item.question_id in picks
+        messages, turns, pattern = build(ctx.image(item.image_id), item, scenes[item.image_id], ctx.recipe, reflective)
         store(ctx, stats, item, pattern, messages, turns)
 
     async def handle_with_model(row: tuple):
@@ -144,12 +151,31 @@ def scene_of(con, image_id: str, width: int, height: int) -> Scene:
     return Scene(width, height, annotations, frozenset(complete), lookalikes)
 
 
-def build(image: Image.Image, item: Question, scene: Scene, recipe: Recipe) -> tuple[list[dict], list[dict], str]:
+def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:
+    """The image's items that first look at a distractor: `reflective_share` of those bound for SFT, taken in
+    turn (an even spread, offset per image) in the order of a hash, so the share holds even for a handful of
+    items. Only SFT shows a dialogue; an RL item's plain search still checks its answer."""
+    kept = [
+        qid
+        for (qid,) in con.execute(
+            "SELECT question_id FROM questions JOIN verdicts USING (question_id) WHERE kept AND image_id = ?",
+            [image_id],
+        ).fetchall()
+    ]
+    sft = [q for q in kept if split_of(q, recipe.export.rl_share) == "sft"]
+    sft.sort(key=lambda q: hash_share(["reflective", q]))
+    share, offset = recipe.trajectories.reflective_share, hash_share(["reflective", image_id])
+    return {q for r, q in enumerate(sft) if math.floor((r + 1) * share + offset) > math.floor(r * share + offset)}
+
+
+def build(
+    image: Image.Image, item: Question, scene: Scene, recipe: Recipe, reflective: bool | None = None
+) -> tuple[list[dict], list[dict], str]:
     """Plan an item's zooms, execute each on the image, check the rules again on the real crops, and write the
     dialogue from what the crops show. Raises Drop when no plan obeys the rules or a measurement disagrees."""
     cfg, view_scale = recipe.trajectories, global_view_scale(item.width, item.height, recipe.view.max_pixels)
     try:
-        zooms, pattern = plan(item, scene, cfg, view_scale, recipe.teacher.max_turns)
+        zooms, pattern = plan(item, scene, cfg, view_scale, recipe.teacher.max_turns, reflective)
     except PlanRejected as exc:
         raise Drop(exc.reason, exc.detail) from None
     crops = [ZOOM.crop(image, z.box) for z in zooms]

@@ -3,9 +3,10 @@
 A referent is a class name from the annotations. When a class has several instances, the referent is a description
 that picks out one of them and can be checked on the boxes and pixels: an extreme position ("the leftmost ship"),
 the nearest to another named object ("the boat nearest the oil island"), a clearly different size ("the largest
-boat"), or a colour no other instance has ("the red ship"). Uniqueness is checked against every instance of the
-class, with margins, and only boxes the labeller was sure of are asked about or leaned on. An unlabelled proposal
-is never asked about: without a name it can only point with coordinates.
+boat"), a colour no other instance has ("the red ship"), or the person who has it ("the leftmost person's bag").
+Uniqueness is checked against every instance of the class, with margins, and only boxes the labeller was sure of
+are asked about or leaned on. An unlabelled proposal is never asked about: without a name it can only point with
+coordinates.
 
 Question types follow V* Bench, HR-Bench and MME-RealWorld: colour (measured on the object's own pixels), count (of
 a class boxed completely, in an area named by the image's halves or a named object), relative position between two
@@ -34,6 +35,9 @@ PROMPT_VERSION = "2"
 GENERIC = "object"  # a proposal's label: it could be anything
 MIN_DISTRACTOR_DE = 30.0  # palette neighbours closer than this in CIELAB are not offered: white/silver (27),
 # silver/beige (29), beige/tan (19) and silver/gray (14) are told apart by lighting and blur more than by the object
+EDGE_PX = 2  # a box this close to the image's edge may be cut off by it
+PEOPLE = frozenset({"person", "man", "woman", "child"})  # they carry things, and are described by what they wear
+CARRIED_SHARE = 0.6  # a thing is a person's when this share of its box lies within theirs
 RELATIONS = ("left", "right", "above", "below")
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
@@ -141,6 +145,12 @@ def _gap(a: Instance, b: Instance) -> float:
     return (dx * dx + dy * dy) ** 0.5
 
 
+def cut_off(instance: Instance, facts: ImageFacts) -> bool:
+    """Whether the image's edge cuts the object's box: its size there is not the object's size."""
+    x1, y1, x2, y2 = instance.box
+    return x1 <= EDGE_PX or y1 <= EDGE_PX or x2 >= facts.width - EDGE_PX or y2 >= facts.height - EDGE_PX
+
+
 def could_be_taken_for(other: Instance, target: Instance, cfg: GenerateConfig) -> bool:
     """Whether a viewer looking for `target` by its class could take `other` for one: the same class, or a class
     told apart from it only by size (`look_alike`) at a length within `length_ratio` of the target's."""
@@ -209,7 +219,7 @@ def descriptions(
                 phrase = ORDINALS[len(ahead)](noun, end) if clear and len(ahead) < len(ORDINALS) else None
                 if phrase and (not suffix or (axis, phrase, None) not in found):  # "topmost in the top half": no
                     found.append((axis, phrase + suffix, leans_on[0] if leans_on else None))
-    if "size" not in avoid:
+    if "size" not in avoid and not any(cut_off(i, facts) for i in [target, *others]):
         areas = [o.area for o in others]
         if target.area >= cfg.size_ratio * max(areas):
             found.append(("size", f"the largest {noun}", None))
@@ -218,7 +228,7 @@ def descriptions(
     colour = asked_colour(target, cfg)
     alike = {colour, *confusions(colour)[:3]} if colour else set()  # the colour and its nearest look-alikes
     if "colour" not in avoid and colour and all(not alike & _known_colours(o) for o in others):
-        found.append(("colour", f"the {colour} {noun}", None))
+        found.append(("colour", f"the {noun} in {colour}" if noun in PEOPLE else f"the {colour} {noun}", None))
     if "relation" not in avoid and anchors:
         margin = cfg.position_margin * max(facts.width, facts.height)
         for anchor in facts.instances:
@@ -230,7 +240,30 @@ def descriptions(
                 named = descriptions(anchor, facts, cfg, anchors=False)
                 if named:
                     found.append(("relation", f"the {noun} nearest {named[0][1]}", anchor))
+        for carrier in facts.instances:
+            if carrier.label in PEOPLE and carrier.sure and carries(carrier, target, others, facts):
+                named = descriptions(carrier, facts, cfg, anchors=False)
+                if named:
+                    found.append(("relation", f"{named[0][1]}'s {noun}", carrier))
     return found
+
+
+def _inside_share(inner: Instance, outer: Instance) -> float:
+    """The share of `inner`'s box that lies inside `outer`'s."""
+    w = min(inner.box[2], outer.box[2]) - max(inner.box[0], outer.box[0])
+    h = min(inner.box[3], outer.box[3]) - max(inner.box[1], outer.box[1])
+    return max(0.0, w) * max(0.0, h) / inner.area if inner.area else 0.0
+
+
+def carries(person: Instance, thing: Instance, others: list[Instance], facts: ImageFacts) -> bool:
+    """Whether `thing` is the one such thing this person has ("the leftmost person's bag"): it lies mostly within
+    the person's box and within no other person's, and nothing that could be taken for it lies there too."""
+    if thing.label in PEOPLE or _inside_share(thing, person) < CARRIED_SHARE:
+        return False
+    people = [p for p in facts.instances if p.label in PEOPLE and p is not person]
+    if any(_inside_share(thing, p) >= CARRIED_SHARE / 2 for p in people):
+        return False  # between two people: whose it is, is not clear
+    return all(_inside_share(o, person) < CARRIED_SHARE / 2 for o in others)
 
 
 SIMPLER_BY = 1  # a referent is picked among those at most this many words longer than the shortest
@@ -428,6 +461,8 @@ def _compare_size(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, na
             if (id(b), id(a)) in asked_pairs:
                 continue  # the same pair the other way round asks the same thing
             asked_pairs.add((id(a), id(b)))
+            if cut_off(a, facts) or cut_off(b, facts):
+                continue  # a length the image's edge cuts is not the object's length
             longer = length(a) >= cfg.length_ratio * length(b)
             if not longer and length(b) < cfg.length_ratio * length(a):
                 continue  # too close in length to call from boxes a labeller drew
