@@ -202,6 +202,13 @@ class Narrator:
                 f"{self.size_compare(d, goal)}. I zoom over there."
             )
             return f"{view} {why}"
+        if seen.target != nxt.target and self.item.question_type == "count":  # one group counted, on to the next
+            here = len(counted_in(seen, [seen], self.item.targets))
+            where = region_name(nxt.box, self.scene.width, self.scene.height)
+            return (
+                f"{view} {here} of the {plural(self.label)} asked about are here. More lie in the {where} of the "
+                "image; I zoom there."
+            )
         if seen.target != nxt.target:  # multi-target: done with one, on to the next
             t = self.item.targets[seen.target]
             done = f"{self.names[seen.target].capitalize()} {placed(t, seen.box)} is {self.describe(t, scale)}."
@@ -224,7 +231,7 @@ class Narrator:
         if qtype == "colour":
             return self.colour(item.targets[0], scale, chosen)
         if qtype == "count":
-            return self.count(last, chosen)
+            return self.count(zooms, chosen)
         if qtype == "compare_brightness":
             return self.brightness(chosen)
         if qtype == "relative_position":
@@ -250,11 +257,22 @@ class Narrator:
             "colour_not_confirmed", f"{self.names[0]}: measured {own_colour(self.image, target)}, answer {chosen}"
         )
 
-    def count(self, last: Zoom, chosen: str) -> str:
+    def count(self, zooms: list[Zoom], chosen: str) -> str:
+        last = zooms[-1]
         n = len(self.item.targets)
         if str(chosen).strip() != str(n):
             raise Drop("count_not_confirmed", f"{n} counted instances, answer {chosen}")
         shown = instances_in(last.box, self.scene, self.label)
+        looks = [z for z in zooms if z.role != "miss"]
+        if len({z.target for z in looks}) > 1:  # counted over several views: each instance in the first that holds it
+            parts = [len(counted_in(z, looks, self.item.targets)) for z in looks]
+            if sum(parts) != n:
+                raise Drop("count_not_confirmed", f"views hold {parts} of {n} counted instances")
+            return (
+                f"This view holds {shown}, {parts[-1]} of them asked about; with the "
+                f"{' and '.join(map(str, parts[:-1]))} seen before, {n} are in the area the question describes. "
+                f"The answer is {chosen}."
+            )
         return (
             f"This view holds {shown}; the smallest of those asked about now spans "
             f"{size_in(smallest(self.item.targets), detail(last.box))}, and {n} of them are in the area the "
@@ -327,6 +345,17 @@ class Narrator:
     def grid_point(self, box) -> tuple[int, int]:
         x, y = centre(box)
         return round(x / self.scene.width * GRID), round(y / self.scene.height * GRID)
+
+
+def counted_in(zoom: Zoom, looks: list[Zoom], targets) -> list:
+    """The counted instances a view is the first of `looks` to hold wholly: each is counted once."""
+    first = {}
+    for i, z in enumerate(looks):
+        for j, t in enumerate(targets):
+            if j not in first and contains(z.subject, t):
+                first[j] = i
+    here = looks.index(zoom)
+    return [targets[j] for j, i in first.items() if i == here]
 
 
 def item_box(item, zoom: Zoom):

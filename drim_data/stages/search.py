@@ -212,6 +212,9 @@ def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig):
         for order in orders or ["coarse_to_fine", "direct"]:
             for k in range(len(OFFSETS)):
                 yield order, _single(qid, k, subject, need, order, scene, cfg)
+        if item.question_type == "count" and len(targets) > 1:  # too spread out for one zoom: one per group
+            for k in range(len(OFFSETS)):
+                yield "multi_target", _count_groups(qid, k, targets, need, scene, cfg)
         return
     need = cfg.min_target_px / min(_short(t) for t in targets)
     for k in range(len(OFFSETS)):  # targets close enough for one zoom to show them all well
@@ -223,6 +226,35 @@ def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig):
 def _single(qid, k, subject, need, order, scene, cfg):
     def build(view_scale: float) -> list[Zoom]:
         return _approach(qid, k, subject, need, order, scene, cfg, view_scale)
+
+    return build
+
+
+def count_groups(targets: list[tuple], longest: float) -> list[list[tuple]]:
+    """The counted instances in groups, left to right, each fitting a box no longer than `longest` a side."""
+    groups: list[list[tuple]] = []
+    for t in sorted(targets, key=centre):
+        for g in groups:
+            u = union([*g, t])
+            if max(u[2] - u[0], u[3] - u[1]) <= longest:
+                g.append(t)
+                break
+        else:
+            groups.append([t])
+    return groups
+
+
+def _count_groups(qid, k, targets, need, scene, cfg):
+    def build(view_scale: float) -> list[Zoom]:
+        enough = 0.95 * side_for(max(need, MIN_GAIN * view_scale))
+        groups = count_groups(targets, (enough - 4) / (1 + 2 * MARGIN))
+        if len(groups) < 2:
+            raise ZoomError("one zoom holds them all")
+        zooms = []
+        for i, g in enumerate(groups):
+            (z,) = _approach([qid, "group", i], k, union(g), need, "direct", scene, cfg, view_scale)
+            zooms.append(Zoom(z.grid, z.box, z.role, z.subject, i, need=z.need))
+        return zooms
 
     return build
 
