@@ -242,6 +242,27 @@ def test_count_zooms_hold_every_counted_instance(harbour):
         assert all(contains(zooms[-1].box, b) for b in counted)
 
 
+def test_a_count_too_spread_out_for_one_zoom_is_counted_view_by_view(harbour):
+    image, scene = harbour
+    ships = boxes_of(scene, "ship")
+    counted = ships  # all of them, from corner to corner: no one zoom gains detail over the whole view
+    assert len(counted) >= 3
+    item = question("spread", "count", "ship", counted, answer=str(len(counted)), checker="number")
+    zooms, pattern = plan(item, scene, TrajectoryConfig(reflective_share=0), G, 5)
+    assert pattern == "multi_target" and len(zooms) >= 2
+    assert all(any(contains(z.box, b) for z in zooms) for b in counted)  # every one is seen up close
+    assert violations(zooms, G, 5) == []
+    thinks, _, _ = dialogue(image, scene, item, reflective_share=0)
+    parts = [int(n) for n in re.findall(r"(\d+) of the ships asked about are here", " ".join(thinks))]
+    last = re.search(r"holds .*?, (\d+) of them asked about; with the ([\d and]+) seen before, (\d+) are", thinks[-1])
+    assert last, thinks[-1]
+    seen = parts + [int(last.group(1))]
+    assert sum(seen) == int(last.group(3)) == len(counted) and all(n > 0 for n in seen)
+    wrong = question("spread-wrong", "count", "ship", counted, answer=str(len(counted) + 1), checker="number")
+    with pytest.raises(Drop):
+        dialogue(image, scene, wrong, reflective_share=0)
+
+
 def test_a_target_no_zoom_can_show_better_is_dropped(harbour):
     image, scene = harbour
     whole = [[20, 20, W - 20, H - 20]]

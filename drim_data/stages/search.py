@@ -231,16 +231,19 @@ def _single(qid, k, subject, need, order, scene, cfg):
 
 
 def count_groups(targets: list[tuple], longest: float) -> list[list[tuple]]:
-    """The counted instances in groups, left to right, each fitting a box no longer than `longest` a side."""
-    groups: list[list[tuple]] = []
-    for t in sorted(targets, key=centre):
-        for g in groups:
-            u = union([*g, t])
-            if max(u[2] - u[0], u[3] - u[1]) <= longest:
-                g.append(t)
-                break
-        else:
-            groups.append([t])
+    """The counted instances in compact groups, each fitting a box no longer than `longest` a side: the two
+    groups whose union is smallest merge first, while it fits."""
+    groups = [[t] for t in sorted(targets, key=centre)]
+
+    def extent(boxes: list[tuple]) -> float:
+        u = union(boxes)
+        return max(u[2] - u[0], u[3] - u[1])
+
+    while len(groups) > 1:
+        size, i, j = min((extent(a + b), i, j) for i, a in enumerate(groups) for j, b in enumerate(groups) if i < j)
+        if size > longest:
+            break
+        groups[i] += groups.pop(j)
     return groups
 
 
@@ -251,8 +254,11 @@ def _count_groups(qid, k, targets, need, scene, cfg):
         if len(groups) < 2:
             raise ZoomError("one zoom holds them all")
         zooms = []
-        for i, g in enumerate(groups):
-            (z,) = _approach([qid, "group", i], k, union(g), need, "direct", scene, cfg, view_scale)
+        for i, g in enumerate(groups):  # a tight view over each group, centred on it: it gives away no position
+            subject = union(g)
+            long = max(subject[2] - subject[0], subject[3] - subject[1])
+            side = max(long * (1 + 2 * MARGIN) + 4, ZOOM.min_side_px)
+            z = _zoom(_around(subject, side, [qid, "group", i, k], scene), "fine", subject, scene, need)
             zooms.append(Zoom(z.grid, z.box, z.role, z.subject, i, need=z.need))
         return zooms
 
