@@ -10,6 +10,11 @@ from pathlib import Path
 import duckdb
 import pytest
 import yaml
+from hypothesis import settings
+
+# a property test is judged by its examples, not by its speed on shared CI cores; pytest-timeout catches hangs
+settings.register_profile("drim", deadline=None)
+settings.load_profile("drim")
 
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="drim-test-hf-"))  # caches never land in ~/.cache
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
