@@ -2,13 +2,14 @@
 
 For each K, the share of ground-truth boxes that some proposal among the top K overlaps at IoU >= 0.3 and >= 0.5,
 and the share of those K proposals that overlap no ground-truth box at that IoU ("miss"). Proposals run exactly as
-in mining, with the recipe's defaults, without the filters that look beyond the box itself (zoom necessity,
-uniqueness). Overall recall pools every ground-truth box of every image; overall miss pools every proposal.
+in mining, with the recipe's defaults: objects the model's view already resolves are not sought (`--every-size`
+seeks them too). The filters that look beyond the box itself (uniqueness) are left out. Overall recall pools
+every ground-truth box of every image; overall miss pools every proposal.
 
 By default every bundled annotated image is measured (the NEON forest's VOC boxes and both labelled COCO files);
 --images and --coco (repeatable, paired in order) measure other sets.
 
-    python benchmarks/miner_recall.py [--images DIR --coco FILE ...] [--json] [--min-side 8]
+    python benchmarks/miner_recall.py [--images DIR --coco FILE ...] [--json] [--min-side 8] [--every-size]
 """
 
 from __future__ import annotations
@@ -55,12 +56,11 @@ def annotated(sets: list[tuple[Path, AnnotationSource]]) -> list[tuple[Path, np.
     return found
 
 
-def measure(image: Path, boxes: np.ndarray, cfg: MineConfig) -> dict:
+def measure(image: Path, boxes: np.ndarray, cfg: MineConfig, view: ViewConfig) -> dict:
     """Hits and misses of the pipeline's own proposals on one image, for every K and IoU."""
     data = image.read_bytes()
     width, height = decode(data).size
     truth = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) < SMALL * width * height]
-    view = ViewConfig(min_resolvable_px=0)  # every small object counts, whether or not it needs a zoom
     started = time.perf_counter()
     found = np.array([c.box for c in proposals(data, width, height, cfg, view)], float).reshape(-1, 4)
     seconds = time.perf_counter() - started
@@ -96,6 +96,11 @@ def main() -> None:
     parser.add_argument("--coco", type=Path, action="append", default=[], help="its COCO boxes (one per --images)")
     parser.add_argument("--min-side", type=int, help="proposal_min_side_px (default: the recipe's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--every-size",
+        action="store_true",
+        help="seek objects the model's view already resolves too (the pipeline does not: view.min_resolvable_px)",
+    )
     args = parser.parse_args()
     if len(args.images) != len(args.coco):
         parser.error("give one --coco file for each --images folder")
@@ -104,7 +109,8 @@ def main() -> None:
     if args.min_side:
         cfg = MineConfig(top_k=max(KS), proposal_min_side_px=args.min_side)
 
-    results = [measure(image, boxes, cfg) for image, boxes in annotated(sets)]
+    view = ViewConfig(min_resolvable_px=0) if args.every_size else ViewConfig()  # the pipeline's: recipe defaults
+    results = [measure(image, boxes, cfg, view) for image, boxes in annotated(sets)]
     pooled = {key: sum(r["counts"][key] for r in results) for key in results[0]["counts"]} if results else {}
     truth = sum(r["truth"] for r in results)
     for r in results:
