@@ -27,6 +27,15 @@ class DataModelArguments:
     validate: bool = field(default=True, metadata={"help": "Check every row against schemas/ before training."})
 
 
+def resume_point(config) -> str | bool | None:
+    """What `--resume_from_checkpoint` names: a checkpoint folder, or `true`/`last` for the newest one in
+    `output_dir`; the trainer then continues at its saved step, optimizer and scheduler included."""
+    value = config.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    return True if str(value).lower() in ("true", "last") else str(value)
+
+
 def _bf16_where_supported(config: SFTConfig | GRPOConfig) -> None:
     # TRL turns bf16 on by default and then refuses to start without a bf16 GPU; the same recipe should run on CPU.
     if config.bf16 is None and not config.fp16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):

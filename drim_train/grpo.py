@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from drim_train.configs import DataModelArguments, DrimGRPOConfig
+from drim_train.configs import DataModelArguments, DrimGRPOConfig, resume_point
 from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
 from drim_train.models import load_model, load_processor
 from drim_train.rewards import RedundancyPenalty, accuracy_reward, cut_by_turn_limit, format_reward
@@ -79,7 +79,7 @@ def build_trainer(args: DataModelArguments, config: DrimGRPOConfig) -> ZoomGRPOT
 
 def main(args: DataModelArguments, config: DrimGRPOConfig) -> ZoomGRPOTrainer:
     trainer = build_trainer(args, config)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_point(config))
     trainer.save_model(config.output_dir)
     trainer.processing_class.save_pretrained(config.output_dir)
     return trainer

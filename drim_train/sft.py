@@ -9,7 +9,7 @@ from __future__ import annotations
 from trl import SFTTrainer
 
 from drim_train.collator import ZoomSFTCollator
-from drim_train.configs import DataModelArguments, DrimSFTConfig
+from drim_train.configs import DataModelArguments, DrimSFTConfig, resume_point
 from drim_train.data import load_split, read_manifest, resolve, zoom_spec
 from drim_train.models import load_model, load_processor
 
@@ -30,7 +30,7 @@ def build_trainer(args: DataModelArguments, config: DrimSFTConfig) -> SFTTrainer
 
 def main(args: DataModelArguments, config: DrimSFTConfig) -> SFTTrainer:
     trainer = build_trainer(args, config)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_point(config))
     trainer.save_model(config.output_dir)
     trainer.processing_class.save_pretrained(config.output_dir)
     return trainer

@@ -63,3 +63,37 @@ def test_unknown_recipe_keys_are_refused(tmp_path, synthetic, tiny_model):
     result = runner.invoke(app, ["grpo", str(recipe), "--data", str(synthetic), "--model", str(tiny_model)])
     assert result.exit_code != 0
     assert "redundancy_lamda" in str(result.exception) + result.output
+
+
+def test_sft_resumes_at_the_saved_step(tiny_model, synthetic, tmp_path):
+    out = tmp_path / "sft"
+    common = (
+        f"sft {RECIPES / 'sft-tiny.yaml'} --data {synthetic} --model {tiny_model} --output-dir {out} "
+        "--save_strategy steps --save_steps 1 --disable_tqdm true "
+    )
+    _run(common + "--max_steps 2 --logging_steps 1")
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    # logging only every 3rd step now: a fresh run would log step 3 alone, a resumed one carries steps 1 and 2 on
+    _run(common + f"--max_steps 3 --logging_steps 3 --resume_from_checkpoint {out / 'checkpoint-2'}")
+    resumed = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert resumed["global_step"] == 3
+    assert [h["step"] for h in resumed["log_history"] if "loss" in h] == [1, 2, 3]
+
+
+def test_the_package_runs_as_a_module():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "drim_train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "sft" in result.stdout and "grpo" in result.stdout
+
+
+def test_resume_names_a_checkpoint_or_the_newest():
+    from types import SimpleNamespace
+
+    from drim_train.configs import resume_point
+
+    said = {
+        v: resume_point(SimpleNamespace(resume_from_checkpoint=v)) for v in (None, "false", "true", "last", "ck/3")
+    }
+    assert said == {None: None, "false": None, "true": True, "last": True, "ck/3": "ck/3"}
