@@ -22,7 +22,12 @@ class DataModelArguments:
     data_revision: str | None = field(default=None, metadata={"help": "Hub revision of --data, e.g. the tag v1."})
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of --model."})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "Dtype the weights are loaded in."}
+        default="float32",
+        metadata={
+            "help": "Dtype the trained (master) weights are held in. float32: bf16 compute comes from --bf16, on by "
+            "default on a bf16 GPU, while the optimizer updates full-precision weights (at lr 1e-6 a bf16 weight "
+            "mostly cannot move). auto: the checkpoint's own dtype."
+        },
     )
     validate: bool = field(default=True, metadata={"help": "Check every row against schemas/ before training."})
 
@@ -65,7 +70,10 @@ class DrimGRPOConfig(GRPOConfig):
         default=0.5, metadata={"help": "ε, the IoU below which two zooms are not redundant."}
     )
     mask_over_turn: bool = field(
-        default=True, metadata={"help": "Rollouts cut by the turn limit before answering carry no gradient."}
+        default=True,
+        metadata={
+            "help": "Rollouts cut by the turn limit or the completion budget before answering carry no gradient."
+        },
     )
     max_tool_calling_iterations: int | None = field(
         default=DEFAULT_MAX_TURNS, metadata={"help": "Turn limit: the most zoom rounds one rollout may make."}
@@ -73,6 +81,11 @@ class DrimGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         _bf16_where_supported(self)
+        if self.mask_truncated_completions:
+            raise ValueError(
+                "--mask_truncated_completions is TRL's, and fails on rollouts that hold crops; drim masks rollouts "
+                "cut by the completion budget or the turn limit itself (--mask_over_turn, on by default)"
+            )
         unknown = set(self.reward_funcs) - set(REWARD_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown reward_funcs {sorted(unknown)}; choose among {sorted(REWARD_WEIGHTS)}")

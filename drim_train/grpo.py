@@ -31,8 +31,9 @@ def reward_funcs(config: DrimGRPOConfig) -> list:
 
 
 class ZoomGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer with over-turn masking (Mini-o3): a rollout cut by the turn limit is not a wrong answer, so it
-    carries no gradient instead of being pushed down. Its reward still enters its group's statistics."""
+    """GRPOTrainer with over-turn masking (Mini-o3): a rollout cut by the turn limit, or by the completion budget
+    before it could answer, is not a wrong answer, so it carries no gradient instead of being pushed down. Its
+    reward still enters its group's statistics."""
 
     def __init__(self, *args, mask_over_turn: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -50,13 +51,17 @@ class ZoomGRPOTrainer(GRPOTrainer):
     def _generate(self, prompts: list):
         # TRL has no public hook between the tool loop and the loss; the tool mask is the loss mask for completions.
         output = super()._generate(prompts)
-        tool_mask, completions = output[2], output[3]
-        cut = [cut_by_turn_limit(c) for c in completions]
+        completion_ids, tool_mask, completions = output[1], output[2], output[3]
+        over_turn = [cut_by_turn_limit(c) for c in completions]
+        stops = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        truncated = [bool(ids) and ids[-1] not in stops for ids in completion_ids]  # TRL's own test of a clip
         if self.mask_over_turn and tool_mask is not None:
-            for i in (i for i, c in enumerate(cut) if c):
-                tool_mask[i] = [0] * len(tool_mask[i])
+            for i, cut in enumerate(a or b for a, b in zip(over_turn, truncated, strict=True)):
+                if cut:
+                    tool_mask[i] = [0] * len(tool_mask[i])
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["zoom/over_turn_ratio"].append(sum(cut) / max(1, len(cut)))
+        self._metrics[mode]["zoom/over_turn_ratio"].append(sum(over_turn) / max(1, len(over_turn)))
+        self._metrics[mode]["zoom/truncated_ratio"].append(sum(truncated) / max(1, len(truncated)))
         return output
 
 

@@ -108,7 +108,8 @@ def _fake_trainer(mask_over_turn: bool):
     trainer = object.__new__(grpo.ZoomGRPOTrainer)
     trainer.mask_over_turn = mask_over_turn
     trainer.model = types.SimpleNamespace(training=True)
-    trainer._metrics = {"train": {"zoom/over_turn_ratio": []}, "eval": {}}
+    trainer._metrics = {"train": {"zoom/over_turn_ratio": [], "zoom/truncated_ratio": []}, "eval": {}}
+    trainer.eos_token_ids, trainer._tokenizer = [9], types.SimpleNamespace(pad_token_id=0)
     return trainer
 
 
@@ -117,15 +118,25 @@ def test_over_turn_rollouts_carry_no_gradient(monkeypatch, mask):
     call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom_in"}}]}
     tool = {"role": "tool", "name": "zoom_in", "content": []}
     done = {"role": "assistant", "content": "<answer>A</answer>"}
-    completions = [[call, tool, done], [call, tool, call], [done]]
-    tool_mask = [[1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [1, 1]]
-    output = ([[1]] * 3, [[2] * 5, [2] * 5, [2] * 2], [list(m) for m in tool_mask], completions, None, {}, None, [])
+    rambling = {"role": "assistant", "content": "<think>the ship is still"}  # the completion budget ran out
+    completions = [[call, tool, done], [call, tool, call], [done], [call, tool, rambling]]
+    tool_mask = [[1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [1, 1], [1, 0, 0, 1, 1]]
+    ids = [[2, 2, 2, 2, 9], [2, 2, 2, 2, 9], [2, 9], [2, 2, 2, 2, 2]]  # 9 ends a sequence; the last was clipped
+    output = ([[1]] * 4, ids, [list(m) for m in tool_mask], completions, None, {}, None, [])
     monkeypatch.setattr(GRPOTrainer, "_generate", lambda self, prompts: output)
     trainer = _fake_trainer(mask)
     result = trainer._generate([])
-    expected_middle = [0] * 5 if mask else tool_mask[1]
-    assert result[2] == [tool_mask[0], expected_middle, tool_mask[2]]
-    assert trainer._metrics["train"]["zoom/over_turn_ratio"] == [pytest.approx(1 / 3)]
+    if mask:
+        assert result[2] == [tool_mask[0], [0] * 5, tool_mask[2], [0] * 5]
+    else:
+        assert result[2] == tool_mask
+    assert trainer._metrics["train"]["zoom/over_turn_ratio"] == [pytest.approx(1 / 4)]
+    assert trainer._metrics["train"]["zoom/truncated_ratio"] == [pytest.approx(1 / 4)]
+
+
+def test_trls_truncation_mask_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match="mask_over_turn"):
+        DrimGRPOConfig(output_dir=str(tmp_path), mask_truncated_completions=True)
 
 
 def test_reward_weights_follow_the_reward_names(tmp_path):
