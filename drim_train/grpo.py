@@ -7,6 +7,8 @@ tool's tokens out of the loss. drim adds the environment, the rewards and over-t
 
 from __future__ import annotations
 
+import math
+import warnings
 from functools import partial
 
 import numpy as np
@@ -65,11 +67,35 @@ class ZoomGRPOTrainer(GRPOTrainer):
         return output
 
 
+TURN_TEXT_TOKENS = 128  # a turn's reasoning and its call, or the final reasoning and answer
+
+
+def crop_tokens(spec, processor) -> int:
+    """Image tokens the largest crop the tool returns takes: its pixels, as far as the processor keeps them, over
+    the pixels one token stands for (a patch, merged with its neighbours)."""
+    ip = processor.image_processor
+    kept = ip.size.get("longest_edge") or ip.size.get("max_pixels") or spec.max_output_pixels
+    return math.ceil(min(spec.max_output_pixels, kept) / (ip.patch_size * ip.merge_size) ** 2)
+
+
+def completion_budget(spec, processor, max_turns: int) -> int:
+    """Tokens a rollout needs to make every zoom the turn limit allows and still answer."""
+    return max_turns * (crop_tokens(spec, processor) + TURN_TEXT_TOKENS) + TURN_TEXT_TOKENS
+
+
 def build_trainer(args: DataModelArguments, config: DrimGRPOConfig) -> ZoomGRPOTrainer:
     version = resolve(args.data, args.data_revision)
     spec = zoom_spec(read_manifest(version))
     dataset = rl_for_training(load_split(version, "rl", validate=args.validate))
     processor = load_processor(args.model, args.model_revision)
+    needed = completion_budget(spec, processor, config.max_tool_calling_iterations)
+    if config.max_completion_length < needed:
+        warnings.warn(
+            f"max_completion_length {config.max_completion_length} cannot hold "
+            f"{config.max_tool_calling_iterations} zooms of up to {crop_tokens(spec, processor)} image tokens each "
+            f"and an answer; {needed} can. Rollouts it cuts short carry no gradient, so fewer rollouts train.",
+            stacklevel=2,
+        )
     model = load_model(args.model, args.model_revision, args.dtype)
     return ZoomGRPOTrainer(
         model=model,

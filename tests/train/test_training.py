@@ -1,4 +1,5 @@
 import types
+import warnings
 
 import pytest
 import torch
@@ -145,3 +146,23 @@ def test_reward_weights_follow_the_reward_names(tmp_path):
     assert [f.__name__ for f in grpo.reward_funcs(config)] == ["format_reward", "accuracy_reward"]
     with pytest.raises(ValueError, match="unknown reward_funcs"):
         DrimGRPOConfig(output_dir=str(tmp_path), reward_funcs=["judge"])
+
+
+def test_a_completion_budget_too_small_for_the_zooms_is_warned_of(tiny_model, demo_version, tmp_path):
+    from drim_train.data import read_manifest, zoom_spec
+    from drim_train.models import load_processor
+
+    types_ = (DataModelArguments, DrimGRPOConfig)
+    args, config = parse_recipe("grpo-tiny.yaml", types_, data=demo_version, model=tiny_model, output_dir=tmp_path)
+    spec, processor = zoom_spec(read_manifest(demo_version)), load_processor(str(tiny_model))
+    crop = grpo.crop_tokens(spec, processor)
+    ip = processor.image_processor
+    assert crop == -(-min(spec.max_output_pixels, ip.size["longest_edge"]) // (ip.patch_size * ip.merge_size) ** 2)
+    needed = grpo.completion_budget(spec, processor, config.max_tool_calling_iterations)
+    assert needed == config.max_tool_calling_iterations * (crop + grpo.TURN_TEXT_TOKENS) + grpo.TURN_TEXT_TOKENS
+    with pytest.warns(UserWarning, match=f"cannot hold 2 zooms of up to {crop} image tokens each"):
+        grpo.build_trainer(args, config)  # the tiny recipe's 256 tokens
+    config.max_completion_length = needed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        grpo.build_trainer(args, config)
