@@ -30,6 +30,32 @@ class DataModelArguments:
         },
     )
     validate: bool = field(default=True, metadata={"help": "Check every row against schemas/ before training."})
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters instead of every weight; the saved model has them merged in."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "Modules given adapters: by default the language model's attention projections."},
+    )
+
+
+def lora_config(args: DataModelArguments):
+    """The LoRA adapters to train, or None for full fine-tuning."""
+    if not args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def resume_point(config) -> str | bool | None:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 
-from drim_train.configs import DataModelArguments, DrimGRPOConfig, resume_point
+from drim_train.configs import DataModelArguments, DrimGRPOConfig, lora_config, resume_point
 from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
-from drim_train.models import load_model, load_processor
+from drim_train.models import load_model, load_processor, save_trained
 from drim_train.rewards import RedundancyPenalty, accuracy_reward, cut_by_turn_limit, format_reward
 from drim_train.zoom_env import ZoomEnv
 
@@ -105,12 +105,12 @@ def build_trainer(args: DataModelArguments, config: DrimGRPOConfig) -> ZoomGRPOT
         processing_class=processor,
         environment_factory=partial(ZoomEnv, spec=spec, max_turns=config.max_tool_calling_iterations),
         mask_over_turn=config.mask_over_turn,
+        peft_config=lora_config(args),
     )
 
 
 def main(args: DataModelArguments, config: DrimGRPOConfig) -> ZoomGRPOTrainer:
     trainer = build_trainer(args, config)
     trainer.train(resume_from_checkpoint=resume_point(config))
-    trainer.save_model(config.output_dir)
-    trainer.processing_class.save_pretrained(config.output_dir)
+    save_trained(trainer, config.output_dir)
     return trainer
