@@ -18,6 +18,7 @@ import duckdb
 
 from drim_data import __version__, stages
 from drim_data.db import connect, reset_stage
+from drim_data.errors import DrimError
 from drim_data.recipe import Recipe, sha256_json, to_plain
 from drim_data.stages.contract import Context, StageStats, Track, _no_progress, as_run_fault, is_interrupt
 
@@ -78,8 +79,13 @@ class RunResult:
     export: Any  # ExportResult
 
 
-def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None = None) -> RunResult:
+def run_pipeline(
+    recipe: Recipe, track: Track = _no_progress, until: str | None = None, after: str | None = None
+) -> RunResult:
     """Run every stage (or up to and including `until`), then export a new version if anything changed.
+
+    With `after`, the stages up to and including it are not run: their outputs are already in the database (a
+    partition seeded with its share of an ingest, or a merge of partitions), under the same settings.
 
     Raises `RunFault` for a fault of the whole run (disk full, read-only output, a failed database, or what a
     stage reports) and `KeyboardInterrupt` for an interrupt; either way nothing is exported and the database
@@ -87,7 +93,7 @@ def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None 
     """
     con = connect(recipe.db)
     try:
-        return _run(con, recipe, track, until)
+        return _run(con, recipe, track, until, after)
     except (OSError, RuntimeError, duckdb.Error) as exc:
         if is_interrupt(exc):  # a Ctrl-C that landed inside a query
             raise KeyboardInterrupt from exc
@@ -102,7 +108,9 @@ def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None 
             pass  # a database that failed has nothing left to close
 
 
-def _run(con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: str | None) -> RunResult:
+def _run(
+    con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: str | None, after: str | None
+) -> RunResult:
     from drim_data.stages import export
 
     ctx = Context(con, recipe, make_teacher(recipe), track)
@@ -110,8 +118,13 @@ def _run(con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: st
         ctx.model("teacher"), ctx.model("solver")
     results = []
     fingerprint = ""
+    skipping = after is not None
     for name, module in stages.modules().items():
-        fingerprint = sha256_json([fingerprint, name, module.VERSION, stage_settings(recipe, name)])
+        fingerprint = stage_fingerprint(recipe, name, fingerprint)
+        if skipping:
+            _check_done_elsewhere(con, name, fingerprint)
+            skipping = name != after
+            continue
         _invalidate_if_changed(con, name, fingerprint)
         results.append(_run_stage(ctx, name, module))
         if name == until:
@@ -120,6 +133,17 @@ def _run(con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: st
     outcome = export.run(ctx, fingerprint)
     _record_run(con, recipe, "export", started, 1 if outcome.written else 0, outcome.counts())
     return RunResult(results, outcome)
+
+
+def stage_fingerprint(recipe: Recipe, stage: str, previous: str) -> str:
+    """A stage's settings chained with those of every stage before it."""
+    return sha256_json([previous, stage, stages.modules()[stage].VERSION, stage_settings(recipe, stage)])
+
+
+def _check_done_elsewhere(con: duckdb.DuckDBPyConnection, stage: str, fingerprint: str) -> None:
+    stored = con.execute("SELECT fingerprint FROM stage_state WHERE stage = ?", [stage]).fetchone()
+    if stored is None or stored[0] != fingerprint:
+        raise DrimError(f"{stage} has not run with these settings in this database; it cannot be skipped")
 
 
 def _invalidate_if_changed(con: duckdb.DuckDBPyConnection, stage: str, fingerprint: str) -> None:

@@ -113,7 +113,10 @@ class TrajectoryConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    rl_share: float = 0.5  # items go to the RL split with this probability (by a hash of their id), else to SFT
+    rl_share: float = 0.5  # items go to the RL split with this probability (by a hash of `split_by`), else to SFT
+    # image: every item of an image lands in one split (no image in two); item: each item by its own hash, for a
+    # handful of images that would otherwise leave a split with one or two of them
+    split_by: Literal["image", "item"] = "image"
     rows_per_shard: int = 200
     global_view_quality: int = 90
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from drim_data import __version__
 from drim_data.errors import RunFault
 from drim_data.pixels.images import decode, encode_jpeg
-from drim_data.recipe import hash_share, sha256_json, to_plain
+from drim_data.recipe import ExportConfig, hash_share, sha256_json, to_plain
 from drim_data.release.card import dataset_card
 from drim_data.stages.contract import Context
 from schemas.answers import LETTERS, with_options
@@ -88,10 +88,15 @@ class ExportResult:
         return {"version": self.version, "written": self.written, **self.rows}
 
 
-def split_of(question_id: str, rl_share: float, has_dialogue: bool = True) -> str:
-    """RL for a share of items by their hash, and for every verified item no search could be shown for: a prompt,
-    its image and its answer are all RL needs."""
-    return "rl" if not has_dialogue or hash_share(question_id) < rl_share else "sft"
+def split_of(question_id: str, image_id: str, export: ExportConfig, has_dialogue: bool = True) -> str | None:
+    """RL for a share of images (or items) by their hash, else SFT. A verified item no search could be shown for
+    is an RL prompt (its image and answer are all RL needs), unless its image is bound for SFT: then it is left
+    out (None), so that no image is in two splits."""
+    by_image = export.split_by == "image"
+    split = "rl" if hash_share(image_id if by_image else question_id) < export.rl_share else "sft"
+    if split == "sft" and not has_dialogue:
+        return None if by_image else "rl"
+    return split
 
 
 def balanced_letters(items: list[Item], turns: Counter[int] | None = None) -> list[Item]:
@@ -201,9 +206,10 @@ def _write_version(
     ctx: Context, staging: Path, items: list[Item], version: int, parent: int | None, fingerprint: str, owner: str
 ) -> dict:
     recipe = ctx.recipe
-    splits = {"sft": [], "rl": []}
+    splits = {"sft": [], "rl": [], None: []}
     for item in items:
-        splits[split_of(item.question_id, recipe.export.rl_share, item.trajectory_id is not None)].append(item)
+        splits[split_of(item.question_id, item.image_id, recipe.export, item.trajectory_id is not None)].append(item)
+    splits.pop(None)  # no search to show, on an image bound for SFT
     turns: Counter[int] = Counter()  # one rotation over the whole version, so splits and version both balance
     splits = {split: balanced_letters(split_items, turns) for split, split_items in splits.items()}
     shards = {}
