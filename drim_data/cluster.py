@@ -153,11 +153,15 @@ def _cause(exc: BaseException) -> str:
 
 
 def _partition(recipe: Recipe, index: int, partitions: int, shared: dict) -> list[StageStats]:
-    """One partition, in a Ray worker: the ordinary pipeline after ingest, on the partition's own database."""
+    """One partition, in a Ray worker: the ordinary pipeline after ingest, on the partition's own database, on the
+    one core Ray gave it (mining's own worker processes would share it)."""
+    from drim_data.pixels.workers import one_core
     from drim_data.teacher import limits
 
+    one_core()
     limits.use_shared(shared, index)
-    part = dataclasses.replace(recipe, db=partition_db(recipe, index, partitions))
+    mine = dataclasses.replace(recipe.mine, workers=1)  # not part of any fingerprint
+    part = dataclasses.replace(recipe, db=partition_db(recipe, index, partitions), mine=mine)
     return run_pipeline(part, after="ingest", until=ORDER[-1]).stages
 
 
