@@ -129,7 +129,7 @@ def _run_tasks(recipe: Recipe, partitions: int, address: str | None, track: Trac
 
 def _gather(refs: list, shared: dict, track: Track) -> list:
     """Every task's stats or its exception, waiting for all: a failure does not abandon the others' work, and the
-    places in flight a failed partition held are given back to the others at once."""
+    places in flight an ended or failed partition still held are given back to the others at once."""
     import ray
 
     from drim_data.teacher import limits
@@ -143,7 +143,7 @@ def _gather(refs: list, shared: dict, track: Track) -> list:
             outcomes[k] = ray.get(ready[0])
         except ray.exceptions.RayError as exc:
             outcomes[k] = exc
-            limits.forget_partition(shared, k)
+        limits.forget_partition(shared, k)  # whatever places it still holds, ended or died
     return outcomes
 
 

@@ -65,6 +65,7 @@ class LoggedRequest:
     body: dict | None
     status: int
     answered: bool = False  # a 200 whose body has choices: a reply the client was billed for and could use
+    at: float = field(default_factory=time.monotonic)  # when it was answered
 
     @property
     def digest(self) -> str:

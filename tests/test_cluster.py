@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import duckdb
@@ -11,8 +13,10 @@ import ray
 
 from drim_data.cluster import partition_db, partition_of, run_partitioned
 from drim_data.errors import RunFault
-from drim_data.recipe import load_recipe
+from drim_data.recipe import EndpointConfig, TeacherConfig, load_recipe
+from drim_data.teacher import limits
 from tests.conftest import DEMO_IMAGES, demo_settings, query, write_recipe
+from tests.openai_server import FakeOpenAI
 
 PARTITIONS = 4
 
@@ -70,3 +74,56 @@ def test_a_partition_that_fails_stops_the_run_naming_it_and_exports_nothing(tmp_
         run_partitioned(recipe, 2)
     assert not (tmp_path / "out").exists()
     assert query(recipe.db, "SELECT count(*) FROM regions") == [(0,)]  # nothing was merged
+
+
+def _ask_for_a_while(base_url: str, db: str, partition: int, shared: dict, asks: int, seconds: float) -> float:
+    """In a Ray worker: one partition's teacher sends `asks` different requests at once, and gives up on those
+    still waiting after `seconds`; returns when it started."""
+    import asyncio
+
+    from drim_data.db import connect as open_db
+    from drim_data.teacher import limits
+    from drim_data.teacher.client import Teacher
+
+    limits.use_shared(shared, partition)
+    cfg = EndpointConfig(base_url=base_url, model="m", api_key_env="PATH", requests_per_minute=RPM)
+    teacher = Teacher(cfg, open_db(Path(db)))
+
+    started = time.monotonic()
+
+    async def main() -> None:
+        messages = [[{"role": "user", "content": f"question {partition}.{i}"}] for i in range(asks)]
+        sends = [teacher.ask(m, purpose="t", stage="verify", prompt_version="v") for m in messages]
+        try:
+            await asyncio.wait_for(asyncio.gather(*sends), seconds)
+        except TimeoutError:
+            pass
+        await teacher.close()
+
+    asyncio.run(main())
+    return started
+
+
+RPM = 30
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_partitions_draw_on_one_request_budget(tmp_path, local_ray, shared):
+    """30 requests a minute for 4 partitions of 12 requests each: in the first 3 seconds the server sees the
+    budget's 30 (and the 1.5 it refills), not the 48 four budgets of 30 would let through."""
+    teacher = TeacherConfig(
+        stages=["verification"], endpoint=EndpointConfig("http://x/v1", "m", requests_per_minute=RPM)
+    )
+    with FakeOpenAI(lambda body: "ok") as server:
+        endpoint = dataclasses.replace(teacher.endpoint, base_url=server.base_url, api_key_env="PATH")
+        actors = limits.start_shared(dataclasses.replace(teacher, endpoint=endpoint)) if shared else {}
+        task = ray.remote(_ask_for_a_while)
+        starts = ray.get(
+            [task.remote(server.base_url, str(tmp_path / f"{k}.duckdb"), k, actors, 12, 3.0) for k in range(4)]
+        )
+        answered = server.successful()
+    window = max(starts) + 3.0 - min(starts)  # every partition gave up 3 s after it started
+    if shared:
+        assert RPM - 2 <= len(answered) <= RPM + RPM / 60 * window + 1, (len(answered), window)
+    else:
+        assert len(answered) == 48

@@ -35,6 +35,7 @@ from drim_data.errors import RunFault
 from drim_data.pixels.images import encode_jpeg, sha256
 from drim_data.recipe import EndpointConfig, sha256_json
 from drim_data.teacher import batch
+from drim_data.teacher.limits import budget_for
 from drim_data.teacher.store import CallStore, call_row
 
 IMAGE_TOKENS_ESTIMATE = 800  # for the tokens-per-minute limit, before the server reports real usage
@@ -89,27 +90,6 @@ class _Request:
     abandoned: bool = False  # nobody waits any more: finish the attempt on the wire, start no other
 
 
-class RateLimiter:
-    """A token bucket refilled continuously at `per_minute / 60` per second."""
-
-    def __init__(self, per_minute: int):
-        self.capacity = float(per_minute)
-        self.level = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.updated = time.monotonic()
-
-    async def acquire(self, amount: float) -> None:
-        amount = min(amount, self.capacity)
-        while True:
-            now = time.monotonic()
-            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.level >= amount:
-                self.level -= amount
-                return
-            await asyncio.sleep((amount - self.level) / self.rate)
-
-
 def image_part(image: Image.Image, max_pixels: int) -> tuple[dict, str]:
     """An image as a base64 JPEG data URL, downscaled to the pixel budget, and its content hash."""
     if image.width * image.height > max_pixels:
@@ -150,8 +130,7 @@ class Teacher:
         self._loop = None
         self._inflight: dict[str, _Request] = {}
         self._parts: dict[int, tuple[dict, str]] = {}
-        self._requests = RateLimiter(self.cfg.requests_per_minute) if self.cfg.requests_per_minute else None
-        self._tokens = RateLimiter(self.cfg.tokens_per_minute) if self.cfg.tokens_per_minute else None
+        self._budget = budget_for(self.cfg)  # this process's, or the one all partitions of a run share
 
     def _bind(self) -> None:
         """Clients and semaphores belong to one event loop; each stage runs its own."""
@@ -169,7 +148,6 @@ class Teacher:
                 default_headers=_NO_PLATFORM_HEADERS,
                 http_client=openai.DefaultAioHttpClient(verify=_tls_context()),
             )
-            self._in_flight = asyncio.Semaphore(self.cfg.max_in_flight)
 
     async def close(self) -> None:
         """End the stage's requests, write every response received, and close the client while its loop runs.
@@ -306,15 +284,12 @@ class Teacher:
         self, request: _Request, key: str, payload: dict, purpose: str, stage: str, canonical: dict
     ) -> Answer:
         for attempt in range(1, self.cfg.max_attempts + 1):
-            if self._requests:
-                await self._requests.acquire(1)
-            if self._tokens:
-                await self._tokens.acquire(_estimate_tokens(payload))
-            request.on_wire = True
-            try:
-                outcome = await self._attempt(payload)
-            finally:
-                request.on_wire = False
+            async with self._budget.slot(_estimate_tokens(payload)):  # a wait a caller may still cancel
+                request.on_wire = True
+                try:
+                    outcome = await self._attempt(payload)
+                finally:
+                    request.on_wire = False
             if outcome.body is not None:
                 error = self.truncation(outcome.body)
                 row = call_row(key, stage, self.model, purpose, canonical, outcome.body, outcome.latency, attempt)
@@ -351,33 +326,32 @@ class Teacher:
         )
 
     async def _attempt(self, payload: dict) -> _Outcome:
-        async with self._in_flight:
-            self.sent += 1
-            started = time.perf_counter()
-            try:
-                # The low-level call sends the payload as built and returns plain JSON: the typed wrapper's
-                # per-request transforms cost more CPU than the rest of a request's handling together.
-                body = await self.client.post("/chat/completions", body=payload, cast_to=object)
-                if not isinstance(body, dict) or not body.get("choices"):
-                    raise ValueError("reply has no choices")
-                return _Outcome(body, latency=time.perf_counter() - started)
-            except openai.RateLimitError as exc:
-                return _Outcome(None, "rate_limited", self._detail(exc), wait=_retry_after(exc), retryable=True)
-            except openai.APIStatusError as exc:  # 4xx other than timeouts and conflicts: the request is wrong
-                if exc.status_code in (401, 403):
-                    return _Outcome(None, "unauthorized", self._detail(exc))
-                if exc.status_code == 404:
-                    return _Outcome(None, "not_found", self._detail(exc))
-                retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
-                return _Outcome(None, f"http_{exc.status_code}", self._detail(exc), retryable=retryable)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                # the SDK reports a refused connection as a connect timeout: the cause tells them apart
-                if _unreachable(exc):
-                    return _Outcome(None, "unreachable", self._detail(exc), retryable=True)
-                reason = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection"
-                return _Outcome(None, reason, self._detail(exc), retryable=True)
-            except (openai.APIError, ValueError) as exc:  # unparseable or truncated response bodies
-                return _Outcome(None, "malformed_response", self._detail(exc, named=True), retryable=True)
+        self.sent += 1
+        started = time.perf_counter()
+        try:
+            # The low-level call sends the payload as built and returns plain JSON: the typed wrapper's
+            # per-request transforms cost more CPU than the rest of a request's handling together.
+            body = await self.client.post("/chat/completions", body=payload, cast_to=object)
+            if not isinstance(body, dict) or not body.get("choices"):
+                raise ValueError("reply has no choices")
+            return _Outcome(body, latency=time.perf_counter() - started)
+        except openai.RateLimitError as exc:
+            return _Outcome(None, "rate_limited", self._detail(exc), wait=_retry_after(exc), retryable=True)
+        except openai.APIStatusError as exc:  # 4xx other than timeouts and conflicts: the request is wrong
+            if exc.status_code in (401, 403):
+                return _Outcome(None, "unauthorized", self._detail(exc))
+            if exc.status_code == 404:
+                return _Outcome(None, "not_found", self._detail(exc))
+            retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
+            return _Outcome(None, f"http_{exc.status_code}", self._detail(exc), retryable=retryable)
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            # the SDK reports a refused connection as a connect timeout: the cause tells them apart
+            if _unreachable(exc):
+                return _Outcome(None, "unreachable", self._detail(exc), retryable=True)
+            reason = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection"
+            return _Outcome(None, reason, self._detail(exc), retryable=True)
+        except (openai.APIError, ValueError) as exc:  # unparseable or truncated response bodies
+            return _Outcome(None, "malformed_response", self._detail(exc, named=True), retryable=True)
 
     def _detail(self, exc: Exception, named: bool = False) -> str:
         """An error's text as it may be stored and shown: a server that echoes credentials gets them scrubbed."""

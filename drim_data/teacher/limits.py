@@ -42,12 +42,16 @@ class Budget:
     """One endpoint's limits. `slot` admits one attempt: a place in flight, one request and its tokens."""
 
     def __init__(self, max_in_flight: int, requests_per_minute: int, tokens_per_minute: int):
-        self.in_flight = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self.in_flight, self._loop = asyncio.Semaphore(max_in_flight), None
         self.requests = RateLimiter(requests_per_minute) if requests_per_minute else None
         self.tokens = RateLimiter(tokens_per_minute) if tokens_per_minute else None
         self.held: Counter[int] = Counter()  # places in flight per partition, given back if one dies
 
     async def take(self, tokens: int, partition: int = 0) -> None:
+        if self._loop is not asyncio.get_running_loop():  # places in flight belong to one event loop (a stage's)
+            self._loop, self.in_flight = asyncio.get_running_loop(), asyncio.Semaphore(self.max_in_flight)
+            self.held.clear()
         await self.in_flight.acquire()
         self.held[partition] += 1
         try:
@@ -86,7 +90,14 @@ class SharedBudget:
 
     @contextlib.asynccontextmanager
     async def slot(self, tokens: int) -> AsyncIterator[None]:
-        await self.actor.take.remote(tokens, self.partition)
+        import ray
+
+        taking = self.actor.take.remote(tokens, self.partition)
+        try:
+            await taking
+        except asyncio.CancelledError:  # a caller gone while it waited: the actor stops waiting for it too
+            ray.cancel(taking)
+            raise
         try:
             yield
         finally:
