@@ -23,7 +23,8 @@ import numpy as np
 
 from drim_data.pixels.annotations import load_annotations
 from drim_data.pixels.candidates import proposal_factor, proposals
-from drim_data.pixels.images import decode
+from drim_data.pixels.images import decode, sha256
+from drim_data.pixels.sources import ImageRef
 from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -62,7 +63,8 @@ def measure(image: Path, boxes: np.ndarray, cfg: MineConfig, view: ViewConfig) -
     width, height = decode(data).size
     truth = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) < SMALL * width * height]
     started = time.perf_counter()
-    found = np.array([c.box for c in proposals(data, width, height, cfg, view)], float).reshape(-1, 4)
+    ref = ImageRef(sha256(data), str(image), len(data), data)
+    found = np.array([c.box for c in proposals(ref, width, height, cfg, view)], float).reshape(-1, 4)
     seconds = time.perf_counter() - started
     overlap = iou_matrix(truth, found) if len(truth) and len(found) else np.zeros((len(truth), len(found)))
     counts = {}

@@ -11,8 +11,9 @@ import duckdb
 
 from drim_data.errors import DrimError
 
-DB_SCHEMA_VERSION = "4"  # 2: teacher calls record status, error, attempts and batch use; 3: regions unmeasured;
-# 4: annotations keep their attributes, and each image the classes it has complete boxes for
+DB_SCHEMA_VERSION = "5"  # 2: teacher calls record status, error, attempts and batch use; 3: regions unmeasured;
+# 4: annotations keep their attributes, and each image the classes it has complete boxes for; 5: images by
+# reference (uri, size; data only when embedded), files stamped by mtime, etag or dataset fingerprint
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -23,9 +24,9 @@ CREATE TABLE IF NOT EXISTS stage_runs (
 CREATE TABLE IF NOT EXISTS done (stage VARCHAR, item_id VARCHAR, PRIMARY KEY (stage, item_id));
 CREATE TABLE IF NOT EXISTS drops (stage VARCHAR, item_id VARCHAR, reason VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS files (
-    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, image_id VARCHAR, status VARCHAR);
+    path VARCHAR PRIMARY KEY, size BIGINT, stamp VARCHAR, image_id VARCHAR, status VARCHAR);
 CREATE TABLE IF NOT EXISTS images (
-    image_id VARCHAR PRIMARY KEY, source_path VARCHAR, width INTEGER, height INTEGER, format VARCHAR,
+    image_id VARCHAR PRIMARY KEY, uri VARCHAR, size BIGINT, width INTEGER, height INTEGER, format VARCHAR,
     mode VARCHAR, exif_transposed BOOLEAN, data BLOB);
 CREATE TABLE IF NOT EXISTS annotations (
     image_id VARCHAR, label VARCHAR, x1 DOUBLE, y1 DOUBLE, x2 DOUBLE, y2 DOUBLE, source VARCHAR, attributes JSON);

@@ -35,8 +35,8 @@ _ENDPOINT_IDENTITY = ("base_url", "model", "temperature", "max_tokens", "image_m
 def stage_settings(recipe: Recipe, stage: str) -> Any:
     """What a stage's output depends on: its own section, and its teacher's identity and prompts when it uses one.
 
-    Throughput settings (worker processes, in-flight, rate limits, timeouts, batch mode, prices) do not change
-    outputs, so changing them redoes nothing.
+    Throughput settings (worker processes, in-flight, rate limits, timeouts, batch mode, prices) and where image
+    bytes are kept (`ingest.embed`) do not change outputs, so changing them redoes nothing.
     """
     from drim_data.teacher.prompt_files import load_prompt
 
@@ -46,6 +46,7 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
         section.pop("workers")
         settings["view"] = to_plain(recipe.view)  # the first reader of the view: every later stage inherits it
     if stage == "ingest":
+        section.pop("embed")  # where the bytes are kept changes no output; ingest stores or clears them
         settings["annotation_files"] = [_file_digest(a.path) for a in recipe.ingest.annotations]
     teacher = recipe.teacher
     if stage in MODEL_PARTS and MODEL_PARTS[stage][0] in teacher.stages:

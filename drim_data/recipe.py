@@ -35,9 +35,27 @@ class AnnotationSource:
 
 
 @dataclass(frozen=True)
+class DatasetSource:
+    """A dataset with an image column, read through `datasets`: each row is one image."""
+
+    path: str  # a Hub dataset id (org/name), a local Parquet file or folder, or a folder written by save_to_disk
+    revision: str | None = None  # Hub ids: the commit, tag or branch read (a commit keeps the images fixed)
+    split: str = "train"
+    image_column: str = "image"  # a datasets Image feature (or bytes); stored rows are read with decode=False
+    id_column: str | None = None  # a column naming rows uniquely (a file name, an id); else rows go by number
+    # per-row boxes in pixels, [x, y, width, height] as COCO has them: a list of {bbox, category (or label),
+    # attributes} or the Hub's object-detection form {bbox: [...], category: [...]}; class ids name a ClassLabel
+    annotations_column: str | None = None
+    complete: list[str] = field(default_factory=list)  # classes whose every visible instance each row boxes
+
+
+@dataclass(frozen=True)
 class IngestConfig:
-    images: Path
-    annotations: list[AnnotationSource] = field(default_factory=list)
+    # exactly one input: a folder of images, a local path or any fsspec URL (s3://, gs://, hf://, file://...) ...
+    images: str | None = None
+    dataset: DatasetSource | None = None  # ... or a dataset with an image column
+    embed: bool = False  # also store each image's bytes in the database (self-contained); else only its reference
+    annotations: list[AnnotationSource] = field(default_factory=list)  # matched by path under `images`, or row id
     max_pixels: int = 200_000_000  # larger images are refused as decompression bombs
     extensions: list[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"])
 
@@ -297,6 +315,8 @@ RANGES: dict[type, dict[str, Range]] = {
 MOVED = {"verify.referent_radius": "mine.unique_radius (one radius for mine, ground and verify)"}
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # `dataset` is a folder inside output_dir, and a Hub name
 EXTENSION = re.compile(r"\.[a-z0-9]+")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL: s3://, gs://, hf://, file://, memory://...
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`
 
 
 def sha256_json(value: Any) -> str:
@@ -349,8 +369,41 @@ def load_recipe(path: str | Path) -> Recipe:
     if recipe.mine.min_area_frac > recipe.mine.max_area_frac:
         raise RecipeError(f"{path}: mine.min_area_frac must be at most mine.max_area_frac: no region could pass")
     ingest = dataclasses.replace(recipe.ingest, extensions=_extensions(recipe.ingest.extensions, path))
+    ingest = _resolve_inputs(ingest, path, path.parent.resolve())
     recipe = dataclasses.replace(recipe, ingest=ingest)
     return dataclasses.replace(_resolve_paths(recipe, path.parent.resolve()), source=path)
+
+
+def _resolve_inputs(ingest: IngestConfig, file: Path, base: Path) -> IngestConfig:
+    """Exactly one input; a local folder or dataset path made absolute against the recipe's folder. A URL stays as
+    written, and so does a dataset path that names nothing here and reads as a Hub id (`name` or `org/name`)."""
+    if (ingest.images is None) == (ingest.dataset is None):
+        raise RecipeError(f"{file}: ingest needs exactly one of images (a folder or URL) and dataset")
+    if ingest.images is not None:
+        if not ingest.images or "\0" in ingest.images:
+            raise RecipeError(f"{file}: ingest.images: expected a folder or URL, got {ingest.images!r}")
+        if URL.match(ingest.images):
+            if "@" in ingest.images.split("://", 1)[1].split("/", 1)[0]:  # user:secret@host would be stored as is
+                raise RecipeError(
+                    f"{file}: ingest.images: give the store's credentials in its environment variables or config, "
+                    "not in the URL (it is recorded with every image)"
+                )
+            return ingest
+        return dataclasses.replace(ingest, images=str(_local(ingest.images, base, file, "ingest.images")))
+    source = ingest.dataset
+    if not source.path or "\0" in source.path:
+        raise RecipeError(f"{file}: ingest.dataset.path: expected a dataset id or path, got {source.path!r}")
+    local = _local(source.path, base, file, "ingest.dataset.path")
+    if local.exists() or not HUB_ID.fullmatch(source.path) or source.path.endswith(".parquet"):
+        source = dataclasses.replace(source, path=str(local))
+    return dataclasses.replace(ingest, dataset=source)
+
+
+def _local(text: str, base: Path, file: Path, key: str) -> Path:
+    try:
+        return (base / Path(text).expanduser()).resolve()
+    except (RuntimeError, OSError) as exc:  # `~nobody`, a symlink loop
+        raise RecipeError(f"{file}: {key}: {text!r} is not a usable path: {exc}") from None
 
 
 def _extensions(extensions: list[str], file: Path) -> list[str]:

@@ -33,7 +33,7 @@ def recipe(tmp_path: Path, text: str) -> Path:
 def test_demo_recipe_loads_with_paths_relative_to_the_file():
     r = load_recipe(Path(__file__).parents[1] / "pipelines" / "demo.yaml")
     assert r.dataset == "drim-demo"
-    assert r.ingest.images.is_dir() and r.ingest.images.name == "images"
+    assert Path(r.ingest.images).is_dir() and Path(r.ingest.images).name == "images"
     assert r.ingest.annotations[0].format == "voc"
     assert r.view.max_pixels == 1003520
 
