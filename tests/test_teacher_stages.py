@@ -245,14 +245,17 @@ def test_run_faults_stop_the_run_and_a_fixed_rerun_equals_a_clean_run(tmp_path, 
         path = teacher_recipe(tmp_path / "faulted", small_images, server, FAULT_STAGES, broken_url.get(fault))
         if fault == "missing_key":
             monkeypatch.delenv(KEY_ENV)
-        with pytest.raises(RunFault) as err:
+        with pytest.raises(RecipeError if fault == "malformed_url" else RunFault) as err:  # a URL is checked on load
             run_pipeline(load_recipe(path))
         named = {"missing_key": KEY_ENV, "unauthorized": server.base_url}.get(fault, broken_url.get(fault))
         assert named in str(err.value)
         db = tmp_path / "faulted" / "state.duckdb"
         stages = ", ".join(f"'{s}'" for s in MODEL_STAGES)
-        assert query(db, f"SELECT count(*) FROM done WHERE stage IN ({stages})") == [(0,)]
-        assert query(db, f"SELECT count(*) FROM drops WHERE stage IN ({stages})") == [(0,)]
+        if fault == "malformed_url":  # refused before anything ran
+            assert not db.exists()
+        else:
+            assert query(db, f"SELECT count(*) FROM done WHERE stage IN ({stages})") == [(0,)]
+            assert query(db, f"SELECT count(*) FROM drops WHERE stage IN ({stages})") == [(0,)]
         monkeypatch.setenv(KEY_ENV, SECRET)
         refuse["on"] = False
         fixed = run_pipeline(load_recipe(teacher_recipe(tmp_path / "faulted", small_images, server, FAULT_STAGES)))
