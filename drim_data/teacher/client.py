@@ -50,12 +50,8 @@ _NO_PLATFORM_HEADERS = {
 }
 REPLICA_FAILURES = 3  # failed attempts in a row that set a replica aside (a refused connection: at once)
 REPLICA_COOLDOWN_S = 30.0  # how long a failing replica is set aside while the others carry on
-_REPLICA_FAULTS = (
-    "unreachable",
-    "connection",
-    "timeout",
-    "malformed_response",
-)  # and 5xx: the server's, not the request's
+# failures that are the server's, not the request's (and every 5xx): they count against a replica
+_REPLICA_FAULTS = ("unreachable", "connection", "timeout", "malformed_response")
 _TOKENS = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
@@ -422,6 +418,7 @@ class Teacher:
             return outcome, replica
 
     async def _post(self, client: openai.AsyncOpenAI, payload: dict) -> _Outcome:
+        """One attempt: the reply, or why it failed (never an exception, bar cancellation)."""
         self.sent += 1
         started = time.perf_counter()
         try:
