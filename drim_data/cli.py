@@ -127,7 +127,7 @@ def status(recipe: RecipeArg) -> None:
     console.print(teacher if st.teacher else "no teacher calls")
     if st.per_kept:
         costs = Table(title=f"model calls per kept item ({st.kept} kept by verify)")
-        for col in ("stage", "calls", "prompt tokens", "completion tokens", "calls per kept", "tokens per kept"):
+        for col in ("stage", "calls", "prompt tokens", "completion tokens", "calls/kept", "tokens/kept"):
             costs.add_column(col, justify="left" if col == "stage" else "right")
         for c in st.per_kept:
             per = ["-" if v is None else f"{v:.1f}" for v in (c.calls_per_kept, c.tokens_per_kept)]

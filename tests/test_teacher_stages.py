@@ -357,3 +357,6 @@ def test_cascaded_verification_keeps_the_same_items_for_fewer_calls_and_reuses_t
     assert status.kept == reasons[None] and verify.calls == stored == fewer
     assert verify.calls_per_kept == fewer / status.kept and verify.tokens_per_kept == 120 * fewer / status.kept
     assert status.per_kept[-1].stage == "all" and status.per_kept[-1].calls > fewer  # and the questions' calls
+    shown = CliRunner().invoke(app, ["status", str(tmp_path / "cascade" / "recipe.yaml")], env={"COLUMNS": "200"})
+    assert f"model calls per kept item ({status.kept} kept by verify)" in shown.output
+    assert f"{verify.calls_per_kept:.1f}" in shown.output.split("per kept item")[1]
