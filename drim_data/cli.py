@@ -144,6 +144,14 @@ def status(recipe: RecipeArg) -> None:
             stage, model, str(ok), str(failed), str(prompt), str(completion), "-" if cost is None else f"{cost:.4f}"
         )
     console.print(teacher if st.teacher else "no teacher calls")
+    if st.per_kept:
+        costs = Table(title=f"model calls per kept item ({st.kept} kept by verify)")
+        for col in ("stage", "calls", "prompt tokens", "completion tokens", "calls/kept", "tokens/kept"):
+            costs.add_column(col, justify="left" if col == "stage" else "right")
+        for c in st.per_kept:
+            per = ["-" if v is None else f"{v:.1f}" for v in (c.calls_per_kept, c.tokens_per_kept)]
+            costs.add_row(c.stage, str(c.calls), str(c.prompt_tokens), str(c.completion_tokens), *per)
+        console.print(costs)
     for version, parent, sft, rl, path in st.versions:
         console.print(f"v{version} (parent {parent or '-'}): sft {sft}, rl {rl}  {path}", highlight=False)
 

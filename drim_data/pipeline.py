@@ -35,8 +35,9 @@ _ENDPOINT_IDENTITY = ("base_url", "model", "temperature", "max_tokens", "image_m
 def stage_settings(recipe: Recipe, stage: str) -> Any:
     """What a stage's output depends on: its own section, and its teacher's identity and prompts when it uses one.
 
-    Throughput settings (worker processes, in-flight, rate limits, timeouts, batch mode, prices) and where image
-    bytes are kept (`ingest.embed`) do not change outputs, so changing them redoes nothing.
+    Throughput settings (worker processes, in-flight, rate limits, timeouts, batch mode, the verification
+    cascade, prices) and where image bytes are kept (`ingest.embed`) do not change outputs, so changing them
+    redoes nothing.
     """
     from drim_data.teacher.prompt_files import load_prompt
 
@@ -56,6 +57,7 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
             "prompts": [load_prompt(p).version for p in prompts],
             **{k: _identity(teacher.solver) if k == "solver" else to_plain(getattr(teacher, k)) for k in keys},
         }
+        settings["model"].get("verification", {}).pop("cascade", None)  # what verify pays, not what it keeps
     return settings
 
 

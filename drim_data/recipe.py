@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -149,7 +150,7 @@ class Price:
 class EndpointConfig:
     """An OpenAI-compatible endpoint. The key is read from the environment variable named here, never stored."""
 
-    base_url: str
+    base_url: str | list[str]  # several: replicas of one model (e.g. vLLM servers); each request to the least loaded
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.7
@@ -167,6 +168,21 @@ class EndpointConfig:
     batch_poll_s: float = 30.0
     price: Price | None = None
 
+    @property
+    def urls(self) -> list[str]:
+        """`base_url` as a list: one URL, or every replica's."""
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+
+def url_problem(url: object) -> str | None:
+    """Why `url` cannot be an endpoint's base URL, or None."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        good = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        good = False
+    return None if good else f"{url!r} is not an http:// or https:// URL with a host, e.g. https://api.openai.com/v1"
+
 
 @dataclass(frozen=True)
 class TeacherVerification:
@@ -175,6 +191,9 @@ class TeacherVerification:
     solver_samples: int = 4  # the solver answers this many times from the global view, and from the crop
     solver_max_pass: float = 0.25  # kept only if the solver's pass rate without zooming is at most this
     crop_min_pass: float = 0.5  # ... and its pass rate on the crop is at least this
+    # ask the checks one after another, each only until it is decided, and stop at the first that fails: the same
+    # verdicts as asking everything at once, for fewer calls (false: all at once, one round trip per item)
+    cascade: bool = True
 
 
 @dataclass(frozen=True)
@@ -361,6 +380,8 @@ def load_recipe(path: str | Path) -> Recipe:
     recipe = _build(Recipe, data, path, "")
     if recipe.teacher.stages and recipe.teacher.endpoint is None:
         raise RecipeError(f"{path}: teacher.stages {recipe.teacher.stages} need teacher.endpoint")
+    for role in ("endpoint", "solver"):
+        _check_urls(getattr(recipe.teacher, role), path, f"teacher.{role}.base_url")
     if not PLAIN_NAME.fullmatch(recipe.dataset):
         raise RecipeError(
             f"{path}: dataset: {recipe.dataset!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
@@ -404,6 +425,22 @@ def _local(text: str, base: Path, file: Path, key: str) -> Path:
         return (base / Path(text).expanduser()).resolve()
     except (RuntimeError, OSError) as exc:  # `~nobody`, a symlink loop
         raise RecipeError(f"{file}: {key}: {text!r} is not a usable path: {exc}") from None
+
+
+def _check_urls(endpoint: EndpointConfig | None, file: Path, key: str) -> None:
+    """One URL, or a list of distinct replicas' URLs, each http(s) with a host."""
+    if endpoint is None:
+        return
+    urls = endpoint.urls
+    if not urls:
+        raise RecipeError(f"{file}: {key}: the list of replicas is empty")
+    for i, url in enumerate(urls):
+        problem = url_problem(url)
+        where = key if isinstance(endpoint.base_url, str) else f"{key}[{i}]"
+        if problem:
+            raise RecipeError(f"{file}: {where}: {problem}")
+        if url in urls[:i]:
+            raise RecipeError(f"{file}: {where}: {url!r} is listed twice")
 
 
 def _extensions(extensions: list[str], file: Path) -> list[str]:
@@ -486,6 +523,8 @@ def _convert(tp: Any, value: Any, file: Path, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if isinstance(value, list):  # `str | list[str]`: a list takes the list form
+            inner = [a for a in inner if typing.get_origin(a) is list] or inner
         return _convert(inner[0], value, file, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, file, key + ".")
