@@ -420,3 +420,24 @@ def test_when_every_replica_is_down_the_run_stops_naming_them(con):
 def test_a_malformed_replica_list_is_a_run_fault(con, urls):
     with pytest.raises(RunFault, match="base_url"):
         Teacher(EndpointConfig(base_url=urls, model="m", api_key_env=KEY_ENV), con)
+
+
+def test_the_rate_limit_holds_in_every_window_not_only_on_average():
+    """A minute's budget may go at once, then nothing more until the window has moved on: never 2x in a window,
+    as a bucket refilled while it spends would allow."""
+    from drim_data.teacher.limits import RateLimiter
+
+    limiter, times = RateLimiter(5, window_s=0.5), []
+
+    async def take() -> None:
+        await limiter.acquire(1)
+        times.append(time.monotonic())
+
+    async def main() -> None:
+        await asyncio.wait_for(asyncio.gather(*(take() for _ in range(12))), 5)
+
+    asyncio.run(main())
+    assert len(times) == 12
+    for t in times:  # every window of 0.5 s holds at most the budget
+        assert sum(t <= u < t + 0.5 for u in times) <= 5
+    assert times[-1] - times[0] >= 1.0  # 12 requests at 5 per 0.5 s need three windows

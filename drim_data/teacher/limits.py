@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,24 +18,25 @@ _PARTITION: list[int] = [0]  # which partition this worker runs, for the actor's
 
 
 class RateLimiter:
-    """A token bucket refilled continuously at `per_minute / 60` per second."""
+    """At most `per_minute` units (requests, or tokens) in any window of `window_s` seconds: the count an
+    endpoint keeps, so a burst of a minute's budget is followed by a wait, never by a 429."""
 
-    def __init__(self, per_minute: int):
-        self.capacity = float(per_minute)
-        self.level = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.updated = time.monotonic()
+    def __init__(self, per_minute: int, window_s: float = 60.0):
+        self.limit, self.window_s = float(per_minute), window_s
+        self.spent: deque[tuple[float, float]] = deque()  # (when, how much), oldest first
+        self.total = 0.0
 
     async def acquire(self, amount: float) -> None:
-        amount = min(amount, self.capacity)
+        amount = min(amount, self.limit)  # a request larger than the whole budget goes alone
         while True:
             now = time.monotonic()
-            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.level >= amount:
-                self.level -= amount
+            while self.spent and self.spent[0][0] <= now - self.window_s:
+                self.total -= self.spent.popleft()[1]
+            if self.total + amount <= self.limit:
+                self.spent.append((now, amount))
+                self.total += amount
                 return
-            await asyncio.sleep((amount - self.level) / self.rate)
+            await asyncio.sleep(self.spent[0][0] + self.window_s - now)
 
 
 class Budget:

@@ -125,7 +125,7 @@ def rewrite_manifest(version: Path) -> None:
 
 
 DRILL_BOX = [150, 250, 750, 850]  # four different numbers: each token tells the next
-DRILL_ROWS = 6  # about half the demo's RL prompts: the rest are held out
+DRILL_ROWS = 8  # half the demo's 16 RL prompts: the rest are held out
 
 
 def drill_version(source: Path, root: Path, n: int = DRILL_ROWS) -> Path:
