@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import duckdb
-
 from drim_data.db import connect
 from drim_data.errors import DrimError, RunFault
 from drim_data.pipeline import RunResult, run_pipeline, stage_fingerprint
@@ -48,33 +46,24 @@ def run_partitioned(
     if partitions < 1:
         raise DrimError(f"--partitions must be at least 1, not {partitions}")
     ingest = run_pipeline(recipe, track, until="ingest")
-    fingerprints = _fingerprints(recipe)
+    ingested = stage_fingerprint(recipe, "ingest", "")
     with connect(recipe.db) as main:
         ids = [image_id for (image_id,) in main.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
     shares = [[i for i in ids if partition_of(i, partitions) == k] for k in range(partitions)]
     for k, share in enumerate(shares):
-        _seed(recipe, partition_db(recipe, k, partitions), share, fingerprints["ingest"])
+        _seed(recipe, partition_db(recipe, k, partitions), share, ingested)
     stats = _run_tasks(recipe, partitions, address, track)
     _merge(recipe, [partition_db(recipe, k, partitions) for k in range(partitions)])
     result = run_pipeline(recipe, track, after=ORDER[-1])
     return RunResult(ingest.stages + _summed(stats), result.export)
 
 
-def _fingerprints(recipe: Recipe) -> dict[str, str]:
-    found, fingerprint = {}, ""
-    for name in ORDER:
-        fingerprint = found[name] = stage_fingerprint(recipe, name, fingerprint)
-    return found
-
-
 def _seed(recipe: Recipe, path: Path, image_ids: list[str], ingest_fingerprint: str) -> None:
-    """Give a partition its images as ingest left them; unchanged, it is left alone (and keeps its work)."""
+    """Give a partition its images as ingest left them (where they live, their boxes), afresh every run: these rows
+    are small, and a renamed file or a changed box must reach the partition. Its later work is kept."""
     with connect(path) as con:
         con.execute(f"ATTACH '{recipe.db}' AS main_db (READ_ONLY)")
-        held = [i for (i,) in con.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
-        stored = con.execute("SELECT fingerprint FROM stage_state WHERE stage = 'ingest'").fetchone()
-        if held == image_ids and stored == (ingest_fingerprint,) and not _annotations_changed(con):
-            return
+        new = con.execute("SELECT fingerprint FROM stage_state WHERE stage = 'ingest'").fetchone() is None
         con.begin()
         con.execute("CREATE TEMP TABLE share (image_id VARCHAR)")
         if image_ids:
@@ -82,20 +71,11 @@ def _seed(recipe: Recipe, path: Path, image_ids: list[str], ingest_fingerprint: 
         for table in INGEST_TABLES:
             con.execute(f"DELETE FROM {table}")
             con.execute(f"INSERT INTO {table} SELECT * FROM main_db.{table} WHERE image_id IN (SELECT * FROM share)")
-        if stored is None:  # a new partition starts with every answer already paid for
+        if new:  # a new partition starts with every answer already paid for
             for table in SHARED_TABLES:
                 con.execute(f"INSERT OR IGNORE INTO {table} SELECT * FROM main_db.{table}")
         con.execute("INSERT OR REPLACE INTO stage_state VALUES ('ingest', ?)", [ingest_fingerprint])
         con.commit()
-
-
-def _annotations_changed(con: duckdb.DuckDBPyConnection) -> bool:
-    """Ingest rewrites an image's boxes when its annotation files change; the partition must follow."""
-    query = "SELECT * FROM {db}annotations WHERE image_id IN (SELECT image_id FROM images) EXCEPT ALL "
-    query += "SELECT * FROM {other}annotations"
-    ahead = con.execute(query.format(db="main_db.", other="")).fetchone()
-    behind = con.execute(query.format(db="", other="main_db.")).fetchone()
-    return ahead is not None or behind is not None
 
 
 def _run_tasks(recipe: Recipe, partitions: int, address: str | None, track: Track) -> list[list[StageStats]]:
@@ -174,10 +154,8 @@ def _merge(recipe: Recipe, parts: list[Path]) -> None:
         marks = ", ".join(f"'{s}'" for s in later)
         for table in STAGE_TABLES:
             con.execute(f"DELETE FROM {table}")
-        con.execute(f"DELETE FROM done WHERE stage IN ({marks})")
-        con.execute(f"DELETE FROM drops WHERE stage IN ({marks})")
-        con.execute(f"DELETE FROM stage_state WHERE stage IN ({marks})")
-        con.execute(f"DELETE FROM stage_runs WHERE stage IN ({marks})")
+        for table in ("done", "drops", "stage_state", "stage_runs"):
+            con.execute(f"DELETE FROM {table} WHERE stage IN ({marks})")
         for i, path in enumerate(parts):
             con.execute(f"ATTACH '{path}' AS part{i} (READ_ONLY)")
         for table in STAGE_TABLES + ("done", "drops", "stage_runs"):

@@ -127,3 +127,22 @@ def test_partitions_draw_on_one_request_budget(tmp_path, local_ray, shared):
         assert RPM - 2 <= len(answered) <= RPM + RPM / 60 * window + 1, (len(answered), window)
     else:
         assert len(answered) == 48
+
+
+def test_a_partition_follows_a_renamed_file(tmp_path, small_images):
+    """Seeding copies where each image lives now: a partition reading the old path would drop it as missing."""
+    from drim_data.cluster import _seed
+    from drim_data.pipeline import run_pipeline, stage_fingerprint
+
+    recipe = load_recipe(write_recipe(tmp_path, small_images, annotations=False))
+    part = partition_db(recipe, 0, 1)
+    for _ in range(2):
+        run_pipeline(recipe, until="ingest")
+        ids = [i for (i,) in query(recipe.db, "SELECT image_id FROM images ORDER BY 1")]
+        _seed(recipe, part, ids, stage_fingerprint(recipe, "ingest", ""))
+        assert query(part, "SELECT uri FROM images ORDER BY 1") == query(
+            recipe.db, "SELECT uri FROM images ORDER BY 1"
+        )
+        first = sorted(small_images.iterdir())[0]
+        first.rename(first.with_name("renamed-" + first.name))
+    assert any("renamed-" in uri for (uri,) in query(part, "SELECT uri FROM images"))

@@ -459,7 +459,7 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
         stem = f"Where is {ref_a} relative to {ref_b}?"
         return Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
 
-    return _pair_questions(_targets(facts), lambda a: others, ask, cfg, rng, one_way=False)
+    return _pair_questions(_targets(facts), lambda a: others, ask, cfg, rng, one_way=True)
 
 
 def _compare_size(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:

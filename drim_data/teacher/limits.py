@@ -44,7 +44,8 @@ class Budget:
 
     def __init__(self, max_in_flight: int, requests_per_minute: int, tokens_per_minute: int):
         self.max_in_flight = max_in_flight
-        self.in_flight, self._loop = asyncio.Semaphore(max_in_flight), None
+        self.in_flight: asyncio.Semaphore | None = None  # made in the event loop that first takes a place
+        self._loop = None
         self.requests = RateLimiter(requests_per_minute) if requests_per_minute else None
         self.tokens = RateLimiter(tokens_per_minute) if tokens_per_minute else None
         self.held: Counter[int] = Counter()  # places in flight per partition, given back if one dies

