@@ -31,6 +31,11 @@ def partition_of(image_id: str, partitions: int) -> int:
     return int(image_id[:15], 16) % partitions
 
 
+def largest_first(pixels: list[int]) -> list[int]:
+    """Partitions in the order to submit them: most pixels (most mining) first, ties by index."""
+    return sorted(range(len(pixels)), key=lambda k: (-pixels[k], k))
+
+
 def partition_db(recipe: Recipe, index: int, partitions: int) -> Path:
     return recipe.db.with_name(f"{recipe.db.stem}.parts") / f"{index}-of-{partitions}.duckdb"
 
@@ -48,11 +53,12 @@ def run_partitioned(
     ingest = run_pipeline(recipe, track, until="ingest")
     ingested = stage_fingerprint(recipe, "ingest", "")
     with connect(recipe.db) as main:
-        ids = [image_id for (image_id,) in main.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
-    shares = [[i for i in ids if partition_of(i, partitions) == k] for k in range(partitions)]
+        images = main.execute("SELECT image_id, width * height FROM images ORDER BY image_id").fetchall()
+    shares = [[i for i, _ in images if partition_of(i, partitions) == k] for k in range(partitions)]
+    pixels = [sum(p for i, p in images if partition_of(i, partitions) == k) for k in range(partitions)]
     for k, share in enumerate(shares):
         _seed(recipe, partition_db(recipe, k, partitions), share, ingested)
-    stats = _run_tasks(recipe, partitions, address, track)
+    stats = _run_tasks(recipe, pixels, address, track)
     _merge(recipe, [partition_db(recipe, k, partitions) for k in range(partitions)])
     result = run_pipeline(recipe, track, after=ORDER[-1])
     return RunResult(ingest.stages + _summed(stats), result.export)
@@ -78,7 +84,9 @@ def _seed(recipe: Recipe, path: Path, image_ids: list[str], ingest_fingerprint: 
         con.commit()
 
 
-def _run_tasks(recipe: Recipe, partitions: int, address: str | None, track: Track) -> list[list[StageStats]]:
+def _run_tasks(recipe: Recipe, pixels: list[int], address: str | None, track: Track) -> list[list[StageStats]]:
+    """Each partition's stats, in partition order. The partitions are submitted `largest_first`: hash shares are
+    uneven, and starting the longest tasks first leaves the fewest workers idle at the end."""
     import ray
 
     from drim_data.teacher import limits
@@ -88,8 +96,9 @@ def _run_tasks(recipe: Recipe, partitions: int, address: str | None, track: Trac
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         shared = limits.start_shared(recipe.teacher)  # one budget per endpoint for every partition
-        task = ray.remote(_partition)
-        refs = [task.remote(recipe, k, partitions, shared) for k in range(partitions)]
+        task, partitions = ray.remote(_partition), len(pixels)
+        submitted = {k: task.remote(recipe, k, partitions, shared) for k in largest_first(pixels)}
+        refs = [submitted[k] for k in range(partitions)]
         try:
             outcomes = _gather(refs, shared, track)
         except KeyboardInterrupt:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from drim_data.cluster import partition_db, partition_of, run_partitioned
+from drim_data.cluster import largest_first, partition_db, partition_of, run_partitioned
 from drim_data.errors import RunFault
 from drim_data.recipe import EndpointConfig, TeacherConfig, load_recipe
 from drim_data.teacher import limits
@@ -35,6 +35,13 @@ def rows(version: Path, split: str) -> list[dict]:
 def runs_since(db: Path, count: int) -> list[tuple]:
     """The stage runs a database recorded after its first `count`, as (stage, processed)."""
     return query(db, f"SELECT stage, processed FROM stage_runs ORDER BY rowid OFFSET {count}")
+
+
+def test_partitions_with_the_most_pixels_are_submitted_first():
+    # on two workers, shares of 2, 2 and 8 take 10 in index order (2 + 8 after 2) and 8 largest first
+    assert largest_first([4, 4, 6, 8]) == [3, 2, 0, 1]
+    assert largest_first([2, 2, 8]) == [2, 0, 1]
+    assert largest_first([5, 0, 5]) == [0, 2, 1]
 
 
 def test_four_partitions_write_the_rows_one_machine_writes_and_resume_alone(tmp_path, demo_version, local_ray):

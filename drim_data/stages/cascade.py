@@ -1,11 +1,11 @@
 """Verification checks asked in waves: each check only until its outcome is decided, and none after the first that
 fails, so that an item pays only for the checks it needs.
 
-The verdict equals that of asking every sample at once: the reason of the first check, in order, that fails. That
-reason is known only once every check before it is known to pass, so the checks are asked in that order; it is
-also the cheapest order that gives the same reasons, as any other one sometimes pays for a check after the first
-failure. Within a check, a wave asks the fewest further samples that could decide it: one sample at a time would
-need all of them too, so waves cost no more calls than single samples, in fewer round trips.
+The verdict equals that of asking every sample at once: the reason of the first check, in the given order, that
+fails. That reason is known only once every check before it is known to pass, so the checks are asked in that
+order; the caller puts first the checks that reject the most items for the fewest calls. Within a check, a wave
+asks the fewest further samples that could decide it: one sample at a time would need all of them too, so waves
+cost no more calls than single samples, in fewer round trips.
 """
 
 from __future__ import annotations

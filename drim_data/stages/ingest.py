@@ -12,10 +12,17 @@ end of every run, from the input as it is.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
 from drim_data.errors import DrimError
 from drim_data.pixels.annotations import Matched, match_annotations
-from drim_data.pixels.images import ImageRejected, check_image, sha256
+from drim_data.pixels.images import CheckedImage, ImageRejected, check_image, sha256
 from drim_data.pixels.sources import SOURCE_REASONS, SourceUnreadable, fetch, image_ref, read_image
+from drim_data.pixels.workers import cpu_count
 from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.inputs import Entry, list_input
 from schemas.tables import validate_table
@@ -61,11 +68,14 @@ def run(ctx: Context) -> StageStats:
     con.commit()
 
     pending = [e for e in listing.entries if known.get(e.uri) != (e.size, e.stamp)]
-    for entry in ctx.track(pending, NAME, len(pending)):
+    recorded = _recorded(con)
+    reads = _read_ahead(lambda e: _read(e, cfg.max_pixels, recorded), pending, cpu_count())
+    for read in ctx.track(reads, NAME, len(pending)):
+        entry = read.entry
         con.begin()
         con.execute("DELETE FROM files WHERE path = ?", [entry.uri])
         con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [NAME, entry.uri])  # fixed: no old drop
-        image_id = _check_file(ctx, stats, entry)
+        image_id = _record(ctx, stats, read)
         status = "quarantined" if image_id is None else "ok"  # `_settle` tells the first path from its duplicates
         con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", [entry.uri, entry.size, entry.stamp, image_id, status])
         con.commit()
@@ -79,38 +89,84 @@ def run(ctx: Context) -> StageStats:
     return stats
 
 
-def _check_file(ctx: Context, stats: StageStats, entry: Entry) -> str | None:
-    """The file's image id, recording the image when its content is new; None when it is quarantined. Content
-    already recorded was checked when it was first read, so it is only hashed."""
+@dataclass
+class Read:
+    """One listed file as read off the main thread: its bytes and id, and its check unless its content is known."""
+
+    entry: Entry
+    data: bytes = b""
+    image_id: str | None = None
+    checked: CheckedImage | None = None
+    problem: tuple[str, str] | None = None  # (reason, detail): the file is quarantined
+
+
+def _read(entry: Entry, max_pixels: int, recorded: Callable[[str], bool]) -> Read:
+    """Fetch, hash and check one file. Content already recorded was checked when it was first read, so it is only
+    hashed. Runs in a thread: fetching, hashing and decoding release the GIL."""
     try:
         data = fetch(entry.uri)
     except (OSError, SourceUnreadable) as exc:
-        ctx.drop(stats, entry.uri, "unreadable", str(exc))
-        return None
-    image_id, con = sha256(data), ctx.con
-    if con.execute("SELECT 1 FROM images WHERE image_id = ?", [image_id]).fetchone():
-        return image_id
+        return Read(entry, problem=("unreadable", str(exc)))
+    image_id = sha256(data)
+    if recorded(image_id):
+        return Read(entry, image_id=image_id)
     try:
-        checked = check_image(data, ctx.recipe.ingest.max_pixels)
+        return Read(entry, data, image_id, check_image(data, max_pixels))
     except ImageRejected as exc:
-        ctx.drop(stats, entry.uri, exc.reason, exc.detail)
+        return Read(entry, problem=(exc.reason, exc.detail))
+
+
+def _recorded(con) -> Callable[[str], bool]:
+    """Whether an image id is recorded, askable from any thread (through its own cursor, one caller at a time)."""
+    cursor, lock = con.cursor(), threading.Lock()
+
+    def recorded(image_id: str) -> bool:
+        with lock:
+            return cursor.execute("SELECT 1 FROM images WHERE image_id = ?", [image_id]).fetchone() is not None
+
+    return recorded
+
+
+def _read_ahead(fn: Callable[[Entry], Read], entries: Iterable[Entry], threads: int) -> Iterator[Read]:
+    """`fn(entry)` for each entry, in order, a few at a time on `threads` threads (so a few files in memory)."""
+    with ThreadPoolExecutor(threads) as pool:
+        in_flight: deque = deque()
+        try:
+            for entry in entries:
+                in_flight.append(pool.submit(fn, entry))
+                if len(in_flight) >= 2 * threads:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:  # an interrupt or a fault: queued reads are dropped, not finished first
+            for future in in_flight:
+                future.cancel()
+
+
+def _record(ctx: Context, stats: StageStats, read: Read) -> str | None:
+    """The file's image id, recording the image when its content is new; None when it is quarantined."""
+    if read.problem is not None:
+        ctx.drop(stats, read.entry.uri, *read.problem)
         return None
+    con, checked = ctx.con, read.checked
+    if checked is None or con.execute("SELECT 1 FROM images WHERE image_id = ?", [read.image_id]).fetchone():
+        return read.image_id  # known content, or a copy of a file read just before it in this run
     con.execute(
         "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            image_id,
-            entry.uri,
-            len(data),
+            read.image_id,
+            read.entry.uri,
+            len(read.data),
             checked.width,
             checked.height,
             checked.format,
             checked.mode,
             checked.exif_transposed,
-            data if ctx.recipe.ingest.embed else None,
+            read.data if ctx.recipe.ingest.embed else None,
         ],
     )
     stats.count("images")
-    return image_id
+    return read.image_id
 
 
 def _retry_stale_sources(ctx: Context) -> None:

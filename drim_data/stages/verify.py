@@ -110,14 +110,11 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
         return "unambiguous" if unambiguous else "ambiguous", unambiguous
 
     k = cfg.solver_samples
-    checks = [  # in the order whose first failure names the reason; variants keep every sample's cache key
-        Check(
-            "vote",
-            "teacher_disagrees",
-            cfg.votes,
-            lambda r: r >= cfg.min_agreement,
-            answers(teacher, crops, CROP_VIEW, 1),
-        ),
+    # cheapest per rejection first: one validator call; the global-view solver, which rejects the most items
+    # (questions a model answers without zooming) and is decided by two samples when it rejects; the votes; the
+    # crop solver. The first failure in this order names the reason, asked at once or as a cascade; variants keep
+    # every sample's cache key whatever the order.
+    checks = [
         Check("validator", "validator_ambiguous", 1, lambda r: r == 1, validator),
         Check(
             "solver_full",
@@ -125,6 +122,13 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
             k,
             lambda r: r <= cfg.solver_max_pass,
             answers(solver, [full], FULL_VIEW, 100),
+        ),
+        Check(
+            "vote",
+            "teacher_disagrees",
+            cfg.votes,
+            lambda r: r >= cfg.min_agreement,
+            answers(teacher, crops, CROP_VIEW, 1),
         ),
         Check(
             "solver_crop",
