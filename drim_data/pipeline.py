@@ -30,6 +30,7 @@ MODEL_PARTS = {
     "trajectories": ("trajectories", ["trajectory"], ["max_turns"]),
 }
 _ENDPOINT_IDENTITY = ("base_url", "model", "temperature", "max_tokens", "image_max_pixels", "json_schema")
+_READS_BOXES = ("ground", "trajectories")  # stages whose outputs are boxes the teacher wrote, in its convention
 
 
 def stage_settings(recipe: Recipe, stage: str) -> Any:
@@ -58,6 +59,8 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
             **{k: _identity(teacher.solver) if k == "solver" else to_plain(getattr(teacher, k)) for k in keys},
         }
         settings["model"].get("verification", {}).pop("cascade", None)  # what verify pays, not what it keeps
+        if stage in _READS_BOXES:
+            settings["model"]["boxes"] = teacher.endpoint.boxes
     return settings
 
 

@@ -146,6 +146,12 @@ class Price:
     output: float  # per million completion tokens
 
 
+# How an endpoint's model writes a box, over the image as it was sent (after the `image_max_pixels` downscale):
+# grid1000 [x1, y1, x2, y2] on 0..1000 (Qwen3-VL), pixels [x1, y1, x2, y2] in its pixels (Qwen2.5-VL),
+# unit [x1, y1, x2, y2] on 0..1, yx1000 [y1, x1, y2, x2] on 0..1000 (Gemini)
+BoxConvention = Literal["grid1000", "pixels", "unit", "yx1000"]
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     """An OpenAI-compatible endpoint. The key is read from the environment variable named here, never stored."""
@@ -163,6 +169,7 @@ class EndpointConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     image_max_pixels: int = 1024 * 1024  # images are downscaled to this budget before they are sent
+    boxes: BoxConvention = "grid1000"  # the coordinates its boxes come in (ground, trajectories' zooms)
     json_schema: bool = True  # the server honours response_format json_schema; else a tolerant parser + repair
     batch: bool = False  # submit through the Batch API (OpenAI; half price), poll, collect, resume
     batch_poll_s: float = 30.0

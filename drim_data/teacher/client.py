@@ -111,11 +111,20 @@ class _Replica:
     error: str = ""  # its last failure, for the message when none is left
 
 
+def sent_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The size an image reaches the endpoint at: downscaled to the pixel budget, never upscaled. A teacher's
+    boxes in pixels are in this size."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
 def image_part(image: Image.Image, max_pixels: int) -> tuple[dict, str]:
     """An image as a base64 JPEG data URL, downscaled to the pixel budget, and its content hash."""
-    if image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
+    size = sent_size(image.width, image.height, max_pixels)
+    if size != image.size:
+        image = image.resize(size)
     data = encode_jpeg(image, 90)
     url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
     return {"type": "image_url", "image_url": {"url": url}}, sha256(data)
