@@ -249,7 +249,13 @@ def ocr_reading(image: Image.Image, box: tuple) -> str:
     return " ".join(line.text for line in read_text(crop))
 
 
+NAMED_REGIONS = "SELECT count(*) FROM regions WHERE image_id = ? AND lower(label) != ?"
+
+
 def _generate(ctx: Context, stats: StageStats, image_id: str, width: int, height: int) -> None:
+    if not ctx.con.execute(NAMED_REGIONS, [image_id, GENERIC]).fetchone()[0]:
+        ctx.drop(stats, image_id, "no_questions", "no named region")  # nothing to ask: not worth a decode
+        return
     facts = image_facts(ctx.con, ctx.image(image_id), image_id, ctx.recipe.view)
     teacher, cfg = ctx.teacher, ctx.recipe.generate
     request = {
