@@ -3,22 +3,59 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drim_data.db import connect, reset_stage
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
+from drim_data.teacher.replies import ReplyError, read_name
 from tests.conftest import query
 from tests.fake_teacher import competent_teacher, images_of, task_of
 from tests.openai_server import FakeOpenAI
 from tests.test_teacher_stages import KEY_ENV, SECRET, teacher_recipe
 
 BOAT = {"label": "Boat", "whole": True, "description": "a white boat with a dark deck.", "reject": ""}
+VALUES = st.none() | st.booleans() | st.integers() | st.text(max_size=30) | st.lists(st.text(max_size=5), max_size=2)
+REPLIES = st.dictionaries(st.sampled_from(["label", "whole", "description", "reject", "x"]), VALUES, max_size=5)
 REGIONS = "SELECT region_id, source, label, x1, y1, x2, y2 FROM regions ORDER BY region_id"
 
 
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        (BOAT, {"label": "boat", "whole": True, "description": "a white boat with a dark deck."}),
+        (
+            {"label": "mast", "whole": False, "description": "", "reject": ""},
+            {"label": "mast", "whole": False, "description": ""},
+        ),
+        ({"label": "", "whole": False, "reject": " shadow on water "}, {"reject": "shadow on water"}),
+    ],
+)
+def test_a_name_reply_is_a_name_or_a_rejection(doc, expected):
+    assert read_name(doc) == expected
+
+
+@pytest.mark.parametrize("doc", [{"label": "object", "whole": True}, {"label": "boat"}, {"whole": True}, {}])
+def test_a_reply_that_names_no_class_is_unusable(doc):
+    with pytest.raises(ReplyError, match="label|whole"):
+        read_name(doc)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(REPLIES)
+def test_any_name_reply_gives_a_value_or_a_reply_error(doc):
+    try:
+        found = read_name(doc)
+    except ReplyError as exc:
+        assert exc.reason == "unparseable_reply" and exc.detail
+        return
+    assert set(found) in ({"reject"}, {"label", "whole", "description"})
 
 
 def one_of_each():
