@@ -22,7 +22,7 @@ from drim_data.stages.contract import StageStats, Track, _no_progress
 # What ingest writes: each partition gets its images' rows of these, as if it had ingested them itself.
 INGEST_TABLES = ("files", "images", "annotations", "complete_categories")
 # What the later stages write, merged from every partition (teacher calls from all of them, whatever their stage).
-STAGE_TABLES = ("regions", "questions", "verdicts", "votes", "trajectories", "observations")
+STAGE_TABLES = ("regions", "names", "questions", "verdicts", "votes", "trajectories", "observations")
 SHARED_TABLES = ("teacher_calls", "teacher_batches")
 
 

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS complete_categories (image_id VARCHAR, label VARCHAR,
 CREATE TABLE IF NOT EXISTS regions (
     region_id VARCHAR PRIMARY KEY, image_id VARCHAR, source VARCHAR, label VARCHAR,
     x1 INTEGER, y1 INTEGER, x2 INTEGER, y2 INTEGER, score DOUBLE);
+CREATE TABLE IF NOT EXISTS names (
+    region_id VARCHAR PRIMARY KEY, image_id VARCHAR, x1 INTEGER, y1 INTEGER, x2 INTEGER, y2 INTEGER, score DOUBLE,
+    label VARCHAR, description VARCHAR);
 CREATE TABLE IF NOT EXISTS teacher_calls (
     call_key VARCHAR PRIMARY KEY, stage VARCHAR, model VARCHAR, purpose VARCHAR, request JSON, response JSON,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, created_at TIMESTAMP,
@@ -57,6 +60,14 @@ CREATE TABLE IF NOT EXISTS exports (
     rows_sft INTEGER, rows_rl INTEGER, created_at TIMESTAMP);
 """
 
+# name labels proposals and removes those it drops, keeping each as mining wrote it (label NULL: removed); ground's
+# reset undoes that first, so that ground reruns on the proposals mining wrote
+UNNAME = [
+    "INSERT OR IGNORE INTO regions SELECT region_id, image_id, 'proposal', 'object', x1, y1, x2, y2, score "
+    "FROM names WHERE label IS NULL",
+    "UPDATE regions SET label = 'object' WHERE region_id IN (SELECT region_id FROM names)",
+    "DELETE FROM names",
+]
 # How to undo what each stage wrote; a stage whose settings changed is undone, and everything downstream.
 STAGE_RESETS = {
     "ingest": [
@@ -65,12 +76,14 @@ STAGE_RESETS = {
         "DELETE FROM annotations",
         "DELETE FROM complete_categories",
     ],
-    "mine": ["DELETE FROM regions"],
+    "mine": ["DELETE FROM regions", "DELETE FROM names"],
     # ground adds teacher regions and names the mined proposals it recognises
     "ground": [
+        *UNNAME,
         "DELETE FROM regions WHERE source = 'teacher'",
         "UPDATE regions SET label = 'object' WHERE source = 'proposal'",
     ],
+    "name": UNNAME,
     "generate": ["DELETE FROM questions"],
     "verify": ["DELETE FROM verdicts", "DELETE FROM votes"],
     "trajectories": ["DELETE FROM trajectories", "DELETE FROM observations"],

@@ -25,6 +25,7 @@ from drim_data.stages.contract import Context, StageStats, Track, _no_progress, 
 # The teacher-driven part each stage may have, the prompts it uses and the teacher settings it reads.
 MODEL_PARTS = {
     "ground": ("ground", ["ground"], ["tile_grid"]),
+    "name": ("name", ["name"], ["names_per_image"]),
     "generate": ("questions", ["questions", "questions_pair"], ["questions_per_image"]),
     "verify": ("verification", ["answer", "validate"], ["solver", "verification"]),
     "trajectories": ("trajectories", ["trajectory"], ["max_turns"]),

@@ -207,11 +207,12 @@ class TeacherVerification:
 class TeacherConfig:
     """Which stages a model teacher drives; the built-in teacher does the rest offline."""
 
-    stages: list[Literal["ground", "questions", "verification", "trajectories"]] = field(default_factory=list)
+    stages: list[Literal["ground", "name", "questions", "verification", "trajectories"]] = field(default_factory=list)
     endpoint: EndpointConfig | None = None
     solver: EndpointConfig | None = None  # answers without tools; may be the base model being trained
     verification: TeacherVerification = field(default_factory=TeacherVerification)
     tile_grid: int = 3  # grounding looks at the image in tile_grid x tile_grid overlapping tiles
+    names_per_image: int = 12  # name shows the teacher this many unlabelled proposals per image, best scored first
     questions_per_image: int = 6
     max_turns: int = 5
 
@@ -335,7 +336,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "solver_max_pass": SHARE,
         "crop_min_pass": SHARE,
     },
-    TeacherConfig: {"tile_grid": COUNT, "questions_per_image": COUNT, "max_turns": COUNT},
+    TeacherConfig: {"tile_grid": COUNT, "names_per_image": COUNT, "questions_per_image": COUNT, "max_turns": COUNT},
 }
 # Settings that moved, so an old recipe is told where to.
 MOVED = {"verify.referent_radius": "mine.unique_radius (one radius for mine, ground and verify)"}

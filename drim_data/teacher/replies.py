@@ -134,3 +134,19 @@ def read_tool_call(content: str | None, tool_calls: list[dict]) -> list[float] |
         return _box(arguments.get("bbox_2d"))
     except ReplyError as exc:
         raise ReplyError("malformed_tool_call", exc.detail) from None
+
+
+def read_name(doc: dict) -> dict:
+    """{"reject": why} for a region that holds no object; else its class, whether it is one whole object and what
+    tells it apart. A reply that names no class (or calls it just an object) is unusable, not a rejection."""
+    reject = doc.get("reject")
+    if isinstance(reject, str) and reject.strip():
+        return {"reject": reject.strip()[:200]}
+    whole, label, description = doc.get("whole"), doc.get("label"), doc.get("description") or ""
+    if not isinstance(whole, bool):
+        raise ReplyError(UNPARSEABLE, "expected 'whole': true|false, or the reason in 'reject'")
+    if not isinstance(label, str) or not label.strip() or label.strip().lower() in ("object", "thing", "unknown"):
+        raise ReplyError(UNPARSEABLE, f"'label' must name the object's class, got {label!r}"[:200])
+    if len(label.split()) > 4 or not isinstance(description, str):
+        raise ReplyError(UNPARSEABLE, "'label' is one to three words and 'description' a short text")
+    return {"label": label.strip().lower(), "whole": whole, "description": description.strip()[:200]}

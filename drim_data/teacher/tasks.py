@@ -20,6 +20,7 @@ from drim_data.teacher.replies import (
     ReplyError,
     parse_json,
     read_answer,
+    read_name,
     read_objects,
     read_questions,
     read_tool_call,
@@ -66,6 +67,16 @@ SCHEMAS: dict[str, dict] = {
             },
         },
         "required": ["referent", "questions"],
+    },
+    "name": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string"},
+            "whole": {"type": "boolean"},
+            "description": {"type": "string"},
+            "reject": {"type": "string"},  # why the region holds no object; empty when it is named
+        },
+        "required": ["label", "whole", "description", "reject"],
     },
     "answer": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
     "validate": {
@@ -165,8 +176,24 @@ async def ground_tile(
 _COORDINATES = re.compile(r"\d+\s*,\s*\d+|\(\s*\d+|\[\s*\d+|grid", re.IGNORECASE)
 
 
-def what_it_is(label: str | None) -> str:
-    return f"The object is a {label}." if label else "The object has no class name yet: name it yourself."
+async def name_region(teacher: Teacher, crop: Image.Image, stage: str) -> dict:
+    """The teacher's verdict on one outlined proposal: `read_name`'s, with no place named by coordinates (the
+    label and description go into later prompts)."""
+
+    def read(doc: dict) -> dict:
+        found = read_name(doc)
+        if _COORDINATES.search(found.get("label", "") + " " + found.get("description", "")):
+            raise ReplyError(UNPARSEABLE, "the label or description names a place by coordinates")
+        return found
+
+    system = load_prompt("name").render()
+    return await ask_json(teacher, "name", system, [image(crop)], read, stage=stage)
+
+
+def what_it_is(label: str | None, description: str = "") -> str:
+    if not label:
+        return "The object has no class name yet: name it yourself."
+    return f"The object is a {label}." + (f" It looks like this: {description.rstrip('.')}." if description else "")
 
 
 def read_referents(doc: dict, count: int) -> list[str]:
@@ -196,10 +223,16 @@ def _named(count: int) -> Callable[[dict], tuple[list[str], list[dict]]]:
 
 
 async def write_questions(
-    teacher: Teacher, full: Image.Image, crop: Image.Image, label: str | None, count: int, stage: str
+    teacher: Teacher,
+    full: Image.Image,
+    crop: Image.Image,
+    label: str | None,
+    count: int,
+    stage: str,
+    description: str = "",
 ) -> tuple[list[str], list[dict]]:
     """The teacher's referring expression for one outlined object and its questions about it."""
-    system = load_prompt("questions").render(what=what_it_is(label), count=count)
+    system = load_prompt("questions").render(what=what_it_is(label, description), count=count)
     return await ask_json(teacher, "questions", system, [image(full), image(crop)], _named(1), stage=stage)
 
 
@@ -210,9 +243,10 @@ async def write_pair_questions(
     labels: list[str | None],
     count: int,
     stage: str,
+    descriptions: tuple[str, str] = ("", ""),
 ) -> tuple[list[str], list[dict]]:
     system = load_prompt("questions_pair").render(
-        what_a=what_it_is(labels[0]), what_b=what_it_is(labels[1]), count=count
+        what_a=what_it_is(labels[0], descriptions[0]), what_b=what_it_is(labels[1], descriptions[1]), count=count
     )
     content = [image(full), *(image(c) for c in crops)]
     return await ask_json(teacher, "questions_pair", system, content, _named(2), stage=stage)
