@@ -225,6 +225,30 @@ def test_relative_position_is_asked_only_when_clear_on_one_axis():
     assert relation(below, island, facts(below, island), ALL) == "below"
 
 
+def test_relative_position_offers_no_other_relation_that_could_be_true():
+    """Far left and well below: "left" is the answer, so "below" may not be offered beside it."""
+    island = Instance("oil island", (1000, 400, 1200, 600))
+    low = Instance("ship", (100, 700, 120, 740), region_id="s")  # 900 px left, 100 px below the island's bottom
+    scene = facts(low, island)
+    assert relation(low, island, scene, ALL) == "left"
+    (q,) = ask(scene, ["relative_position"])
+    assert q["options"] in (["left", "right"], ["right", "left"])
+    assert q["options"][ord(q["answer"]) - 65] == "left" and q["question"].endswith("Answer with the option's letter.")
+    level = Instance("ship", (100, 480, 120, 520), region_id="s")  # level with the island: all four may be offered
+    (q,) = ask(facts(level, island), ["relative_position"])
+    assert sorted(q["options"]) == ["above", "below", "left", "right"]
+
+
+def test_two_option_questions_share_their_letters_evenly():
+    letters = collections.Counter()
+    for seed in range(80):
+        island = Instance("oil island", (1000, 400, 1200, 600))
+        y = 700 + seed % 5 * 40
+        ships = [Instance("ship", (100, y, 120, y + 40), region_id="s")]
+        letters.update(q["answer"] for q in ask(facts(*ships, island, image_id=f"{seed:064x}"), ["relative_position"]))
+    assert set(letters) == {"A", "B"} and abs(letters["A"] - letters["B"]) <= 0.2 * sum(letters.values()), letters
+
+
 def test_relative_position_referents_do_not_give_the_answer_away():
     boats = [boat(200, 480), boat(1600, 480)]
     island = Instance("oil island", (1000, 400, 1200, 600))
@@ -344,17 +368,20 @@ def scene_for(seed: int) -> ImageFacts:
 
 
 def test_answer_letters_are_balanced_within_each_image_and_across_many():
-    letters = collections.Counter()
+    """Among the questions with as many options, within an image and over many."""
+    letters = collections.defaultdict(collections.Counter)
     for seed in range(150):
-        per_image = collections.Counter(
-            q["answer"] for q in ask(scene_for(seed), ["colour", "count", "relative_position"]) if q["options"]
-        )
-        if per_image:
-            assert max(per_image.values()) - min(per_image.get(x, 0) for x in "ABCD") <= 1, per_image
-        letters += per_image
-    total = sum(letters.values())
-    assert total > 400
-    assert all(abs(letters[x] / total - 0.25) <= 0.025 for x in "ABCD"), letters  # within 10% of uniform
+        per_image = collections.defaultdict(collections.Counter)
+        for q in ask(scene_for(seed), ["colour", "count", "relative_position"]):
+            if q["options"]:
+                per_image[len(q["options"])][q["answer"]] += 1
+        for n, counts in per_image.items():
+            assert max(counts.values()) - min(counts.get(x, 0) for x in "ABCD"[:n]) <= 1, (n, counts)
+            letters[n] += counts
+    assert sum(letters[4].values()) > 300 and sum(letters[2].values()) > 50
+    for n, counts in letters.items():
+        total = sum(counts.values())
+        assert all(abs(counts[x] / total - 1 / n) <= 0.1 / n for x in "ABCD"[:n]), counts  # within 10% of uniform
 
 
 def test_questions_never_point_with_coordinates_and_are_deterministic():

@@ -34,7 +34,7 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "3"
+VERSION = "4"  # 4: relative position offers no relation that could be true as well
 
 PENDING = """
 SELECT image_id, width, height FROM images

@@ -18,6 +18,7 @@ balanced across a dataset.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import random
 from dataclasses import dataclass, field, replace
@@ -397,6 +398,14 @@ def _count(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Na
     return found[: cfg.per_image]
 
 
+def apart_on_both_axes(a: Instance, b: Instance, facts: ImageFacts, cfg: GenerateConfig) -> bool:
+    """Whether the boxes are clearly apart both across and up and down: then "left" and "below" can both be true."""
+    gx, gy = cfg.position_margin * facts.width, cfg.position_margin * facts.height
+    across = a.box[2] + gx <= b.box[0] or a.box[0] - gx >= b.box[2]
+    up_down = a.box[3] + gy <= b.box[1] or a.box[1] - gy >= b.box[3]
+    return across and up_down
+
+
 def relation(a: Instance, b: Instance, facts: ImageFacts, cfg: GenerateConfig) -> str | None:
     """Where `a` is relative to `b`, when clearly so on one axis and not on the other; else None."""
     gx, gy = cfg.position_margin * facts.width, cfg.position_margin * facts.height
@@ -455,7 +464,9 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
                 else f"Is {ref_a} above or below {ref_b}? Answer above or below."
             )
             return Draft("relative_position", stem, where, [], "text", a.label, [a, b], [ref_a, ref_b])
-        wrong = [OPPOSITE[where]] + [r for r in RELATIONS if r not in (where, OPPOSITE[where])]
+        wrong = [OPPOSITE[where]]
+        if not apart_on_both_axes(a, b, facts, cfg):  # else the other axis's relation could be true as well
+            wrong += [r for r in RELATIONS if r not in (where, OPPOSITE[where])]
         stem = f"Where is {ref_a} relative to {ref_b}?"
         return Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
 
@@ -536,15 +547,20 @@ WRITERS = {
 }
 
 
-def letter_of(rank: int, image_id: str) -> int:
-    """The correct option's position: an image's multiple-choice questions take the letters in turn, from an
-    offset that depends on the image, so letters come out balanced however many questions an image has."""
-    return (int(sha256_json(image_id)[:8], 16) + rank) % 4
+def letter_of(rank: int, image_id: str, options: int = 4) -> int:
+    """The correct option's position: an image's multiple-choice questions with as many options take the letters
+    in turn, from an offset that depends on the image, so letters come out balanced however many questions an image
+    has."""
+    return (int(sha256_json(image_id)[:8], 16) + rank) % options
 
 
 def _finish(facts: ImageFacts, drafts: list[Draft], rng: random.Random) -> list[dict]:
     choice = sorted((d for d in drafts if d.distractors), key=lambda d: sha256_json([d.stem, d.correct]))
-    letters = {id(d): letter_of(rank, facts.image_id) for rank, d in enumerate(choice)}
+    letters, ranks = {}, collections.Counter()
+    for d in choice:
+        n = len(d.distractors) + 1
+        letters[id(d)] = letter_of(ranks[n], facts.image_id, n)
+        ranks[n] += 1
     questions = []
     for d in drafts:
         base = {
