@@ -340,3 +340,23 @@ def test_samples_need_a_temperature(tiny_model, hrbench_tsv, tmp_path):
     command = f"eval --data {hrbench_tsv} --model {tiny_model} --report {tmp_path / 'r.json'} --samples 3"
     result = CliRunner().invoke(app, command.split())
     assert result.exit_code != 0 and "temperature" in str(result.exception)
+
+
+def test_hub_ids_load_their_config_and_split_at_the_pinned_revision(monkeypatch, hrbench_hub):
+    from drim_train import benchmarks
+
+    real, calls = benchmarks.load_dataset, []
+
+    def from_the_copy(path, name=None, split=None, revision=None):  # the Hub repository, served from its files
+        calls.append((path, name, split, revision))
+        return real(str(hrbench_hub), name, split=split)
+
+    monkeypatch.setattr(benchmarks, "load_dataset", from_the_copy)
+    assert len(load_benchmark("DreamMr/HR-Bench", benchmark="hrbench_8k", revision="abc123")) == 4
+    with pytest.warns(UserWarning, match="pin one with --data_revision"):
+        assert len(load_benchmark("DreamMr/HR-Bench")) == 8
+    assert calls == [
+        ("DreamMr/HR-Bench", "hrbench_version_split", "hrbench_8k", "abc123"),
+        ("DreamMr/HR-Bench", "hrbench_version_split", "hrbench_4k", None),
+    ]
+    assert load_benchmark("someone/else") is None
