@@ -158,8 +158,12 @@ def _table(data: str, benchmark: str | None, revision: str | None) -> tuple[str,
     path = Path(data)
     snapshot = benchmark is not None and (path / "README.md").exists() and not (path / VSTAR_QUESTIONS).exists()
     if path.exists() and not snapshot:
-        if not (path.is_dir() or path.suffix in (".parquet", ".tsv", ".jsonl")):
-            return None
+        if (path / "manifest.json").exists() or not (path.is_dir() or path.suffix in (".parquet", ".tsv", ".jsonl")):
+            return None  # a drim version, or no benchmark file
+        if (path / "README.md").exists() and not (path / VSTAR_QUESTIONS).exists():
+            raise ValueError(
+                f"{data} looks like a copy of a Hub repository: name it with --benchmark {sorted(SOURCES)}"
+            )
         if path.suffix == ".jsonl" and not _COLUMNS["vstar"] <= set(json.loads(path.open().readline())):
             return None  # drim's own V*-style JSONL
         table, root = _local_table(path)

@@ -205,6 +205,8 @@ def test_hrbench_tsv_and_hub_files(hrbench_tsv, hrbench_hub):
     assert len(load_benchmark(str(hrbench_hub), benchmark="hrbench_4k")) == 8
     assert len(load_benchmark(str(hrbench_hub), benchmark="hrbench_8k")) == 4
     assert len(load_benchmark(str(hrbench_hub / "hr_bench_8k.parquet"))) == 4
+    with pytest.raises(ValueError, match="--benchmark"):  # 4K and 8K side by side: which one is meant
+        load_benchmark(str(hrbench_hub))
 
 
 def test_mme_realworld_hub_files(mme_hub):
