@@ -122,9 +122,22 @@ class DrimGRPOConfig(GRPOConfig):
 
 @dataclass
 class EvalArguments:
-    data: str = field(metadata={"help": "A version folder (its RL split is evaluated) or a V*-style JSONL file."})
+    data: str = field(
+        metadata={
+            "help": "A published benchmark (Hub id such as lmms-lab/vstar-bench, or a local copy of its files), a "
+            "version folder (its RL split is evaluated) or a V*-style JSONL file."
+        }
+    )
     model: str = field(metadata={"help": "A local model folder or a Hub model id."})
     report: str = field(default="report.json", metadata={"help": "Where to write the JSON report."})
+    benchmark: str | None = field(
+        default=None,
+        metadata={
+            "help": "vstar, hrbench_4k, hrbench_8k, mme_realworld or mme_realworld_lite; read from --data's Hub "
+            "id or columns when unset (needed for a local copy of a Hub repository, and for HR-Bench 8K on the Hub)."
+        },
+    )
+    samples: int = field(default=1, metadata={"help": "k passes per question; k > 1 (sampled) reports Avg@k."})
     data_revision: str | None = field(default=None, metadata={"help": "Hub revision of --data."})
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of --model."})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "Dtype."})

@@ -1,10 +1,12 @@
 """Evaluation: the training tool loop without training, one fixed protocol, a JSON report and a short table.
 
-Reads the RL split of a version folder, or a V*-style JSONL file with one question per line:
+Reads a published benchmark (V*, HR-Bench 4K/8K, MME-RealWorld(-Lite): `drim_train/benchmarks.py`, scored as
+lmms-eval scores it), the RL split of a version folder, or a V*-style JSONL file with one question per line:
 `{"image": "relative/or/absolute.jpg", "question": "...", "options": ["...", ...], "answer": "B",
 "question_type": "...", "id": "..."}`; `answer` may be the letter or the option's text, `options` may be empty
 for short-answer questions, and `category` is read when `question_type` is absent (as in V* Bench).
-Defaults: greedy decoding, at most 5 zoom rounds, 256 new tokens per turn.
+Defaults: greedy decoding, at most 5 zoom rounds, 256 new tokens per turn; `samples` k > 1 with a temperature
+reports Avg@k, the mean of k sampled passes.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from drim_train import benchmarks
 from drim_train.configs import EvalArguments
 from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
 from drim_train.models import load_model, load_processor
 from drim_train.rewards import RedundancyPenalty, answer_correct, final_answer, well_formed, well_formed_call
 from drim_train.rollout import Rollout, rollout
 from drim_train.zoom_env import ZoomEnv
-from schemas.answers import LETTERS, with_options
-from schemas.rows import message
-from schemas.tool import SYSTEM_PROMPT, ZOOM, ZoomSpec, global_view, iou
+from schemas.answers import LETTERS
+from schemas.tool import ZOOM, ZoomSpec, iou
 
 
 def _mean(values: Iterable[float | bool]) -> float:
@@ -48,7 +50,7 @@ def _jsonl_record(record: dict, line: int) -> dict:
         "checker": "choice" if options else "text",
         "options": options,
         "image": record["image"],
-        "question": with_options(record["question"], options),
+        "question": record["question"],
     }
 
 
@@ -66,13 +68,17 @@ class JsonlRows(Sequence):
     def __getitem__(self, index: int) -> dict:
         record = dict(self.records[index])
         image = Image.open(self.root / record.pop("image")).convert("RGB")
-        prompt = [message("system", SYSTEM_PROMPT), message("user", record.pop("question"), images=1)]
-        return {**record, "prompt": prompt, "images": [global_view(image)], "original_image": image}
+        return benchmarks.eval_row(record, record.pop("question"), record.pop("options"), image)
 
 
-def load_rows(data: str, revision: str | None = None, limit: int | None = None) -> tuple[Sequence[dict], ZoomSpec]:
+def load_rows(
+    data: str, revision: str | None = None, limit: int | None = None, benchmark: str | None = None
+) -> tuple[Sequence[dict], ZoomSpec]:
     """Evaluation rows (`prompt`, `images` = [global view], `original_image`, answer columns), decoded one by one
     when indexed, and the zoom spec to evaluate with."""
+    published = benchmarks.load_benchmark(data, benchmark, revision, limit)
+    if published is not None:
+        return published, ZOOM
     if data.endswith(".jsonl"):
         rows, spec = JsonlRows(Path(data)), ZOOM
     else:
@@ -94,7 +100,12 @@ def _pairwise_ious(boxes: list[list[float]]) -> list[float]:
 def sample(r: Rollout, row: dict, penalty: RedundancyPenalty) -> dict:
     """What one rollout did, as the report lists it."""
     predicted = final_answer(r.completion)
-    correct = answer_correct(predicted, row["answer"], row["checker"], row.get("options"))
+    judged = {}
+    if "benchmark" in row:  # scored as lmms-eval scores the benchmark
+        prediction = benchmarks.reply(r.completion)
+        judged = {"benchmark": row["benchmark"], "meta": row["meta"], "prediction": prediction}
+        judged |= benchmarks.judge(row["benchmark"], prediction, row["answer"], row["meta"])
+    correct = judged.get("correct", answer_correct(predicted, row["answer"], row["checker"], row.get("options")))
     boxes = r.env.boxes_norm
     return {
         "id": row["id"],
@@ -113,6 +124,7 @@ def sample(r: Rollout, row: dict, penalty: RedundancyPenalty) -> dict:
         "first_turn_call": bool(r.completion) and well_formed_call(r.completion[0]),
         "cut": r.cut,
         "generated_tokens": r.generated_tokens,
+        **judged,
     }
 
 
@@ -147,6 +159,7 @@ def aggregate(samples: list[dict], penalty: RedundancyPenalty) -> dict:
             "mean_max_iou": _mean(s["max_iou"] for s in multi) if multi else None,
         },
         "mean_generated_tokens": _mean(s["generated_tokens"] for s in samples),
+        **({"benchmark": benchmarks.report(samples)} if samples and "benchmark" in samples[0] else {}),
         "samples": samples,
     }
 
@@ -158,7 +171,9 @@ def summarize(rollouts: list[Rollout], rows: list[dict], penalty: RedundancyPena
 def evaluate(args: EvalArguments) -> dict:
     """Roll out every row with its own zoom environment and write the report to `args.report`."""
     torch.manual_seed(args.seed)
-    rows, spec = load_rows(args.data, args.data_revision, args.limit)
+    if args.samples > 1 and args.temperature <= 0:
+        raise ValueError("--samples k > 1 averages sampled passes: set --temperature above 0")
+    rows, spec = load_rows(args.data, args.data_revision, args.limit, args.benchmark)
     if not rows:
         raise ValueError(f"{args.data} has no rows to evaluate")
     processor = load_processor(args.model, args.model_revision)
@@ -170,9 +185,10 @@ def evaluate(args: EvalArguments) -> dict:
     samples = []
     for start in range(0, len(rows), args.batch_size):  # rows are decoded batch by batch, never all at once
         batch = [rows[i] for i in range(start, min(start + args.batch_size, len(rows)))]
-        envs = [ZoomEnv(spec, max_turns=args.max_turns) for _ in batch]
-        rollouts = rollout(model, processor, batch, envs, args.max_turns, args.max_new_tokens, args.temperature)
-        samples += [sample(r, row, penalty) for r, row in zip(rollouts, batch, strict=True)]
+        for k in range(args.samples):
+            envs = [ZoomEnv(spec, max_turns=args.max_turns) for _ in batch]
+            rollouts = rollout(model, processor, batch, envs, args.max_turns, args.max_new_tokens, args.temperature)
+            samples += [{**sample(r, row, penalty), "pass": k} for r, row in zip(rollouts, batch, strict=True)]
     report = {
         "model": args.model,
         "data": args.data,
@@ -180,7 +196,9 @@ def evaluate(args: EvalArguments) -> dict:
             "max_turns": args.max_turns,
             "max_new_tokens": args.max_new_tokens,
             "temperature": args.temperature,
+            "samples": args.samples,
             "seed": args.seed,
+            "data_revision": args.data_revision,
         },
         **aggregate(samples, penalty),
     }
@@ -197,7 +215,17 @@ def table(report: dict) -> str:
 
     tools, red = report["tool_calls"], report["redundancy"]
     pairwise = red["mean_pairwise_iou"]
+    bench = report.get("benchmark")
+    scored = []
+    if bench:
+        at = "" if bench["k"] == 1 else f" (Avg@{bench['k']})"
+        scored = [
+            f"{bench['name'] + ' score' + at:<28}{pct(bench['score'])}",
+            *(f"{'  ' + c:<28}{pct(v['score'])} of {v['n']}" for c, v in bench["by_category"].items()),
+            f"{'  no option read':<28}{pct(bench['unmatched'])}",
+        ]
     lines = [
+        *scored,
         f"{'rows':<28}{report['n']}",
         f"{'accuracy':<28}{pct(report['accuracy'])}",
         *(f"{'  ' + t:<28}{pct(v['accuracy'])} of {v['n']}" for t, v in report["by_question_type"].items()),
