@@ -234,6 +234,9 @@ def test_relative_position_offers_no_other_relation_that_could_be_true():
     (q,) = ask(scene, ["relative_position"])
     assert q["options"] in (["left", "right"], ["right", "left"])
     assert q["options"][ord(q["answer"]) - 65] == "left" and q["question"].endswith("Answer with the option's letter.")
+    near = Instance("ship", (100, 610, 120, 650), region_id="s")  # 10 px below its bottom: "below" is true too
+    (q,) = ask(facts(near, island), ["relative_position"])
+    assert sorted(q["options"]) == ["left", "right"]
     level = Instance("ship", (100, 480, 120, 520), region_id="s")  # level with the island: all four may be offered
     (q,) = ask(facts(level, island), ["relative_position"])
     assert sorted(q["options"]) == ["above", "below", "left", "right"]

@@ -398,11 +398,10 @@ def _count(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Na
     return found[: cfg.per_image]
 
 
-def apart_on_both_axes(a: Instance, b: Instance, facts: ImageFacts, cfg: GenerateConfig) -> bool:
-    """Whether the boxes are clearly apart both across and up and down: then "left" and "below" can both be true."""
-    gx, gy = cfg.position_margin * facts.width, cfg.position_margin * facts.height
-    across = a.box[2] + gx <= b.box[0] or a.box[0] - gx >= b.box[2]
-    up_down = a.box[3] + gy <= b.box[1] or a.box[1] - gy >= b.box[3]
+def apart_on_both_axes(a: Instance, b: Instance) -> bool:
+    """Whether the boxes are apart both across and up and down, by any gap: then "left" and "below" are both true."""
+    across = a.box[2] <= b.box[0] or a.box[0] >= b.box[2]
+    up_down = a.box[3] <= b.box[1] or a.box[1] >= b.box[3]
     return across and up_down
 
 
@@ -465,7 +464,7 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
             )
             return Draft("relative_position", stem, where, [], "text", a.label, [a, b], [ref_a, ref_b])
         wrong = [OPPOSITE[where]]
-        if not apart_on_both_axes(a, b, facts, cfg):  # else the other axis's relation could be true as well
+        if not apart_on_both_axes(a, b):  # else the other axis's relation could be true as well
             wrong += [r for r in RELATIONS if r not in (where, OPPOSITE[where])]
         stem = f"Where is {ref_a} relative to {ref_b}?"
         return Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
