@@ -1,16 +1,20 @@
 """Recall of the classical proposer on annotated real photos: ground-truth boxes under 1% of the image area.
 
 For each K, the share of ground-truth boxes that some proposal among the top K overlaps at IoU >= 0.3 and >= 0.5,
-and the share of those K proposals that overlap no ground-truth box at that IoU ("miss"). A single image with N
-objects caps recall@K at K/N (the "bound" column). Proposals run exactly as in mining, without the filters that
-look beyond the box itself (zoom necessity, uniqueness).
+and the share of those K proposals that overlap no ground-truth box at that IoU ("miss"). Proposals run exactly as
+in mining, with the recipe's defaults, without the filters that look beyond the box itself (zoom necessity,
+uniqueness). Overall recall pools every ground-truth box of every image; overall miss pools every proposal.
 
-    python benchmarks/miner_recall.py [--min-side 32 16]
+By default every bundled annotated image is measured (the NEON forest's VOC boxes and both labelled COCO files);
+--images and --coco (repeatable, paired in order) measure other sets.
+
+    python benchmarks/miner_recall.py [--images DIR --coco FILE ...] [--json] [--min-side 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -21,9 +25,15 @@ from drim_data.pixels.candidates import proposal_factor, proposals
 from drim_data.pixels.images import decode
 from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig
 
-DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
-ANNOTATED = [(DEMO / "images" / "neon_2019_YELL_2_541000_4977000_image_crop.png", DEMO / "annotations")]
+DATA = Path(__file__).resolve().parents[1] / "data"
+BUNDLED = [
+    (DATA / "demo" / "images", AnnotationSource("voc", DATA / "demo" / "annotations")),
+    (DATA / "demo" / "images", AnnotationSource("coco", DATA / "demo" / "annotations" / "labelled.coco.json")),
+    (DATA / "fixtures" / "images", AnnotationSource("coco", DATA / "fixtures" / "annotations" / "labelled.coco.json")),
+]
 SMALL = 0.01  # ground truth under this share of the image area
+KS = (25, 50, 100)
+IOUS = (0.3, 0.5)
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -34,47 +44,85 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
+def annotated(sets: list[tuple[Path, AnnotationSource]]) -> list[tuple[Path, np.ndarray]]:
+    """(image file, its ground-truth boxes) for every image a source boxes; images with no boxes are skipped."""
+    found = []
+    for folder, source in sets:
+        for key, boxes in sorted(load_annotations(source).items()):
+            matches = [p for p in (folder / key, *folder.glob(f"{key}.*")) if p.is_file()]
+            if boxes and matches:
+                found.append((matches[0], np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], float)))
+    return found
+
+
+def measure(image: Path, boxes: np.ndarray, cfg: MineConfig) -> dict:
+    """Hits and misses of the pipeline's own proposals on one image, for every K and IoU."""
+    data = image.read_bytes()
+    width, height = decode(data).size
+    truth = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) < SMALL * width * height]
+    view = ViewConfig(min_resolvable_px=0)  # every small object counts, whether or not it needs a zoom
+    started = time.perf_counter()
+    found = np.array([c.box for c in proposals(data, width, height, cfg, view)], float).reshape(-1, 4)
+    seconds = time.perf_counter() - started
+    overlap = iou_matrix(truth, found) if len(truth) and len(found) else np.zeros((len(truth), len(found)))
+    counts = {}
+    for k in KS:
+        top = overlap[:, :k]
+        for t in IOUS:
+            counts[f"hit@{k}@{t}"] = int((top.max(axis=1, initial=0) >= t).sum())
+            counts[f"missed_proposals@{k}@{t}"] = int((top.max(axis=0, initial=0) < t).sum())
+            counts[f"proposals@{k}"] = top.shape[1]
+    factor = proposal_factor(width, height, cfg)
+    return {"image": image.name, "size": [width, height], "view": f"1/{factor}", "truth": len(truth)} | {
+        "seconds": round(seconds, 3),
+        "counts": counts,
+    }
+
+
+def rates(counts: dict, truth: int) -> dict[str, float]:
+    """recall@K@IoU over the ground truth and miss@K@IoU over the proposals, from pooled counts."""
+    out = {}
+    for k in KS:
+        for t in IOUS:
+            out[f"recall@{k}@{t}"] = round(counts[f"hit@{k}@{t}"] / truth, 3) if truth else 0.0
+            n = counts[f"proposals@{k}"]
+            out[f"miss@{k}@{t}"] = round(counts[f"missed_proposals@{k}@{t}"] / n, 3) if n else 0.0
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--min-side", type=int, nargs="+", default=[32, 16], help="proposal_min_side_px settings")
-    parser.add_argument("-k", type=int, nargs="+", default=[25, 50, 100])
+    parser.add_argument("--images", type=Path, action="append", default=[], help="a folder of images")
+    parser.add_argument("--coco", type=Path, action="append", default=[], help="its COCO boxes (one per --images)")
+    parser.add_argument("--min-side", type=int, help="proposal_min_side_px (default: the recipe's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
-    for image, boxes_folder in ANNOTATED:
-        data = image.read_bytes()
-        width, height = decode(data).size
-        boxes = load_annotations(AnnotationSource("voc", boxes_folder))[image.stem]
-        truth = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes])
-        truth = truth[(truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]) < SMALL * width * height]
-        ks = sorted(set(args.k) | {len(truth), 1000})
-        print(f"\n{image.name}: {width}x{height}, {len(truth)} ground-truth boxes under {SMALL:.0%} of the area")
-        for min_side in args.min_side:
-            cfg = MineConfig(top_k=max(ks), proposal_min_side_px=min_side)
-            view = ViewConfig(min_resolvable_px=0)
-            started = time.perf_counter()
-            found = np.array([c.box for c in proposals(data, width, height, cfg, view)], float).reshape(-1, 4)
-            seconds = time.perf_counter() - started
-            factor = proposal_factor(width, height, cfg)
-            print(f"\nproposal_min_side_px={min_side} (view 1/{factor}), {len(found)} proposals in {seconds:.2f} s")
-            print("|    K | bound | recall@0.3 | recall@0.5 | miss@0.3 | miss@0.5 |")
-            print("|-----:|------:|-----------:|-----------:|---------:|---------:|")
-            overlap = iou_matrix(truth, found)
-            for k in ks:
-                top = overlap[:, :k]
-                recall = [(top.max(axis=1) >= t).mean() if top.size else 0.0 for t in (0.3, 0.5)]
-                miss = [(top.max(axis=0) < t).mean() if top.size else 0.0 for t in (0.3, 0.5)]
-                bound = min(k, len(truth)) / len(truth)
-                cells = [f"{k:4d}", f"{bound:5.2f}", f"{recall[0]:10.3f}", f"{recall[1]:10.3f}"]
-                cells += [f"{miss[0]:8.3f}", f"{miss[1]:8.3f}"]
-                print("| " + " | ".join(cells) + " |")
-            sides = np.sqrt((truth[:, 2] - truth[:, 0]) * (truth[:, 3] - truth[:, 1]))
-            hit = overlap[:, : len(truth)].max(axis=1) >= 0.5 if overlap.size else np.zeros(len(truth), bool)
-            buckets = [(0, 24), (24, 32), (32, 48), (48, 1e9)]
-            row = ", ".join(
-                f"{lo}-{hi if hi < 1e9 else ''} px: {hit[(sides >= lo) & (sides < hi)].mean():.2f} "
-                f"(n={int(((sides >= lo) & (sides < hi)).sum())})"
-                for lo, hi in buckets
-            )
-            print(f"recall@{len(truth)} at IoU 0.5 by object size (sqrt of area): {row}")
+    if len(args.images) != len(args.coco):
+        parser.error("give one --coco file for each --images folder")
+    sets = [(d, AnnotationSource("coco", c)) for d, c in zip(args.images, args.coco, strict=True)] or BUNDLED
+    cfg = MineConfig(top_k=max(KS))
+    if args.min_side:
+        cfg = MineConfig(top_k=max(KS), proposal_min_side_px=args.min_side)
+
+    results = [measure(image, boxes, cfg) for image, boxes in annotated(sets)]
+    pooled = {key: sum(r["counts"][key] for r in results) for key in results[0]["counts"]} if results else {}
+    truth = sum(r["truth"] for r in results)
+    for r in results:
+        r["rates"] = rates(r["counts"], r["truth"])
+    overall = rates(pooled, truth) if results else {}
+    if args.json:
+        images = [{k: v for k, v in r.items() if k != "counts"} for r in results]
+        print(json.dumps({"images": images, "overall": overall | {"truth": truth}}, indent=1))
+        return
+    columns = [f"{m}@100@{t}" for m in ("recall", "miss") for t in IOUS]
+    columns = [f"recall@{k}@{t}" for k in (25, 50) for t in IOUS] + columns
+    print(f"Ground-truth boxes under {SMALL:.0%} of the image area; proposal_min_side_px={cfg.proposal_min_side_px}\n")
+    print("| image | view | n | s | " + " | ".join(columns) + " |")
+    print("|---|---|---:|---:|" + "---:|" * len(columns))
+    for r in results:
+        cells = [r["image"], r["view"], str(r["truth"]), f"{r['seconds']:.2f}"]
+        print("| " + " | ".join(cells + [f"{r['rates'][c]:.3f}" for c in columns]) + " |")
+    print("| overall | | " + str(truth) + " | | " + " | ".join(f"{overall[c]:.3f}" for c in columns) + " |")
 
 
 if __name__ == "__main__":
