@@ -23,7 +23,7 @@ from schemas.tool import global_view_scale
 
 GENERIC = "object"  # the label of a proposal: it could be anything, so it is ambiguous next to anything
 DUPLICATE_IOU = 0.3  # a proposal overlapping an annotation box more than this is the same object
-VIEW_MIN_PX = 4  # the smallest object sought spans at least this many pixels of the view it is proposed on
+VIEW_MIN_PX = 3  # the smallest object sought spans at least this many pixels of the view it is proposed on
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 """Classical small-object proposals: blobs in a difference-of-Gaussians scale space, no model weights.
 
 A blob is a patch brighter or darker than its surround, in luminance or in colour saturation (a saturated object
-on grey water can have the water's luminance). The scale space is built octave by octave on 8-bit images, so the
-cost is a few passes over the view whatever the sizes sought. Every local extremum in position and scale is a
-candidate; its box is the extent where the response stays above half its peak (so a ship gets a ship's aspect,
-not a square), and its score is its contrast against the clutter around it, as a CFAR ship detector does (an
-isolated boat on water outranks one more bump in a city's texture). Extrema on or next to constant no-data areas
-are dropped; non-maximum suppression then keeps the best top-K, at most a fair share per tile of the image.
-"""
+on grey water can have the water's luminance). The scale space is two image pyramids half an octave apart, every
+level blurred the same way in its own pixels, so the cost is a few passes over the view whatever the sizes sought.
+Every local maximum of a level's response is a candidate; its box is the extent where the response stays above a
+share of its peak (so a ship gets a ship's aspect, not a square), and a box far larger than its level's scale is
+dropped as spanning several blobs. Its score is its response against the clutter around it times how far its mean
+stands from the ring around it in units of that ring's spread, as a CFAR ship detector does (an isolated boat on
+water outranks one more bump in a city's texture). Boxes on or next to constant no-data areas are dropped;
+non-maximum suppression then keeps the best top-K, at most a fair share per tile of the image."""
 
 from __future__ import annotations
 
@@ -17,21 +18,24 @@ import math
 import cv2
 import numpy as np
 
-SIGMA0 = 1.6  # blur of each octave's base image, in its own pixels
-LEVELS = 3  # scales per octave
-SURROUND = 2  # a blob's response is G(sigma_j) - G(sigma_j+2): its surround is 2^(2/3) ~ 1.6x wider
+SIGMA0 = 1.6  # blur of every pyramid level, in its own pixels
+SURROUND = 1.6  # a blob's response is G(sigma) - G(1.6 sigma), the usual approximation of a Laplacian
 SIDE_PER_SIGMA = 2 * math.sqrt(2)  # a disc of this diameter / sigma gives the strongest scale-normalised response
 REACH = 5  # the window a box is fitted in, in sigmas each way: room for an object 3-4x longer than wide
 # a blob extends where its response is at least this share of its peak: the DoG's own surround lowers the
 # response inside an object's edge, so the half maximum cuts boxes short; 0.3 measured better on the bench
 HALF = 0.3
+FIT_LO, FIT_HI = 0.5, 2.0  # a box's size against its level's nominal side: a larger one spans several blobs
+EACH = 10  # x top_k: the strongest maxima per level and polarity that get a box (texture has thousands)
+LIMIT = 50  # x top_k: the best boxes of all levels and channels that go on to suppression
+RING = 2.0  # the surround a box is compared with: the box grown this many times each side, less the box
+NOISE = 4.0  # grey levels added to the surround's spread, so a flat surround does not make any step infinite
 CLUTTER = 8  # the surround clutter is measured over this many blob sides: wide enough to see texture as texture
 SCALE_PRIOR = 0.5  # score *= sigma**SCALE_PRIOR: without it, fine texture and noise outrank whole objects
 DARK_WEIGHT = 0.5  # dark blobs are more often shadows and gaps than objects
 MIN_CONTRAST = 8  # grey levels of blob response; weaker ones are texture and noise
 TILES = 4  # the image is cut into TILES x TILES tiles, and ...
 TILE_SHARE = 2  # ... none takes more than this many times its even share of top-K while others have candidates
-_SIGMAS = [SIGMA0 * 2 ** (j / LEVELS) for j in range(LEVELS + SURROUND + 2)]
 
 
 def propose(rgb: np.ndarray, top_k: int, min_side: float, max_side: float, nms_iou: float = 0.3) -> np.ndarray:
@@ -42,8 +46,8 @@ def propose(rgb: np.ndarray, top_k: int, min_side: float, max_side: float, nms_i
     half = cv2.resize(rgb[: h // 2 * 2, : w // 2 * 2], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     r, g, b = cv2.split(half)
     chroma = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
-    limit = 10 * top_k  # only the best can survive suppression
-    each = 2 * top_k  # boxes fitted per scale, channel and polarity: there are a dozen or more of them
+    limit = int(LIMIT * top_k)  # only the best can survive suppression
+    each = int(EACH * top_k)  # boxes fitted per scale, channel and polarity: there are a dozen or more of them
     found = [_blobs(luma, min_side, max_side, each)]
     if min(chroma.shape) >= 8:
         found.append(_blobs(chroma, min_side / 2, max_side / 2, each) * [2, 2, 2, 2, 1])
@@ -136,102 +140,99 @@ def _kernel(sigma: float) -> np.ndarray:
     return cv2.getGaussianKernel(k, sigma, cv2.CV_32F)
 
 
-def _gaussians(gray: np.ndarray, max_sigma: float) -> list[list[np.ndarray]]:
-    """Per octave, the base image blurred to SIGMA0 .. 2*SIGMA0; each octave starts from the last one, halved."""
-    base = _blur(gray, (SIGMA0**2 - 0.5**2) ** 0.5)  # a camera image is taken to carry a blur of 0.5 px
-    octaves: list[list[np.ndarray]] = []
-    while min(base.shape) >= 8 and (not octaves or SIGMA0 * 2 ** len(octaves) <= max_sigma):
-        blurred = [base]
-        for j in range(1, LEVELS + 1):
-            blurred.append(_blur(blurred[-1], (_SIGMAS[j] ** 2 - _SIGMAS[j - 1] ** 2) ** 0.5))
-        octaves.append(blurred)
-        base = np.ascontiguousarray(blurred[LEVELS][::2, ::2])
-    return octaves
-
-
-def _levels(o: int, min_side: float, max_side: float) -> list[int]:
-    """The levels of octave o whose blobs could be fitted to a box within the sides sought.
-
-    A fitted box can be up to about twice the nominal side (elongated objects) or half of it, so a level is kept
-    when its nominal side comes within a factor of two of the window; the fitted boxes are checked exactly later.
-    Level 0 of the first octave is kept too: its blobs are the smallest the view can show.
-    """
-    first = 0 if o == 0 else 1
-    return [j for j in range(first, LEVELS + 1) if min_side / 2 <= SIDE_PER_SIGMA * _SIGMAS[j] * 2**o <= 2 * max_side]
-
-
 def _blobs(gray: np.ndarray, min_side: float, max_side: float, limit: int) -> np.ndarray:
+    """Fitted boxes of bright and dark blobs at every scale whose nominal side comes within 2x of the window.
+
+    The scales are the levels of two image pyramids, one a half-octave below the other, each level blurred to
+    SIGMA0 and SURROUND x SIGMA0 in its own pixels: every level costs a quarter of the one before it, so the whole
+    scale space costs a few passes over the view. A fitted box can be up to twice its level's nominal side
+    (elongated objects) or half of it; the fitted boxes are checked exactly at the end.
+    """
     found = [np.zeros((0, 5))]
-    octaves = _gaussians(gray, 2 * max_side / SIDE_PER_SIGMA)
-    for o, blurred in enumerate(octaves):
-        levels = _levels(o, min_side, max_side)
-        if levels:  # blurs up to the surround of the widest level's neighbour, and no more
-            stack = blurred + _wider(octaves, o, levels[-1] + SURROUND + 2 - len(blurred))
-            found += [_extrema(stack, levels, o, polarity, limit) for polarity in (1, -1)]
+    for phase in (1.0, 2**-0.5):
+        level = gray if phase == 1.0 else cv2.resize(gray, None, fx=phase, fy=phase, interpolation=cv2.INTER_LINEAR)
+        while min(level.shape) >= 8:
+            scale = (gray.shape[1] / level.shape[1], gray.shape[0] / level.shape[0])  # view pixels per level pixel
+            nominal = SIDE_PER_SIGMA * SIGMA0 * scale[0]
+            if nominal > 2 * max_side:
+                break
+            if nominal >= min_side / 2:
+                near = _blur(level, SIGMA0)
+                far = _blur(near, SIGMA0 * (SURROUND**2 - 1) ** 0.5)
+                clutter = _clutter(near, far)
+                found += [_extrema(near, far, clutter, polarity, limit, scale) for polarity in (1, -1)]
+            level = cv2.resize(level, (level.shape[1] // 2, level.shape[0] // 2), interpolation=cv2.INTER_AREA)
     boxes = np.concatenate(found)
     height, width = gray.shape
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     size = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     inside = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= width) & (boxes[:, 3] <= height)
-    return boxes[inside & (sides >= min_side) & (size <= max_side)]
+    keep = inside & (sides >= min_side) & (size <= max_side)
+    boxes = boxes[keep]
+    if len(boxes):  # a larger box's mean is steadier than a small one's, so its step counts a little more
+        boxes[:, 4] *= _surround(gray, boxes) * np.sqrt(size[keep])
+    return boxes
 
 
-def _wider(octaves: list[list[np.ndarray]], o: int, count: int) -> list[np.ndarray]:
-    """Octave o's next `count` blurs past 2*SIGMA0: the next octave's brought back up (4x cheaper), else blurred on."""
-    h, w = octaves[o][0].shape
-    if o + 1 < len(octaves):
-        return [cv2.resize(g, (w, h), interpolation=cv2.INTER_LINEAR) for g in octaves[o + 1][1 : count + 1]]
-    wider = [octaves[o][-1]]
-    for j in range(LEVELS + 1, LEVELS + 1 + count):
-        wider.append(_blur(wider[-1], (_SIGMAS[j] ** 2 - _SIGMAS[j - 1] ** 2) ** 0.5))
-    return wider[1:]
+def _surround(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """How far each box's mean stands from the ring around it, in units of the ring's spread (a CFAR test).
+
+    An object on open ground differs from an even surround; a patch of texture differs little from a busy one.
+    """
+    total, squares = cv2.integral2(gray, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+    h, w = gray.shape
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+
+    def sums(half_w, half_h):
+        x1 = np.clip(np.round(cx - half_w), 0, w).astype(int)
+        x2 = np.clip(np.round(cx + half_w), 0, w).astype(int)
+        y1 = np.clip(np.round(cy - half_h), 0, h).astype(int)
+        y2 = np.clip(np.round(cy + half_h), 0, h).astype(int)
+        area = np.maximum((x2 - x1) * (y2 - y1), 1)
+        s = total[y2, x2] - total[y1, x2] - total[y2, x1] + total[y1, x1]
+        q = squares[y2, x2] - squares[y1, x2] - squares[y2, x1] + squares[y1, x1]
+        return s, q, area
+
+    s_in, q_in, a_in = sums(bw / 2, bh / 2)
+    s_out, q_out, a_out = sums(bw * RING / 2 + 1, bh * RING / 2 + 1)
+    ring = np.maximum(a_out - a_in, 1)
+    mean_ring = (s_out - s_in) / ring
+    var_ring = np.maximum((q_out - q_in) / ring - mean_ring**2, 0)
+    return np.abs(s_in / a_in - mean_ring) / (np.sqrt(var_ring) + NOISE)
 
 
-def _extrema(stack: list[np.ndarray], levels: list[int], o: int, polarity: int, limit: int) -> np.ndarray:
-    """Fitted boxes at the maxima, in position and scale, of the bright (polarity 1) or dark (-1) blob response."""
-    pairs = {j: (stack[j], stack[j + SURROUND]) for j in range(max(levels[0] - 1, 0), levels[-1] + 2)}
-    response = {j: cv2.subtract(a, b) if polarity > 0 else cv2.subtract(b, a) for j, (a, b) in pairs.items()}
-    local_max = {j: cv2.dilate(r, None) for j, r in response.items()}  # 8-bit, saturating differences
-    flags = np.zeros(stack[0].shape, np.uint8)  # one bit per level, so one scan finds every extremum
-    for bit, j in enumerate(levels):
-        peak = cv2.max(local_max[j], local_max[j + 1])
-        if j - 1 in local_max:
-            peak = cv2.max(peak, local_max[j - 1])
-        strong = cv2.compare(response[j], MIN_CONTRAST, cv2.CMP_GT)
-        mask = cv2.bitwise_and(cv2.compare(response[j], peak, cv2.CMP_GE), strong)
-        cv2.bitwise_or(flags, cv2.bitwise_and(mask, 1 << bit), dst=flags)
-    points = cv2.findNonZero(flags)  # (x, y) of every extremum; much faster than numpy on a sparse mask
+def _extrema(
+    near: np.ndarray, far: np.ndarray, clutter: np.ndarray, polarity: int, limit: int, scale: tuple[float, float]
+) -> np.ndarray:
+    """Fitted boxes, in view pixels, at the local maxima of one level's bright (polarity 1) or dark (-1) response."""
+    response = cv2.subtract(near, far) if polarity > 0 else cv2.subtract(far, near)
+    peak = cv2.dilate(response, None)
+    mask = cv2.bitwise_and(cv2.compare(response, peak, cv2.CMP_GE), cv2.compare(response, MIN_CONTRAST, cv2.CMP_GT))
+    points = cv2.findNonZero(mask)  # (x, y) of every maximum; much faster than numpy on a sparse mask
     if points is None:
         return np.zeros((0, 5))
     x, y = points.reshape(-1, 2).T
-    marks = flags[y, x]
-    found = []
-    for bit, j in enumerate(levels):
-        at = (marks & (1 << bit)) > 0
-        if not at.any():
-            continue
-        px, py = x[at], y[at]
-        peak = response[j][py, px].astype(np.float32)
-        if len(px) > limit:  # the strongest are the only ones that can make the top-K
-            best = np.argpartition(-peak, limit)[:limit]
-            px, py, peak = px[best], py[best], peak[best]
-        sigma = _SIGMAS[j]
-        clutter = _clutter(stack[j], stack[j + SURROUND], sigma)[py, px]
-        score = peak / (clutter + MIN_CONTRAST) * (sigma * 2**o) ** SCALE_PRIOR
-        score *= 1.0 if polarity > 0 else DARK_WEIGHT
-        x1, y1, x2, y2 = _fit(response[j], px, py, peak, math.ceil(REACH * sigma))
-        found.append(np.c_[np.c_[x1, y1, x2, y2] * 2.0**o, score])
-    return np.concatenate(found) if found else np.zeros((0, 5))
+    value = response[y, x].astype(np.float32)
+    if len(x) > limit:  # the strongest are the only ones that can make the top-K
+        best = np.argpartition(-value, limit)[:limit]
+        x, y, value = x[best], y[best], value[best]
+    score = value / (clutter[y, x] + MIN_CONTRAST) * (SIGMA0 * scale[0]) ** SCALE_PRIOR
+    score *= 1.0 if polarity > 0 else DARK_WEIGHT
+    x1, y1, x2, y2 = _fit(response, x, y, value, math.ceil(REACH * SIGMA0))
+    size = np.sqrt((x2 - x1) * (y2 - y1)) / (SIDE_PER_SIGMA * SIGMA0)
+    own = (size >= FIT_LO) & (size <= FIT_HI)  # a box much larger than its scale spans several blobs
+    return np.c_[np.c_[x1, y1, x2, y2] * [*scale, *scale], score][own]
 
 
-def _clutter(a: np.ndarray, b: np.ndarray, sigma: float) -> np.ndarray:
+def _clutter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The mean absolute blob response, either polarity, over CLUTTER blob sides around each pixel.
 
     Texture is many strong responses side by side; water, fields and roads around an object have few.
     """
-    side = 2 * round(CLUTTER * SIDE_PER_SIGMA * sigma / 2) + 1
+    side = 2 * round(CLUTTER * SIDE_PER_SIGMA * SIGMA0 / 2) + 1
     both = cv2.absdiff(a, b)
-    return cv2.blur(both, (side, side)).astype(np.float32)
+    return cv2.blur(both, (side, side))
 
 
 def _fit(response: np.ndarray, x: np.ndarray, y: np.ndarray, peak: np.ndarray, reach: int) -> tuple[np.ndarray, ...]:
