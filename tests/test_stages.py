@@ -166,3 +166,12 @@ def test_a_constant_border_yields_no_proposals():
     rgb[200:208, 300:308] = 220
     boxes = propose(rgb, top_k=50, min_side=4, max_side=60)
     assert len(boxes) and (boxes[:, 0] >= 120).all()
+
+
+def test_a_row_of_boats_gets_a_box_for_each_first():
+    rgb = _dark_water()
+    boats = [(150 + 16 * i, 200, 158 + 16 * i, 208) for i in range(5)]  # moored side by side, 8 px apart
+    for x1, y1, x2, y2 in boats:
+        rgb[y1:y2, x1:x2] = 220
+    best = propose(rgb, top_k=20, min_side=4, max_side=150)[: len(boats)]  # a box around the row ranks below them
+    assert all(max(iou(tuple(b[:4]), boat) for b in best) >= 0.8 for boat in boats)
