@@ -54,7 +54,7 @@ def first_turn_budget(version: Path, processor) -> int:
     """Tokens a first turn may take: the longest first assistant turn of the SFT rows (its reasoning and its call),
     plus room for the template's markup, so a rollout is never cut short of the call it is learning to make."""
     longest = 0
-    for row in load_split(version, "sft"):
+    for row in load_split(version, "sft").select_columns(["messages"]):  # the images need no decoding here
         turn = next(m for m in row["messages"] if m["role"] == "assistant")
         text = " ".join(b["text"] for b in turn["content"] or [] if b.get("text"))
         calls = json.dumps([c["function"] for c in turn.get("tool_calls") or []])

@@ -2,16 +2,17 @@
 
 For each K, the share of ground-truth boxes that some proposal among the top K overlaps at IoU >= 0.3 and >= 0.5,
 and the share of those K proposals that overlap no ground-truth box at that IoU ("miss"). Proposals run exactly as
-in mining, with the recipe's defaults, without the filters that look beyond the box itself (zoom necessity,
-uniqueness). Overall recall pools every ground-truth box of every image; overall miss pools every proposal.
-"kept_on_object" is the share of the regions mining keeps (every filter, recipe defaults, the image taken as
-unannotated) that overlap a ground-truth box at IoU >= 0.3, on the images a COCO file declares
-`complete_categories` for, where a region on nothing boxed is on no object of those classes.
+in mining, with the recipe's defaults: objects the model's view already resolves are not sought (`--every-size`
+seeks them too). The filters that look beyond the box itself (uniqueness) are left out. Overall recall pools
+every ground-truth box of every image; overall miss pools every proposal. "kept_on_object" is the share of the
+regions mining keeps (every filter, the image taken as unannotated) that overlap a ground-truth box at IoU >= 0.3,
+on the images a COCO file declares `complete_categories` for, where a region on nothing boxed is on no object of
+those classes.
 
 By default every bundled annotated image is measured (the NEON forest's VOC boxes and both labelled COCO files);
 --images and --coco (repeatable, paired in order) measure other sets.
 
-    python benchmarks/miner_recall.py [--images DIR --coco FILE ...] [--json] [--min-side 8]
+    python benchmarks/miner_recall.py [--images DIR --coco FILE ...] [--json] [--min-side 8] [--every-size]
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 
 from drim_data.pixels.annotations import load_annotations
 from drim_data.pixels.candidates import Job, mine_image, proposal_factor, proposals
-from drim_data.pixels.images import decode
+from drim_data.pixels.images import decode, sha256
+from drim_data.pixels.sources import ImageRef
 from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -68,23 +70,23 @@ def _complete(source: AnnotationSource) -> set[str]:
     return {im["file_name"] for im in images if im.get("complete_categories")}
 
 
-def kept_on_object(data: bytes, width: int, height: int, boxes: np.ndarray) -> tuple[int, int]:
-    """(kept regions on a ground-truth box, kept regions) of the mine stage run with the recipe's defaults."""
-    mined = mine_image(Job("bench", data, width, height, [], MineConfig(), ViewConfig()))
+def kept_on_object(ref: ImageRef, width: int, height: int, boxes: np.ndarray, cfg: MineConfig, view: ViewConfig):
+    """(kept regions on a ground-truth box, kept regions) of the mine stage with these settings."""
+    mined = mine_image(Job("bench", ref, width, height, [], cfg, view))
     kept = np.array([row[4:8] for row in mined.regions], float).reshape(-1, 4)
     if not len(kept):
         return 0, 0
     return int((iou_matrix(kept, boxes).max(axis=1) >= IOUS[0]).sum()), len(kept)
 
 
-def measure(image: Path, boxes: np.ndarray, complete: bool, cfg: MineConfig) -> dict:
+def measure(image: Path, boxes: np.ndarray, complete: bool, cfg: MineConfig, view: ViewConfig) -> dict:
     """Hits and misses of the pipeline's own proposals on one image, for every K and IoU."""
     data = image.read_bytes()
     width, height = decode(data).size
     truth = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) < SMALL * width * height]
-    view = ViewConfig(min_resolvable_px=0)  # every small object counts, whether or not it needs a zoom
     started = time.perf_counter()
-    found = np.array([c.box for c in proposals(data, width, height, cfg, view)], float).reshape(-1, 4)
+    ref = ImageRef(sha256(data), str(image), len(data), data)
+    found = np.array([c.box for c in proposals(ref, width, height, cfg, view)], float).reshape(-1, 4)
     seconds = time.perf_counter() - started
     overlap = iou_matrix(truth, found) if len(truth) and len(found) else np.zeros((len(truth), len(found)))
     counts = {}
@@ -94,7 +96,8 @@ def measure(image: Path, boxes: np.ndarray, complete: bool, cfg: MineConfig) -> 
             counts[f"hit@{k}@{t}"] = int((top.max(axis=1, initial=0) >= t).sum())
             counts[f"missed_proposals@{k}@{t}"] = int((top.max(axis=0, initial=0) < t).sum())
             counts[f"proposals@{k}"] = top.shape[1]
-    counts["on_object"], counts["kept"] = kept_on_object(data, width, height, boxes) if complete else (0, 0)
+    mined = kept_on_object(ref, width, height, boxes, MineConfig(), view) if complete else (0, 0)
+    counts["on_object"], counts["kept"] = mined
     factor = proposal_factor(width, height, cfg)
     return {"image": image.name, "size": [width, height], "view": f"1/{factor}", "truth": len(truth)} | {
         "seconds": round(seconds, 3),
@@ -120,6 +123,11 @@ def main() -> None:
     parser.add_argument("--coco", type=Path, action="append", default=[], help="its COCO boxes (one per --images)")
     parser.add_argument("--min-side", type=int, help="proposal_min_side_px (default: the recipe's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--every-size",
+        action="store_true",
+        help="seek objects the model's view already resolves too (the pipeline does not: view.min_resolvable_px)",
+    )
     args = parser.parse_args()
     if len(args.images) != len(args.coco):
         parser.error("give one --coco file for each --images folder")
@@ -128,7 +136,8 @@ def main() -> None:
     if args.min_side:
         cfg = MineConfig(top_k=max(KS), proposal_min_side_px=args.min_side)
 
-    results = [measure(image, boxes, complete, cfg) for image, boxes, complete in annotated(sets)]
+    view = ViewConfig(min_resolvable_px=0) if args.every_size else ViewConfig()  # the pipeline's: recipe defaults
+    results = [measure(image, boxes, complete, cfg, view) for image, boxes, complete in annotated(sets)]
     pooled = {key: sum(r["counts"][key] for r in results) for key in results[0]["counts"]} if results else {}
     truth = sum(r["truth"] for r in results)
     for r in results:

@@ -41,6 +41,17 @@ def generate(
     recipe: RecipeArg,
     until: Annotated[str | None, typer.Option(help=f"stop after this stage: {', '.join(ORDER)}")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            is_flag=False,
+            flag_value="local",
+            metavar="[ADDRESS]",
+            help="run partitions as Ray tasks: on a local Ray (--ray alone) or a cluster's (auto, ray://host:10001)",
+        ),
+    ] = None,
+    partitions: Annotated[int, typer.Option(help="with --ray: how many partitions the images are split into")] = 4,
 ) -> None:
     """Run the pipeline; resumes where a previous run stopped and writes a new version only if anything changed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -51,6 +62,8 @@ def generate(
 
     if until is not None and until not in ORDER:
         _fail(ValueError(f"--until must be one of {', '.join(ORDER)}"))
+    if ray is not None and until is not None:
+        _fail(ValueError("--until runs on one machine: leave out --ray"))
     bars = Progress(
         TextColumn("{task.description:<13}"),
         BarColumn(),
@@ -67,7 +80,13 @@ def generate(
     try:
         loaded = load_recipe(recipe)
         with bars:
-            result = run_pipeline(loaded, track=track, until=until)
+            if ray is None:
+                result = run_pipeline(loaded, track=track, until=until)
+            else:
+                from drim_data.cluster import run_partitioned
+
+                address = None if ray == "local" else ray
+                result = run_partitioned(loaded, partitions, address, track=track)
     except DrimError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -125,6 +144,14 @@ def status(recipe: RecipeArg) -> None:
             stage, model, str(ok), str(failed), str(prompt), str(completion), "-" if cost is None else f"{cost:.4f}"
         )
     console.print(teacher if st.teacher else "no teacher calls")
+    if st.per_kept:
+        costs = Table(title=f"model calls per kept item ({st.kept} kept by verify)")
+        for col in ("stage", "calls", "prompt tokens", "completion tokens", "calls/kept", "tokens/kept"):
+            costs.add_column(col, justify="left" if col == "stage" else "right")
+        for c in st.per_kept:
+            per = ["-" if v is None else f"{v:.1f}" for v in (c.calls_per_kept, c.tokens_per_kept)]
+            costs.add_row(c.stage, str(c.calls), str(c.prompt_tokens), str(c.completion_tokens), *per)
+        console.print(costs)
     for version, parent, sft, rl, path in st.versions:
         console.print(f"v{version} (parent {parent or '-'}): sft {sft}, rl {rl}  {path}", highlight=False)
 

@@ -11,8 +11,9 @@ import duckdb
 
 from drim_data.errors import DrimError
 
-DB_SCHEMA_VERSION = "4"  # 2: teacher calls record status, error, attempts and batch use; 3: regions unmeasured;
-# 4: annotations keep their attributes, and each image the classes it has complete boxes for
+DB_SCHEMA_VERSION = "5"  # 2: teacher calls record status, error, attempts and batch use; 3: regions unmeasured;
+# 4: annotations keep their attributes, and each image the classes it has complete boxes for; 5: images by
+# reference (uri, size; data only when embedded), files stamped by mtime, etag or dataset fingerprint
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -23,9 +24,9 @@ CREATE TABLE IF NOT EXISTS stage_runs (
 CREATE TABLE IF NOT EXISTS done (stage VARCHAR, item_id VARCHAR, PRIMARY KEY (stage, item_id));
 CREATE TABLE IF NOT EXISTS drops (stage VARCHAR, item_id VARCHAR, reason VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS files (
-    path VARCHAR PRIMARY KEY, size BIGINT, mtime_ns BIGINT, image_id VARCHAR, status VARCHAR);
+    path VARCHAR PRIMARY KEY, size BIGINT, stamp VARCHAR, image_id VARCHAR, status VARCHAR);
 CREATE TABLE IF NOT EXISTS images (
-    image_id VARCHAR PRIMARY KEY, source_path VARCHAR, width INTEGER, height INTEGER, format VARCHAR,
+    image_id VARCHAR PRIMARY KEY, uri VARCHAR, size BIGINT, width INTEGER, height INTEGER, format VARCHAR,
     mode VARCHAR, exif_transposed BOOLEAN, data BLOB);
 CREATE TABLE IF NOT EXISTS annotations (
     image_id VARCHAR, label VARCHAR, x1 DOUBLE, y1 DOUBLE, x2 DOUBLE, y2 DOUBLE, source VARCHAR, attributes JSON);
@@ -33,6 +34,9 @@ CREATE TABLE IF NOT EXISTS complete_categories (image_id VARCHAR, label VARCHAR,
 CREATE TABLE IF NOT EXISTS regions (
     region_id VARCHAR PRIMARY KEY, image_id VARCHAR, source VARCHAR, label VARCHAR,
     x1 INTEGER, y1 INTEGER, x2 INTEGER, y2 INTEGER, score DOUBLE);
+CREATE TABLE IF NOT EXISTS names (
+    region_id VARCHAR PRIMARY KEY, image_id VARCHAR, x1 INTEGER, y1 INTEGER, x2 INTEGER, y2 INTEGER, score DOUBLE,
+    label VARCHAR, description VARCHAR);
 CREATE TABLE IF NOT EXISTS teacher_calls (
     call_key VARCHAR PRIMARY KEY, stage VARCHAR, model VARCHAR, purpose VARCHAR, request JSON, response JSON,
     prompt_tokens INTEGER, completion_tokens INTEGER, latency_s DOUBLE, created_at TIMESTAMP,
@@ -56,6 +60,14 @@ CREATE TABLE IF NOT EXISTS exports (
     rows_sft INTEGER, rows_rl INTEGER, created_at TIMESTAMP);
 """
 
+# name labels proposals and removes those it drops, keeping each as mining wrote it (label NULL: removed); ground's
+# reset undoes that first, so that ground reruns on the proposals mining wrote
+UNNAME = [
+    "INSERT OR IGNORE INTO regions SELECT region_id, image_id, 'proposal', 'object', x1, y1, x2, y2, score "
+    "FROM names WHERE label IS NULL",
+    "UPDATE regions SET label = 'object' WHERE region_id IN (SELECT region_id FROM names)",
+    "DELETE FROM names",
+]
 # How to undo what each stage wrote; a stage whose settings changed is undone, and everything downstream.
 STAGE_RESETS = {
     "ingest": [
@@ -64,12 +76,14 @@ STAGE_RESETS = {
         "DELETE FROM annotations",
         "DELETE FROM complete_categories",
     ],
-    "mine": ["DELETE FROM regions"],
+    "mine": ["DELETE FROM regions", "DELETE FROM names"],
     # ground adds teacher regions and names the mined proposals it recognises
     "ground": [
+        *UNNAME,
         "DELETE FROM regions WHERE source = 'teacher'",
         "UPDATE regions SET label = 'object' WHERE source = 'proposal'",
     ],
+    "name": UNNAME,
     "generate": ["DELETE FROM questions"],
     "verify": ["DELETE FROM verdicts", "DELETE FROM votes"],
     "trajectories": ["DELETE FROM trajectories", "DELETE FROM observations"],

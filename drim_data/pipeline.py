@@ -18,24 +18,28 @@ import duckdb
 
 from drim_data import __version__, stages
 from drim_data.db import connect, reset_stage
+from drim_data.errors import DrimError
 from drim_data.recipe import Recipe, sha256_json, to_plain
 from drim_data.stages.contract import Context, StageStats, Track, _no_progress, as_run_fault, is_interrupt
 
 # The teacher-driven part each stage may have, the prompts it uses and the teacher settings it reads.
 MODEL_PARTS = {
     "ground": ("ground", ["ground"], ["tile_grid"]),
+    "name": ("name", ["name"], ["names_per_image"]),
     "generate": ("questions", ["questions", "questions_pair"], ["questions_per_image"]),
     "verify": ("verification", ["answer", "validate"], ["solver", "verification"]),
     "trajectories": ("trajectories", ["trajectory"], ["max_turns"]),
 }
 _ENDPOINT_IDENTITY = ("base_url", "model", "temperature", "max_tokens", "image_max_pixels", "json_schema")
+_READS_BOXES = ("ground", "trajectories")  # stages whose outputs are boxes the teacher wrote, in its convention
 
 
 def stage_settings(recipe: Recipe, stage: str) -> Any:
     """What a stage's output depends on: its own section, and its teacher's identity and prompts when it uses one.
 
-    Throughput settings (worker processes, in-flight, rate limits, timeouts, batch mode, prices) do not change
-    outputs, so changing them redoes nothing.
+    Throughput settings (worker processes, in-flight, rate limits, timeouts, batch mode, the verification
+    cascade, prices) and where image bytes are kept (`ingest.embed`) do not change outputs, so changing them
+    redoes nothing.
     """
     from drim_data.teacher.prompt_files import load_prompt
 
@@ -45,6 +49,7 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
         section.pop("workers")
         settings["view"] = to_plain(recipe.view)  # the first reader of the view: every later stage inherits it
     if stage == "ingest":
+        section.pop("embed")  # where the bytes are kept changes no output; ingest stores or clears them
         settings["annotation_files"] = [_file_digest(a.path) for a in recipe.ingest.annotations]
     teacher = recipe.teacher
     if stage in MODEL_PARTS and MODEL_PARTS[stage][0] in teacher.stages:
@@ -54,6 +59,9 @@ def stage_settings(recipe: Recipe, stage: str) -> Any:
             "prompts": [load_prompt(p).version for p in prompts],
             **{k: _identity(teacher.solver) if k == "solver" else to_plain(getattr(teacher, k)) for k in keys},
         }
+        settings["model"].get("verification", {}).pop("cascade", None)  # what verify pays, not what it keeps
+        if stage in _READS_BOXES:
+            settings["model"]["boxes"] = teacher.endpoint.boxes
     return settings
 
 
@@ -78,8 +86,13 @@ class RunResult:
     export: Any  # ExportResult
 
 
-def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None = None) -> RunResult:
+def run_pipeline(
+    recipe: Recipe, track: Track = _no_progress, until: str | None = None, after: str | None = None
+) -> RunResult:
     """Run every stage (or up to and including `until`), then export a new version if anything changed.
+
+    With `after`, the stages up to and including it are not run: their outputs are already in the database (a
+    partition seeded with its share of an ingest, or a merge of partitions), under the same settings.
 
     Raises `RunFault` for a fault of the whole run (disk full, read-only output, a failed database, or what a
     stage reports) and `KeyboardInterrupt` for an interrupt; either way nothing is exported and the database
@@ -87,7 +100,7 @@ def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None 
     """
     con = connect(recipe.db)
     try:
-        return _run(con, recipe, track, until)
+        return _run(con, recipe, track, until, after)
     except (OSError, RuntimeError, duckdb.Error) as exc:
         if is_interrupt(exc):  # a Ctrl-C that landed inside a query
             raise KeyboardInterrupt from exc
@@ -102,7 +115,9 @@ def run_pipeline(recipe: Recipe, track: Track = _no_progress, until: str | None 
             pass  # a database that failed has nothing left to close
 
 
-def _run(con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: str | None) -> RunResult:
+def _run(
+    con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: str | None, after: str | None
+) -> RunResult:
     from drim_data.stages import export
 
     ctx = Context(con, recipe, make_teacher(recipe), track)
@@ -110,8 +125,13 @@ def _run(con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: st
         ctx.model("teacher"), ctx.model("solver")
     results = []
     fingerprint = ""
+    skipping = after is not None
     for name, module in stages.modules().items():
-        fingerprint = sha256_json([fingerprint, name, module.VERSION, stage_settings(recipe, name)])
+        fingerprint = stage_fingerprint(recipe, name, fingerprint)
+        if skipping:
+            _check_done_elsewhere(con, name, fingerprint)
+            skipping = name != after
+            continue
         _invalidate_if_changed(con, name, fingerprint)
         results.append(_run_stage(ctx, name, module))
         if name == until:
@@ -120,6 +140,17 @@ def _run(con: duckdb.DuckDBPyConnection, recipe: Recipe, track: Track, until: st
     outcome = export.run(ctx, fingerprint)
     _record_run(con, recipe, "export", started, 1 if outcome.written else 0, outcome.counts())
     return RunResult(results, outcome)
+
+
+def stage_fingerprint(recipe: Recipe, stage: str, previous: str) -> str:
+    """A stage's settings chained with those of every stage before it."""
+    return sha256_json([previous, stage, stages.modules()[stage].VERSION, stage_settings(recipe, stage)])
+
+
+def _check_done_elsewhere(con: duckdb.DuckDBPyConnection, stage: str, fingerprint: str) -> None:
+    stored = con.execute("SELECT fingerprint FROM stage_state WHERE stage = ?", [stage]).fetchone()
+    if stored is None or stored[0] != fingerprint:
+        raise DrimError(f"{stage} has not run with these settings in this database; it cannot be skipped")
 
 
 def _invalidate_if_changed(con: duckdb.DuckDBPyConnection, stage: str, fingerprint: str) -> None:

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -35,9 +36,27 @@ class AnnotationSource:
 
 
 @dataclass(frozen=True)
+class DatasetSource:
+    """A dataset with an image column, read through `datasets`: each row is one image."""
+
+    path: str  # a Hub dataset id (org/name), a local Parquet file or folder, or a folder written by save_to_disk
+    revision: str | None = None  # Hub ids: the commit, tag or branch read (a commit keeps the images fixed)
+    split: str = "train"
+    image_column: str = "image"  # a datasets Image feature (or bytes); stored rows are read with decode=False
+    id_column: str | None = None  # a column naming rows uniquely (a file name, an id); else rows go by number
+    # per-row boxes in pixels, [x, y, width, height] as COCO has them: a list of {bbox, category (or label),
+    # attributes} or the Hub's object-detection form {bbox: [...], category: [...]}; class ids name a ClassLabel
+    annotations_column: str | None = None
+    complete: list[str] = field(default_factory=list)  # classes whose every visible instance each row boxes
+
+
+@dataclass(frozen=True)
 class IngestConfig:
-    images: Path
-    annotations: list[AnnotationSource] = field(default_factory=list)
+    # exactly one input: a folder of images, a local path or any fsspec URL (s3://, gs://, hf://, file://...) ...
+    images: str | None = None
+    dataset: DatasetSource | None = None  # ... or a dataset with an image column
+    embed: bool = False  # also store each image's bytes in the database (self-contained); else only its reference
+    annotations: list[AnnotationSource] = field(default_factory=list)  # matched by path under `images`, or row id
     max_pixels: int = 200_000_000  # larger images are refused as decompression bombs
     extensions: list[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"])
 
@@ -113,7 +132,10 @@ class TrajectoryConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    rl_share: float = 0.5  # items go to the RL split with this probability (by a hash of their id), else to SFT
+    rl_share: float = 0.5  # items go to the RL split with this probability (by a hash of `split_by`), else to SFT
+    # image: every item of an image lands in one split (no image in two); item: each item by its own hash, for a
+    # handful of images that would otherwise leave a split with one or two of them
+    split_by: Literal["image", "item"] = "image"
     rows_per_shard: int = 200
     global_view_quality: int = 90
 
@@ -124,11 +146,17 @@ class Price:
     output: float  # per million completion tokens
 
 
+# How an endpoint's model writes a box, over the image as it was sent (after the `image_max_pixels` downscale):
+# grid1000 [x1, y1, x2, y2] on 0..1000 (Qwen3-VL), pixels [x1, y1, x2, y2] in its pixels (Qwen2.5-VL),
+# unit [x1, y1, x2, y2] on 0..1, yx1000 [y1, x1, y2, x2] on 0..1000 (Gemini)
+BoxConvention = Literal["grid1000", "pixels", "unit", "yx1000"]
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     """An OpenAI-compatible endpoint. The key is read from the environment variable named here, never stored."""
 
-    base_url: str
+    base_url: str | list[str]  # several: replicas of one model (e.g. vLLM servers); each request to the least loaded
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     temperature: float = 0.7
@@ -141,10 +169,26 @@ class EndpointConfig:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     image_max_pixels: int = 1024 * 1024  # images are downscaled to this budget before they are sent
+    boxes: BoxConvention = "grid1000"  # the coordinates its boxes come in (ground, trajectories' zooms)
     json_schema: bool = True  # the server honours response_format json_schema; else a tolerant parser + repair
     batch: bool = False  # submit through the Batch API (OpenAI; half price), poll, collect, resume
     batch_poll_s: float = 30.0
     price: Price | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """`base_url` as a list: one URL, or every replica's."""
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+
+def url_problem(url: object) -> str | None:
+    """Why `url` cannot be an endpoint's base URL, or None."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        good = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        good = False
+    return None if good else f"{url!r} is not an http:// or https:// URL with a host, e.g. https://api.openai.com/v1"
 
 
 @dataclass(frozen=True)
@@ -154,17 +198,21 @@ class TeacherVerification:
     solver_samples: int = 4  # the solver answers this many times from the global view, and from the crop
     solver_max_pass: float = 0.25  # kept only if the solver's pass rate without zooming is at most this
     crop_min_pass: float = 0.5  # ... and its pass rate on the crop is at least this
+    # ask the checks one after another, each only until it is decided, and stop at the first that fails: the same
+    # verdicts as asking everything at once, for fewer calls (false: all at once, one round trip per item)
+    cascade: bool = True
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     """Which stages a model teacher drives; the built-in teacher does the rest offline."""
 
-    stages: list[Literal["ground", "questions", "verification", "trajectories"]] = field(default_factory=list)
+    stages: list[Literal["ground", "name", "questions", "verification", "trajectories"]] = field(default_factory=list)
     endpoint: EndpointConfig | None = None
     solver: EndpointConfig | None = None  # answers without tools; may be the base model being trained
     verification: TeacherVerification = field(default_factory=TeacherVerification)
     tile_grid: int = 3  # grounding looks at the image in tile_grid x tile_grid overlapping tiles
+    names_per_image: int = 12  # name shows the teacher this many unlabelled proposals per image, best scored first
     questions_per_image: int = 6
     max_turns: int = 5
 
@@ -288,12 +336,14 @@ RANGES: dict[type, dict[str, Range]] = {
         "solver_max_pass": SHARE,
         "crop_min_pass": SHARE,
     },
-    TeacherConfig: {"tile_grid": COUNT, "questions_per_image": COUNT, "max_turns": COUNT},
+    TeacherConfig: {"tile_grid": COUNT, "names_per_image": COUNT, "questions_per_image": COUNT, "max_turns": COUNT},
 }
 # Settings that moved, so an old recipe is told where to.
 MOVED = {"verify.referent_radius": "mine.unique_radius (one radius for mine, ground and verify)"}
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # `dataset` is a folder inside output_dir, and a Hub name
 EXTENSION = re.compile(r"\.[a-z0-9]+")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # an fsspec URL: s3://, gs://, hf://, file://, memory://...
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `name` or `org/name`
 
 
 def sha256_json(value: Any) -> str:
@@ -338,6 +388,8 @@ def load_recipe(path: str | Path) -> Recipe:
     recipe = _build(Recipe, data, path, "")
     if recipe.teacher.stages and recipe.teacher.endpoint is None:
         raise RecipeError(f"{path}: teacher.stages {recipe.teacher.stages} need teacher.endpoint")
+    for role in ("endpoint", "solver"):
+        _check_urls(getattr(recipe.teacher, role), path, f"teacher.{role}.base_url")
     if not PLAIN_NAME.fullmatch(recipe.dataset):
         raise RecipeError(
             f"{path}: dataset: {recipe.dataset!r} must be a plain folder name (letters, digits, '.', '_', '-'; "
@@ -346,8 +398,57 @@ def load_recipe(path: str | Path) -> Recipe:
     if recipe.mine.min_area_frac > recipe.mine.max_area_frac:
         raise RecipeError(f"{path}: mine.min_area_frac must be at most mine.max_area_frac: no region could pass")
     ingest = dataclasses.replace(recipe.ingest, extensions=_extensions(recipe.ingest.extensions, path))
+    ingest = _resolve_inputs(ingest, path, path.parent.resolve())
     recipe = dataclasses.replace(recipe, ingest=ingest)
     return dataclasses.replace(_resolve_paths(recipe, path.parent.resolve()), source=path)
+
+
+def _resolve_inputs(ingest: IngestConfig, file: Path, base: Path) -> IngestConfig:
+    """Exactly one input; a local folder or dataset path made absolute against the recipe's folder. A URL stays as
+    written, and so does a dataset path that names nothing here and reads as a Hub id (`name` or `org/name`)."""
+    if (ingest.images is None) == (ingest.dataset is None):
+        raise RecipeError(f"{file}: ingest needs exactly one of images (a folder or URL) and dataset")
+    if ingest.images is not None:
+        if not ingest.images or "\0" in ingest.images:
+            raise RecipeError(f"{file}: ingest.images: expected a folder or URL, got {ingest.images!r}")
+        if URL.match(ingest.images):
+            if "@" in ingest.images.split("://", 1)[1].split("/", 1)[0]:  # user:secret@host would be stored as is
+                raise RecipeError(
+                    f"{file}: ingest.images: give the store's credentials in its environment variables or config, "
+                    "not in the URL (it is recorded with every image)"
+                )
+            return ingest
+        return dataclasses.replace(ingest, images=str(_local(ingest.images, base, file, "ingest.images")))
+    source = ingest.dataset
+    if not source.path or "\0" in source.path:
+        raise RecipeError(f"{file}: ingest.dataset.path: expected a dataset id or path, got {source.path!r}")
+    local = _local(source.path, base, file, "ingest.dataset.path")
+    if local.exists() or not HUB_ID.fullmatch(source.path) or source.path.endswith(".parquet"):
+        source = dataclasses.replace(source, path=str(local))
+    return dataclasses.replace(ingest, dataset=source)
+
+
+def _local(text: str, base: Path, file: Path, key: str) -> Path:
+    try:
+        return (base / Path(text).expanduser()).resolve()
+    except (RuntimeError, OSError) as exc:  # `~nobody`, a symlink loop
+        raise RecipeError(f"{file}: {key}: {text!r} is not a usable path: {exc}") from None
+
+
+def _check_urls(endpoint: EndpointConfig | None, file: Path, key: str) -> None:
+    """One URL, or a list of distinct replicas' URLs, each http(s) with a host."""
+    if endpoint is None:
+        return
+    urls = endpoint.urls
+    if not urls:
+        raise RecipeError(f"{file}: {key}: the list of replicas is empty")
+    for i, url in enumerate(urls):
+        problem = url_problem(url)
+        where = key if isinstance(endpoint.base_url, str) else f"{key}[{i}]"
+        if problem:
+            raise RecipeError(f"{file}: {where}: {problem}")
+        if url in urls[:i]:
+            raise RecipeError(f"{file}: {where}: {url!r} is listed twice")
 
 
 def _extensions(extensions: list[str], file: Path) -> list[str]:
@@ -430,6 +531,8 @@ def _convert(tp: Any, value: Any, file: Path, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if isinstance(value, list):  # `str | list[str]`: a list takes the list form
+            inner = [a for a in inner if typing.get_origin(a) is list] or inner
         return _convert(inner[0], value, file, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, file, key + ".")

@@ -83,3 +83,7 @@ def tiny_model(out_dir: Path, seed: int = 0) -> None:
     from drim_train.tiny_model import build_tiny_model
 
     print(f"tiny model written to {build_tiny_model(out_dir, seed=seed)}")
+
+
+if __name__ == "__main__":  # `python -m drim_train.cli`, as `python -m drim_train`
+    app(prog_name="drim-train")

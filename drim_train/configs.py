@@ -22,9 +22,49 @@ class DataModelArguments:
     data_revision: str | None = field(default=None, metadata={"help": "Hub revision of --data, e.g. the tag v1."})
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision of --model."})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "Dtype the weights are loaded in."}
+        default="float32",
+        metadata={
+            "help": "Dtype the trained (master) weights are held in. float32: bf16 compute comes from --bf16, on by "
+            "default on a bf16 GPU, while the optimizer updates full-precision weights (at lr 1e-6 a bf16 weight "
+            "mostly cannot move). auto: the checkpoint's own dtype."
+        },
     )
     validate: bool = field(default=True, metadata={"help": "Check every row against schemas/ before training."})
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters instead of every weight; the saved model has them merged in."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "Modules given adapters: by default the language model's attention projections."},
+    )
+
+
+def lora_config(args: DataModelArguments):
+    """The LoRA adapters to train, or None for full fine-tuning."""
+    if not args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=list(args.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def resume_point(config) -> str | bool | None:
+    """What `--resume_from_checkpoint` names: a checkpoint folder, or `true`/`last` for the newest one in
+    `output_dir`; the trainer then continues at its saved step, optimizer and scheduler included."""
+    value = config.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    return True if str(value).lower() in ("true", "last") else str(value)
 
 
 def _bf16_where_supported(config: SFTConfig | GRPOConfig) -> None:
@@ -56,7 +96,10 @@ class DrimGRPOConfig(GRPOConfig):
         default=0.5, metadata={"help": "ε, the IoU below which two zooms are not redundant."}
     )
     mask_over_turn: bool = field(
-        default=True, metadata={"help": "Rollouts cut by the turn limit before answering carry no gradient."}
+        default=True,
+        metadata={
+            "help": "Rollouts cut by the turn limit or the completion budget before answering carry no gradient."
+        },
     )
     max_tool_calling_iterations: int | None = field(
         default=DEFAULT_MAX_TURNS, metadata={"help": "Turn limit: the most zoom rounds one rollout may make."}
@@ -64,6 +107,11 @@ class DrimGRPOConfig(GRPOConfig):
 
     def __post_init__(self):
         _bf16_where_supported(self)
+        if self.mask_truncated_completions:
+            raise ValueError(
+                "--mask_truncated_completions is TRL's, and fails on rollouts that hold crops; drim masks rollouts "
+                "cut by the completion budget or the turn limit itself (--mask_over_turn, on by default)"
+            )
         unknown = set(self.reward_funcs) - set(REWARD_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown reward_funcs {sorted(unknown)}; choose among {sorted(REWARD_WEIGHTS)}")

@@ -35,3 +35,14 @@ def load_processor(path: str, revision: str | None = None) -> ProcessorMixin:
 
 def load_model(path: str, revision: str | None = None, dtype: str = "auto") -> torch.nn.Module:
     return AutoModelForImageTextToText.from_pretrained(path, revision=revision, dtype=DTYPES[dtype])
+
+
+def save_trained(trainer, out: str) -> None:
+    """The trained model and its processor, as a plain checkpoint the next stage loads: LoRA adapters are merged
+    into the weights first."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):  # a peft model
+        model.merge_and_unload().save_pretrained(out)
+    else:
+        trainer.save_model(out)
+    trainer.processing_class.save_pretrained(out)

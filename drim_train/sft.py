@@ -9,9 +9,9 @@ from __future__ import annotations
 from trl import SFTTrainer
 
 from drim_train.collator import ZoomSFTCollator
-from drim_train.configs import DataModelArguments, DrimSFTConfig
+from drim_train.configs import DataModelArguments, DrimSFTConfig, lora_config, resume_point
 from drim_train.data import load_split, read_manifest, resolve, zoom_spec
-from drim_train.models import load_model, load_processor
+from drim_train.models import load_model, load_processor, save_trained
 
 
 def build_trainer(args: DataModelArguments, config: DrimSFTConfig) -> SFTTrainer:
@@ -24,13 +24,17 @@ def build_trainer(args: DataModelArguments, config: DrimSFTConfig) -> SFTTrainer
         processor, tools=[spec.schema()], assistant_only_loss=config.assistant_only_loss, max_length=config.max_length
     )
     return SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=processor, data_collator=collator
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=collator,
+        peft_config=lora_config(args),
     )
 
 
 def main(args: DataModelArguments, config: DrimSFTConfig) -> SFTTrainer:
     trainer = build_trainer(args, config)
-    trainer.train()
-    trainer.save_model(config.output_dir)
-    trainer.processing_class.save_pretrained(config.output_dir)
+    trainer.train(resume_from_checkpoint=resume_point(config))
+    save_trained(trainer, config.output_dir)
     return trainer

@@ -18,12 +18,20 @@ from schemas.geometry import GRID, grid_to_pixels, iou, normalise, pixels_to_gri
 
 TOOL_NAME = "zoom_in"
 
-SYSTEM_PROMPT = (
-    "You answer questions about high-resolution images. The image you see is downscaled, so small details may be "
-    "unreadable. Call the zoom_in tool with a box [x1, y1, x2, y2] on a 0-1000 grid over the original image to see "
-    "that region at full resolution; you may call it several times. Think inside <think></think>, then either call "
-    "the tool or give the final answer inside <answer></answer>."
-)
+GRID_BOX = "a box [x1, y1, x2, y2] on a 0-1000 grid over the original image"
+
+
+def system_prompt(box: str = GRID_BOX) -> str:
+    """The instructions a model zooms by; `box` says how it writes a box (a teacher may keep its own convention)."""
+    return (
+        "You answer questions about high-resolution images. The image you see is downscaled, so small details may "
+        f"be unreadable. Call the zoom_in tool with {box} to see that region at full resolution; you may call it "
+        "several times. Think inside <think></think>, then either call the tool or give the final answer inside "
+        "<answer></answer>."
+    )
+
+
+SYSTEM_PROMPT = system_prompt()
 
 
 GLOBAL_VIEW_PIXELS = 1280 * 28 * 28  # the model sees the whole image downscaled to this many pixels
@@ -137,10 +145,11 @@ class ZoomSpec:
         return self.crop(image, box), box
 
 
-def observation_text(bbox_2d: Sequence[float], box_px: Sequence[int]) -> str:
-    """The text that accompanies a crop in the tool's reply (the crop itself precedes it)."""
-    grid = [round(v) for v in bbox_2d]
-    return f"Zoomed view of {grid}: {box_px[2] - box_px[0]}x{box_px[3] - box_px[1]} px of the original image."
+def observation_text(bbox_2d: Sequence[float], box_px: Sequence[int], digits: int | None = None) -> str:
+    """The text that accompanies a crop in the tool's reply (the crop itself precedes it); the box is shown with
+    `digits` decimals (None: whole numbers, as on the grid)."""
+    shown = [round(v, digits) for v in bbox_2d]
+    return f"Zoomed view of {shown}: {box_px[2] - box_px[0]}x{box_px[3] - box_px[1]} px of the original image."
 
 
 def tool_call(bbox_2d: Sequence[int], label: str | None = None) -> dict:

@@ -9,6 +9,7 @@ produces: rate limits, server errors, timeouts, dropped connections and truncate
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import random
@@ -172,3 +173,46 @@ def with_faults(responder: Callable[[dict], object], share: float, seed: int = 0
         return fault or responder(body)
 
     return faulty
+
+
+# What share of a question's verification samples come out right, by the kind of question it is: (kind, share of
+# questions, votes on the crop, validator says unambiguous, solver on the global view, solver on the crop).
+MIX = [
+    ("good", 0.40, 0.97, True, 0.10, 0.85),
+    ("bad_reference", 0.10, 0.30, True, 0.10, 0.30),
+    ("ambiguous", 0.10, 0.95, False, 0.10, 0.85),
+    ("easy", 0.30, 0.95, True, 0.70, 0.90),
+    ("hard", 0.10, 0.95, True, 0.05, 0.25),
+]
+
+
+def _share(*parts: object) -> float:
+    return int(hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:8], 16) / 16**8
+
+
+def mixed_verifier(responder: Callable[[dict], object] = competent_teacher) -> Callable[[dict], object]:
+    """`responder`, except that verification's answers and validations make a realistic mix: each question gets a
+    kind from a hash of its text (`MIX`), and each sample a right or wrong answer from a hash of the request, so the
+    same request always gets the same reply, whatever else was asked and in which order."""
+
+    def reply(body: dict):
+        task = task_of(body)
+        if task not in ("answer", "validate"):
+            return responder(body)
+        question = question_of(body)
+        u, kind = _share(question), MIX[-1]
+        for row in MIX:
+            if u < row[1]:
+                kind = row
+                break
+            u -= row[1]
+        if task == "validate":
+            return json.dumps({"unambiguous": kind[3], "reason": kind[0]})
+        view = "full" if "whole scene" in body["messages"][0]["content"] else "crop"
+        solver = body.get("seed", 0) >= 100
+        p = kind[{(False, "crop"): 2, (True, "full"): 4, (True, "crop"): 5}[(solver, view)]]
+        right = "yes" if "share a colour" in question else _correct(question)
+        wrong = "no" if right == "yes" else ("A" if right != "A" and len(right) == 1 else "red")
+        return json.dumps({"answer": right if _share(question, view, body.get("seed")) < p else wrong})
+
+    return reply

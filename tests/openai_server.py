@@ -12,6 +12,7 @@ import email.policy
 import hashlib
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class _Server(ThreadingHTTPServer):
     request_queue_size = 256  # the default backlog of 5 refuses bursts of new connections
     daemon_threads = True
+    killed = False
+
+    def handle_error(self, request, client_address) -> None:  # a killed server's handlers fail quietly
+        if not self.killed:
+            super().handle_error(request, client_address)
 
 
 @dataclass
@@ -65,6 +71,7 @@ class LoggedRequest:
     body: dict | None
     status: int
     answered: bool = False  # a 200 whose body has choices: a reply the client was billed for and could use
+    at: float = field(default_factory=time.monotonic)  # when it was answered
 
     @property
     def digest(self) -> str:
@@ -85,6 +92,7 @@ class FakeOpenAI:
         self.release = threading.Event()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()  # open client connections, which `kill` resets
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -97,8 +105,22 @@ class FakeOpenAI:
         return self
 
     def __exit__(self, *exc) -> None:
+        if not self._server.killed:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def kill(self) -> None:
+        """Die as a crashed server does: its port refuses connections and every open one is reset mid-request."""
+        self._server.killed = True
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def successful(self, path: str = "/v1/chat/completions") -> list[LoggedRequest]:
         return [r for r in self.log if r.path == path and r.answered]
@@ -154,6 +176,19 @@ class FakeOpenAI:
 
             def log_message(self, *args) -> None:  # quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with server._lock:
+                    server._connections.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:  # reset by `kill`
+                    pass
 
             def _send(self, status: int, body: dict | str | bytes, headers: dict | None = None) -> None:
                 data = (

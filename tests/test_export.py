@@ -265,3 +265,19 @@ def test_answer_letters_take_turns_within_a_split_whatever_verify_dropped():
         assert turns[0]["content"][1]["text"] == o.question
         assert extract_answer(turns[1]["content"][0]["text"]) == o.answer
     assert out[8] == items[8]  # a short answer is left as it is
+
+
+def test_split_by_image_keeps_every_item_of_an_image_in_one_split():
+    by_image, by_item = export.ExportConfig(rl_share=0.5), export.ExportConfig(rl_share=0.5, split_by="item")
+    images = [f"image-{i}" for i in range(40)]
+    for image in images:
+        splits = {export.split_of(f"{image}/q{q}", image, by_image) for q in range(12)}
+        assert len(splits) == 1  # all twelve items of the image together
+    assert {export.split_of("q", image, by_image) for image in images} == {"sft", "rl"}
+    assert len({export.split_of(f"image-0/q{q}", "image-0", by_item) for q in range(40)}) == 2
+    # an item with no search to show is an RL prompt, unless its image is bound for SFT
+    sft_image = next(i for i in images if export.split_of("q", i, by_image) == "sft")
+    rl_image = next(i for i in images if export.split_of("q", i, by_image) == "rl")
+    assert export.split_of("q", sft_image, by_image, has_dialogue=False) is None
+    assert export.split_of("q", rl_image, by_image, has_dialogue=False) == "rl"
+    assert export.split_of("q", sft_image, by_item, has_dialogue=False) == "rl"

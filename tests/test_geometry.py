@@ -30,10 +30,12 @@ coords = st.floats(-1e4, 1e4, allow_nan=False)
 @st.composite
 def boxes(draw, width: float = 1e4, height: float = 1e4, integer: bool = False, min_side: float = 0):
     """A box with x1 <= x2, y1 <= y2 inside [0, width] x [0, height]."""
-    number = (lambda hi: st.integers(0, int(hi))) if integer else (lambda hi: st.floats(0, hi, allow_nan=False))
-    x1, y1 = draw(number(width - min_side)), draw(number(height - min_side))
-    x2 = draw(number(width).filter(lambda v: v >= x1 + min_side))
-    y2 = draw(number(height).filter(lambda v: v >= y1 + min_side))
+
+    def number(lo: float, hi: float):  # drawn inside its range, never filtered: no example is thrown away
+        return st.integers(math.ceil(lo), int(hi)) if integer else st.floats(lo, hi, allow_nan=False)
+
+    x1, y1 = draw(number(0, width - min_side)), draw(number(0, height - min_side))
+    x2, y2 = draw(number(min(x1 + min_side, width), width)), draw(number(min(y1 + min_side, height), height))
     return [x1, y1, x2, y2]
 
 

@@ -63,7 +63,7 @@ def test_a_renamed_or_restored_image_is_the_same_image_and_a_settings_change_rem
         "forest.png": before["forest.png"],
     }
     assert drops(tmp_path) == {}
-    sources = query(tmp_path / "state.duckdb", "SELECT source_path FROM images ORDER BY source_path")
+    sources = query(tmp_path / "state.duckdb", "SELECT uri FROM images ORDER BY uri")
     assert [os.path.basename(p) for (p,) in sources] == ["forest.png", "harbour.jpg", "open_sea.jpg"]
 
     changed = ingest(tmp_path, three, until="mine", mine={"top_k": 40})

@@ -83,7 +83,7 @@ def test_removing_an_input_image_removes_its_items(tmp_path, small_images):
     recipe = load_recipe(write_recipe(tmp_path, small_images))
     first = run_pipeline(recipe)
     ids_before = query(recipe.db, "SELECT count(DISTINCT image_id) FROM files WHERE status = 'ok'")
-    (removed,) = query(recipe.db, f"SELECT image_id FROM images WHERE source_path LIKE '%{SHIPS.name}'")[0]
+    (removed,) = query(recipe.db, f"SELECT image_id FROM images WHERE uri LIKE '%{SHIPS.name}'")[0]
     (small_images / SHIPS.name).unlink()
     second = run_pipeline(recipe)
     assert ids_before == [(3,)] and second.export.version == 2

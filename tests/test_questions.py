@@ -232,6 +232,18 @@ def test_relative_position_referents_do_not_give_the_answer_away():
         assert not re.search(r"leftmost|rightmost|left half|right half", q["question"].split("?")[0]), q
 
 
+def test_a_pair_of_targets_is_asked_about_one_way_round():
+    """ "Is A left of B?" and "Is B left of A?" are one fact: asked both ways, one split would hold the other's
+    answer."""
+    ships = [
+        Instance("ship", (100 + 500 * i, 100 + 200 * i, 120 + 500 * i, 140 + 200 * i), region_id=f"s{i}")
+        for i in range(4)
+    ]
+    questions = ask(facts(*ships), ["relative_position"])
+    pairs = [frozenset(tuple(b) for b in q["target_boxes"]) for q in questions]
+    assert len(pairs) >= 3 and len(set(pairs)) == len(pairs)
+
+
 def test_text_needs_ocr_to_agree_with_the_labeller():
     sign = Instance(
         "sign", (400, 400, 700, 420), text="KOMMET HER ZU MIR", ocr_text="KOMMET HER ZU MlR", region_id="g"

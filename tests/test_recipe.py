@@ -33,7 +33,7 @@ def recipe(tmp_path: Path, text: str) -> Path:
 def test_demo_recipe_loads_with_paths_relative_to_the_file():
     r = load_recipe(Path(__file__).parents[1] / "pipelines" / "demo.yaml")
     assert r.dataset == "drim-demo"
-    assert r.ingest.images.is_dir() and r.ingest.images.name == "images"
+    assert Path(r.ingest.images).is_dir() and Path(r.ingest.images).name == "images"
     assert r.ingest.annotations[0].format == "voc"
     assert r.view.max_pixels == 1003520
 
@@ -219,3 +219,31 @@ def test_any_document_loads_or_is_a_recipe_error(tmp_path, text):
         load_recipe(path)
     except RecipeError as exc:
         assert str(path) in str(exc)
+
+
+ENDPOINT = "teacher: {stages: [verification], endpoint: {model: m, base_url: %s}}\n"
+
+
+def test_base_url_takes_one_url_or_a_list_of_replicas(tmp_path):
+    one = load_recipe(recipe(tmp_path, BASE + ENDPOINT % "http://a:8000/v1")).teacher.endpoint
+    assert one.urls == ["http://a:8000/v1"]
+    replicas = load_recipe(recipe(tmp_path, BASE + ENDPOINT % "[http://a:8000/v1, 'https://b/v1']")).teacher.endpoint
+    assert replicas.base_url == replicas.urls == ["http://a:8000/v1", "https://b/v1"]
+
+
+@pytest.mark.parametrize(
+    "base_url, message",
+    [
+        ("localhost:8000/v1", "teacher.endpoint.base_url: 'localhost:8000/v1' is not an http:// or https:// URL"),
+        ("[http://a/v1, ftp://b/v1]", "teacher.endpoint.base_url[1]: 'ftp://b/v1' is not an http:// or https://"),
+        ("[http://a/v1, 'http://[b/v1']", "base_url[1]: 'http://[b/v1' is not an http:// or https:// URL"),
+        ("[http://a/v1, http://a/v1]", "base_url[1]: 'http://a/v1' is listed twice"),
+        ("[]", "teacher.endpoint.base_url: the list of replicas is empty"),
+        ("[http://a/v1, 3]", "base_url[1]: expected str, got int"),
+    ],
+)
+def test_a_bad_base_url_is_refused_by_name(tmp_path, base_url, message):
+    path = recipe(tmp_path, BASE + ENDPOINT % base_url)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value) and message in str(err.value)

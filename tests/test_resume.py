@@ -67,10 +67,10 @@ def test_failed_export_leaves_no_half_version_and_the_rerun_completes(tmp_path, 
     recipe = load_recipe(write_recipe(tmp_path, small_images))
     real_write = export._write_split
 
-    def crash_on_rl(ctx, staging, split, items):
+    def crash_on_rl(ctx, staging, split, *rest):
         if split == "rl":
             raise OSError("disk full")
-        return real_write(ctx, staging, split, items)
+        return real_write(ctx, staging, split, *rest)
 
     monkeypatch.setattr(export, "_write_split", crash_on_rl)
     root = tmp_path / "out" / "test-set"

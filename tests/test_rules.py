@@ -11,7 +11,8 @@ import pytest
 from drim_data.pipeline import run_pipeline
 from drim_data.pixels.candidates import region_problem
 from drim_data.recipe import load_recipe
-from drim_data.stages.ground import MERGE_IOU, tile_to_pixels
+from drim_data.stages.ground import MERGE_IOU
+from drim_data.teacher.boxes import Frame
 from schemas.geometry import centre_grid, distance, iou, pixels_to_grid
 from tests.conftest import NEON, SHIPS, query, write_recipe
 from tests.openai_server import FakeOpenAI, Reply
@@ -165,7 +166,7 @@ def test_ground_merges_above_the_threshold_adds_below_it_and_drops_a_confusable_
         """A teacher box: the region moved right by `shift` of its width, as grid and as the pixels ground maps."""
         dx = round(shift * side)
         grid = pixels_to_grid([box[0] + dx, box[1], box[2] + dx, box[3]], W, H)
-        return grid, tile_to_pixels(grid, (0, 0, W, H))
+        return grid, tuple(round(v) for v in Frame("grid1000", (W, H)).to_region(grid, (0, 0, W, H)))
 
     (same, same_px), (beside, beside_px), (twin, twin_px) = on_tile(0.15), on_tile(0.5), on_tile(1.1)
     assert iou(same_px, box) > MERGE_IOU > iou(beside_px, box)  # the premise: one box above, one below

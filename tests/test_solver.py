@@ -4,6 +4,7 @@ and verify drops what it answers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,10 +174,10 @@ def test_verify_drops_what_the_blind_solver_answers(verified_harbour):
     rows = query(
         verified_harbour.db,
         "SELECT q.question_type, q.options, q.answer, q.checker, q.label, q.target_boxes, i.width, i.height, "
-        "v.reason, i.data FROM questions q JOIN verdicts v USING (question_id) JOIN images i USING (image_id) "
+        "v.reason, i.uri FROM questions q JOIN verdicts v USING (question_id) JOIN images i USING (image_id) "
         "WHERE v.reason IS DISTINCT FROM 'visible_without_zoom'",
     )
-    image = decode(rows[0][-1])
+    image = decode(Path(rows[0][-1]).read_bytes())  # the image, by its reference
     view = global_view(image, global_view_size(image.width, image.height, verified_harbour.view.max_pixels))
     solved = {True: 0, False: 0}
     for qtype, options, answer, checker, label, targets, width, height, reason, _ in rows:

@@ -12,6 +12,7 @@ from drim_data.pixels.candidates import region_problem
 from drim_data.pixels.images import decode
 from drim_data.pixels.measure import measure
 from drim_data.pixels.proposer import propose
+from drim_data.pixels.sources import image_bytes
 from drim_data.recipe import MineConfig, ViewConfig, load_recipe
 from drim_data.stages.trajectories import replay
 from drim_data.stages.verify import difficulty
@@ -109,13 +110,13 @@ def test_verified_items_need_zooming_and_refer_unambiguously(mined_db):
 def test_trajectories_replay_and_their_zooms_approach_the_targets(mined_db):
     con = duckdb.connect(str(mined_db.db), read_only=True)
     rows = con.execute(
-        "SELECT t.question_id, t.pattern, t.messages, q.target_boxes, i.data FROM trajectories t "
+        "SELECT t.question_id, t.pattern, t.messages, q.target_boxes, i.image_id FROM trajectories t "
         "JOIN questions q USING (question_id) JOIN images i USING (image_id)"
     ).fetchall()
     assert {p for _, p, *_ in rows} <= {"coarse_to_fine", "direct", "multi_target", "reflective"}
     assert "multi_target" in {p for _, p, *_ in rows}
-    for qid, pattern, messages, targets, data in rows:
-        image = decode(data)
+    for qid, pattern, messages, targets, image_id in rows:
+        image = decode(image_bytes(con, image_id))
         stored = con.execute(
             "SELECT crop_sha256, box_px FROM observations WHERE question_id = ? ORDER BY turn", [qid]
         ).fetchall()

@@ -342,3 +342,102 @@ def test_batch_mode_submits_polls_collects_and_resumes(con):
     assert not server.successful()  # nothing went through chat completions
     assert con.execute("SELECT count(*) FROM teacher_calls WHERE via_batch").fetchone() == (2,)
     assert con.execute("SELECT status FROM teacher_batches").fetchall() == [("completed",)]
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:  # bound and released: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+
+
+def test_replicas_share_the_load_carry_on_when_one_dies_and_share_one_cache(con):
+    answered = threading.Event()
+
+    def slow(body):
+        time.sleep(0.05)
+        return "ok"
+
+    with FakeOpenAI(slow) as first, FakeOpenAI(slow) as second:
+        teacher = Teacher(endpoint(first, base_url=[first.base_url, second.base_url], max_in_flight=8), con)
+
+        async def kill_second_after_some_answers():
+            while len(second.successful()) < 5:
+                await asyncio.sleep(0.01)
+            second.kill()  # mid-run: its connections are reset, its port refuses new ones
+            answered.set()
+
+        async def run_all():
+            killer = asyncio.create_task(kill_second_after_some_answers())
+            replies = await asyncio.gather(*(asking(teacher, f"q{i}") for i in range(60)))
+            await killer
+            return replies
+
+        replies = stage(teacher, run_all())[0]
+        on_second = len(second.successful())
+        assert answered.is_set() and all(r.content == "ok" for r in replies)  # no request failed
+        assert len(first.successful()) + on_second == 60 and 5 <= on_second < 30
+        assert teacher.replicas[1].down_until > time.monotonic()  # set aside for its cool-down
+        assert len(teacher.waits) >= 1  # the requests it dropped were retried on the first
+        # the answers are keyed by content, not by replica: a lone first server replays them all from the cache
+        again = Teacher(endpoint(first), con)
+        assert all(r.cached for r in stage(again, *(asking(again, f"q{i}") for i in range(60))))
+        assert again.sent == 0
+    assert con.execute("SELECT count(*), count(DISTINCT call_key) FROM teacher_calls").fetchone() == (60, 60)
+
+
+def test_the_least_loaded_replica_gets_each_request(con):
+    lock, now, peak = threading.Lock(), {}, {}
+
+    def counting(name):
+        def slow(body):  # how many requests each server is answering at once
+            with lock:
+                now[name] = now.get(name, 0) + 1
+                peak[name] = max(peak.get(name, 0), now[name])
+            time.sleep(0.1)
+            with lock:
+                now[name] -= 1
+            return "ok"
+
+        return slow
+
+    with FakeOpenAI(counting("first")) as first, FakeOpenAI(counting("second")) as second:
+        teacher = Teacher(endpoint(first, base_url=[first.base_url, second.base_url], max_in_flight=8), con)
+        stage(teacher, *(asking(teacher, f"q{i}") for i in range(24)))
+    assert peak == {"first": 4, "second": 4}  # the 8 in flight, always split evenly
+    assert len(first.successful()) + len(second.successful()) == 24 and min(r.sent for r in teacher.replicas) >= 6
+
+
+def test_when_every_replica_is_down_the_run_stops_naming_them(con):
+    urls = [closed_port_url(), closed_port_url()]
+    teacher = Teacher(EndpointConfig(base_url=urls, model="m", api_key_env=KEY_ENV, backoff_base_s=0.01), con)
+    with pytest.raises(RunFault, match="none of the 2 replicas") as err:
+        ask(teacher)
+    assert all(url in str(err.value) for url in urls)
+    assert teacher.sent == teacher.cfg.max_attempts  # the other replica, once the first was set aside
+
+
+@pytest.mark.parametrize("urls", [[], ["http://a.example/v1", "a.example/v1"]])
+def test_a_malformed_replica_list_is_a_run_fault(con, urls):
+    with pytest.raises(RunFault, match="base_url"):
+        Teacher(EndpointConfig(base_url=urls, model="m", api_key_env=KEY_ENV), con)
+
+
+def test_the_rate_limit_holds_in_every_window_not_only_on_average():
+    """A minute's budget may go at once, then nothing more until the window has moved on: never 2x in a window,
+    as a bucket refilled while it spends would allow."""
+    from drim_data.teacher.limits import RateLimiter
+
+    limiter, times = RateLimiter(5, window_s=0.5), []
+
+    async def take() -> None:
+        await limiter.acquire(1)
+        times.append(time.monotonic())
+
+    async def main() -> None:
+        await asyncio.wait_for(asyncio.gather(*(take() for _ in range(12))), 5)
+
+    asyncio.run(main())
+    assert len(times) == 12
+    for t in times:  # every window of 0.5 s holds at most the budget
+        assert sum(t <= u < t + 0.5 for u in times) <= 5
+    assert times[-1] - times[0] >= 1.0  # 12 requests at 5 per 0.5 s need three windows

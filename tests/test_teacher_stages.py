@@ -4,6 +4,7 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,12 +16,21 @@ import pytest
 from typer.testing import CliRunner
 
 from drim_data.cli import app
+from drim_data.db import connect, reset_stage
 from drim_data.errors import RunFault
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import RecipeError, load_recipe
 from drim_data.status import read_status
 from tests.conftest import query, write_recipe
-from tests.fake_teacher import COORDINATES, LOCATED, competent_teacher, images_of, question_of, task_of
+from tests.fake_teacher import (
+    COORDINATES,
+    LOCATED,
+    competent_teacher,
+    images_of,
+    mixed_verifier,
+    question_of,
+    task_of,
+)
 from tests.openai_server import FakeOpenAI, Reply, completion
 
 KEY_ENV = "DRIM_TEST_TEACHER_KEY"
@@ -235,14 +245,17 @@ def test_run_faults_stop_the_run_and_a_fixed_rerun_equals_a_clean_run(tmp_path, 
         path = teacher_recipe(tmp_path / "faulted", small_images, server, FAULT_STAGES, broken_url.get(fault))
         if fault == "missing_key":
             monkeypatch.delenv(KEY_ENV)
-        with pytest.raises(RunFault) as err:
+        with pytest.raises(RecipeError if fault == "malformed_url" else RunFault) as err:  # a URL is checked on load
             run_pipeline(load_recipe(path))
         named = {"missing_key": KEY_ENV, "unauthorized": server.base_url}.get(fault, broken_url.get(fault))
         assert named in str(err.value)
         db = tmp_path / "faulted" / "state.duckdb"
         stages = ", ".join(f"'{s}'" for s in MODEL_STAGES)
-        assert query(db, f"SELECT count(*) FROM done WHERE stage IN ({stages})") == [(0,)]
-        assert query(db, f"SELECT count(*) FROM drops WHERE stage IN ({stages})") == [(0,)]
+        if fault == "malformed_url":  # refused before anything ran
+            assert not db.exists()
+        else:
+            assert query(db, f"SELECT count(*) FROM done WHERE stage IN ({stages})") == [(0,)]
+            assert query(db, f"SELECT count(*) FROM drops WHERE stage IN ({stages})") == [(0,)]
         monkeypatch.setenv(KEY_ENV, SECRET)
         refuse["on"] = False
         fixed = run_pipeline(load_recipe(teacher_recipe(tmp_path / "faulted", small_images, server, FAULT_STAGES)))
@@ -308,3 +321,42 @@ def test_an_unusable_trajectory_reply_gets_a_repair_request(tmp_path, small_imag
         (0,)
     ]
     assert query(recipe.db, "SELECT count(*) FROM trajectories")[0][0] > 0
+
+
+def test_cascaded_verification_keeps_the_same_items_for_fewer_calls_and_reuses_the_cache(tmp_path, small_images):
+    def verify_with(folder, cascade):
+        """Verification over a copy of the generated questions: its verdicts and the requests answered."""
+        if not folder.exists():
+            shutil.copytree(tmp_path / "generated", folder)
+        server.log.clear()
+        checks = {"votes": 3, "solver_samples": 2, "cascade": cascade}
+        path = teacher_recipe(folder, small_images, server, ["questions", "verification"], verification=checks)
+        run_pipeline(load_recipe(path), until="verify")
+        verdicts = query(folder / "state.duckdb", "SELECT question_id, reason FROM verdicts ORDER BY 1")
+        return verdicts, len(server.successful())
+
+    with FakeOpenAI(mixed_verifier()) as server:  # one server: the same base_url, so generate is not redone
+        generated = teacher_recipe(tmp_path / "generated", small_images, server, ["questions"])
+        run_pipeline(load_recipe(generated), until="generate")
+        all_at_once, everything = verify_with(tmp_path / "all", False)
+        cascaded, fewer = verify_with(tmp_path / "cascade", True)
+        con = connect(tmp_path / "all" / "state.duckdb")  # the cascade over the all-at-once cache: the same keys
+        reset_stage(con, "verify")
+        con.close()
+        again = verify_with(tmp_path / "all", True)
+    reasons = collections.Counter(reason for _, reason in all_at_once)
+    assert reasons[None] and reasons["teacher_disagrees"] and len(reasons) >= 4  # kept ones and several drops
+    assert cascaded == all_at_once and 0 < fewer < everything
+    assert again == (all_at_once, 0)
+
+    con = duckdb.connect(str(tmp_path / "cascade" / "state.duckdb"), read_only=True)
+    status = read_status(con)
+    stored = con.execute("SELECT count(*) FROM teacher_calls WHERE stage = 'verify'").fetchone()[0]
+    con.close()
+    verify = next(c for c in status.per_kept if c.stage == "verify")
+    assert status.kept == reasons[None] and verify.calls == stored == fewer
+    assert verify.calls_per_kept == fewer / status.kept and verify.tokens_per_kept == 120 * fewer / status.kept
+    assert status.per_kept[-1].stage == "all" and status.per_kept[-1].calls > fewer  # and the questions' calls
+    shown = CliRunner().invoke(app, ["status", str(tmp_path / "cascade" / "recipe.yaml")], env={"COLUMNS": "200"})
+    assert f"model calls per kept item ({status.kept} kept by verify)" in shown.output
+    assert f"{verify.calls_per_kept:.1f}" in shown.output.split("per kept item")[1]

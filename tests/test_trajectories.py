@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from drim_data.errors import Drop
-from drim_data.recipe import IngestConfig, Recipe, TrajectoryConfig
+from drim_data.recipe import ExportConfig, IngestConfig, Recipe, TrajectoryConfig
 from drim_data.stages.export import split_of
 from drim_data.stages.narration import crop_colour
 from drim_data.stages.questions import Question
@@ -212,11 +212,11 @@ def test_reflective_searches_go_to_sft_items_in_their_share_however_few():
     con.execute("INSERT INTO verdicts VALUES ('a-dropped', false)")
     for share in (0.0, 0.3, 1.0):
         recipe = SimpleNamespace(
-            trajectories=TrajectoryConfig(reflective_share=share), export=SimpleNamespace(rl_share=0.5)
+            trajectories=TrajectoryConfig(reflective_share=share), export=ExportConfig(rl_share=0.5, split_by="item")
         )
         for image, n in (("a", 40), ("b", 5), ("c", 1)):
             picks = reflective_picks(con, image, recipe)
-            sft = [f"{image}-{i}" for i in range(n) if split_of(f"{image}-{i}", 0.5) == "sft"]
+            sft = [f"{image}-{i}" for i in range(n) if split_of(f"{image}-{i}", image, recipe.export) == "sft"]
             assert picks <= set(sft)  # never an RL item, never a dropped one
             assert abs(len(picks) - share * len(sft)) < 1, (image, share, len(picks), len(sft))
 

@@ -111,7 +111,9 @@ def test_versions_lists_parent_hash_counts_and_difference(demo_version, tmp_path
     # A second version of the demo: the same database, its recipe now with sources and another split share.
     shutil.copy(demo_version.parents[2] / "state.duckdb", tmp_path / "state.duckdb")
     settings = demo_settings()
-    path = write_recipe(tmp_path, DEMO_IMAGES, **{**settings, "export": {"rl_share": 0.3}}, sources=SOURCES)
+    path = write_recipe(
+        tmp_path, DEMO_IMAGES, **{**settings, "export": {**settings["export"], "rl_share": 0.3}}, sources=SOURCES
+    )
     result = run_pipeline(load_recipe(path))
     v2 = result.export.path
     assert result.export.version == 2

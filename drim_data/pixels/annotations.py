@@ -112,6 +112,51 @@ def complete_categories(source: AnnotationSource) -> dict[str, list[str]]:
     return found
 
 
+def column_boxes(value: object, names: list[str] | None, where: str) -> list[Box]:
+    """Boxes from a dataset's annotations column: [x, y, width, height] in pixels, as COCO has them, either as a
+    list of objects {bbox, category (or label), attributes} or, as the Hub's object-detection datasets store them,
+    as one object of lists {bbox: [...], category: [...]}. A class id is a name of the column's ClassLabel."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        bboxes, labels = value.get("bbox"), value.get("category", value.get("label"))
+        if not isinstance(bboxes, list) or not isinstance(labels, list) or len(bboxes) != len(labels):
+            raise AnnotationError(f"{where}: expected {{bbox: [...], category: [...]}} of the same length")
+        value = [{"bbox": b, "category": c} for b, c in zip(bboxes, labels, strict=True)]
+    if not isinstance(value, list):
+        raise AnnotationError(f"{where}: expected a list of {{bbox, category}} objects, got {type(value).__name__}")
+    boxes = []
+    for i, obj in enumerate(value):
+        at = f"{where}[{i}]"
+        bbox = obj.get("bbox") if isinstance(obj, dict) else None
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise AnnotationError(f"{at}: bbox must be [x, y, width, height]")
+        x, y, w, h = (_number(v, f"{at}.bbox") for v in bbox)
+        if w <= 0 or h <= 0:
+            raise AnnotationError(f"{at}: bbox width and height must be positive, got {w}x{h}")
+        label = obj.get("category", obj.get("label"))
+        if isinstance(label, int) and not isinstance(label, bool) and names is not None:
+            if not 0 <= label < len(names):
+                raise AnnotationError(f"{at}: class {label} is not among the {len(names)} class names")
+            label = names[label]
+        if label is None or label == "":
+            raise AnnotationError(f"{at}: needs a category (or label)")
+        attributes = obj.get("attributes") if isinstance(obj.get("attributes"), dict) else {}
+        boxes.append(Box(str(label), x, y, x + w, y + h, attributes=json.dumps(attributes)))
+    return boxes
+
+
+def class_names(feature: object) -> list[str] | None:
+    """The class names of the ClassLabel an annotations column's `category` (or `label`) holds, in either form."""
+    inner = getattr(feature, "feature", feature)  # a list feature wraps its element's
+    if isinstance(inner, dict):
+        for key in ("category", "label"):
+            found = getattr(inner.get(key), "feature", inner.get(key))
+            if hasattr(found, "names"):
+                return list(found.names)
+    return None
+
+
 def _load_yolo(source: AnnotationSource) -> dict[str, list[Box]]:
     folder = source.path
     classes = list(source.classes)

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from drim_data.errors import Drop
 from drim_data.pixels.images import reduced
 from drim_data.pixels.proposer import propose
+from drim_data.pixels.sources import ImageRef, read_image
 from drim_data.recipe import MineConfig, ViewConfig, sha256_json
 from schemas.geometry import centre_grid, iou_many
 from schemas.tool import global_view_scale
@@ -29,7 +31,7 @@ VIEW_MIN_PX = 3  # the smallest object sought spans at least this many pixels of
 @dataclass(frozen=True)
 class Job:
     image_id: str
-    data: bytes
+    ref: ImageRef  # read by the worker, and only when proposals need the pixels
     width: int
     height: int
     annotations: list[tuple]  # (label, x1, y1, x2, y2) in pixels
@@ -51,12 +53,15 @@ class Mined:
     regions: list[tuple] = field(default_factory=list)  # rows of the regions table
     drops: list[tuple[str, str]] = field(default_factory=list)  # (region_id, reason)
     error: str | None = None
+    dropped: tuple[str, str] | None = None  # (reason, detail): the image itself, e.g. its source is gone
 
 
 def mine_image(job: Job) -> Mined:
     """Regions and drops for one image; an unexpected error is returned, not raised, so the run goes on."""
     try:
         return _mine(job)
+    except Drop as exc:
+        return Mined(job.image_id, dropped=(exc.reason, exc.detail))
     except Exception as exc:
         return Mined(job.image_id, error="".join(traceback.format_exception_only(exc)).strip())
 
@@ -148,13 +153,13 @@ def side_range(width: int, height: int, cfg: MineConfig, view: ViewConfig) -> tu
     return low, min(math.sqrt(cfg.max_area_frac * pixels), _max_hidden_side(width, height, view))
 
 
-def proposals(data: bytes, width: int, height: int, cfg: MineConfig, view: ViewConfig) -> list[Candidate]:
-    """Proposals on an image's stored bytes; one whose objects all show in the model's view is not decoded."""
+def proposals(ref: ImageRef, width: int, height: int, cfg: MineConfig, view: ViewConfig) -> list[Candidate]:
+    """Proposals on an image; one whose objects all show in the model's view is not read or decoded."""
     low, high = side_range(width, height, cfg, view)
     if low > high:
         return []
     factor = proposal_factor(width, height, cfg)
-    view = np.asarray(reduced(data, factor))
+    view = np.asarray(reduced(read_image(ref), factor))
     found = propose(view, cfg.top_k, low / factor, high / factor)
     return [
         Candidate("proposal", GENERIC, tuple(round(v * factor) for v in box[:4]), round(float(box[4]), 4))
@@ -178,7 +183,7 @@ def _mine(job: Job) -> Mined:
             clamped = (max(x1, 0), max(y1, 0), min(x2, width), min(y2, height))
             candidates.append(Candidate("annotation", label, clamped, 1.0))
     if "proposals" in cfg.sources and (cfg.proposals_on_annotated or not candidates):
-        candidates += proposals(job.data, width, height, cfg, job.view)
+        candidates += proposals(job.ref, width, height, cfg, job.view)
 
     reasons: list[str | None] = [region_problem(c.box, width, height, cfg, job.view) for c in candidates]
     annotated = np.array([c.box for c in candidates if c.source == "annotation"], float).reshape(-1, 4)

@@ -39,13 +39,11 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class CheckedImage:
-    image_id: str  # sha256 of the file's bytes: identical files collapse to one image
-    data: bytes  # what is stored: the file itself, or a lossless PNG when EXIF orientation had to be applied
-    width: int
+    width: int  # as a person sees it: EXIF orientation applied
     height: int
     format: str
     mode: str
-    exif_transposed: bool
+    exif_transposed: bool  # the file's pixels are turned by its EXIF orientation; every decode below turns them
 
 
 def sha256(data: bytes) -> str:
@@ -74,18 +72,17 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     if image.mode not in CONVERTIBLE_MODES:
         raise ImageRejected("unsupported_mode", f"mode {image.mode} has no faithful RGB rendering")
     mode = image.mode
-    if image.format == "JPEG" and not _turned(image):  # a JPEG's EXIF is read without decoding; a PNG's is not
+    if image.format == "JPEG":
         image.draft(mode, (width // 8, height // 8))
     try:
         image.load()
     except Exception as exc:  # truncated streams, broken chunks, bad CRCs
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from None
-    fmt, turned = image.format or "unknown", _turned(image)
-    if not turned:
-        return CheckedImage(sha256(data), data, width, height, fmt, mode, False)
-    upright = ImageOps.exif_transpose(image)  # stored upright, so every later stage sees what a person sees
-    return CheckedImage(sha256(data), encode_png(upright), upright.width, upright.height, fmt, mode, True)
+    orientation = _orientation(image)  # read after loading: a PNG may keep its EXIF after the pixels
+    if orientation in SIDEWAYS:
+        width, height = height, width
+    return CheckedImage(width, height, image.format or "unknown", mode, orientation not in (0, 1))
 
 
 def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageRejected:
@@ -97,8 +94,21 @@ def too_many_pixels(width: int, height: int, max_pixels: int) -> ImageRejected:
     )
 
 
-def _turned(image: Image.Image) -> bool:
-    return int(image.getexif().get(0x0112, 1)) not in (0, 1)
+SIDEWAYS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The pixels as a person sees them: a file's EXIF orientation applied, as ingest measured its size.
+
+    Images are kept as their files (their content hash is their identity), so the turn is made on every decode."""
+    return ImageOps.exif_transpose(image) if _orientation(image) not in (0, 1) else image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -112,34 +122,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode(data: bytes) -> Image.Image:
-    """Decode stored bytes (already checked and oriented at ingest) to RGB."""
+def _open(data: bytes) -> Image.Image:
     with pixel_limit(None):  # ingest has applied the recipe's limit
-        image = Image.open(io.BytesIO(data))
-    return to_rgb(image)
+        return Image.open(io.BytesIO(data))
+
+
+def decode(data: bytes) -> Image.Image:
+    """Decode an image checked at ingest to upright RGB."""
+    return to_rgb(_upright(_open(data)))
 
 
 def reduced(data: bytes, factor: int) -> Image.Image:
-    """Stored bytes as RGB at 1/factor of their size (a power of two; sides rounded up, blocks averaged).
+    """An image checked at ingest as upright RGB at 1/factor of its size (a power of two; sides rounded up, blocks
+    averaged).
 
     A JPEG decodes straight at 1/2, 1/4 or 1/8 scale through its DCT, which costs about half a full decode and
     never holds the full-size pixels; other formats decode fully and are then reduced.
     """
-    with pixel_limit(None):  # ingest has applied the recipe's limit
-        image = Image.open(io.BytesIO(data))
+    image = _open(data)
     width, height = image.size
     image.draft(image.mode, (width // factor, height // factor))  # a no-op for formats without scaled decoding
-    image = to_rgb(image)
     rest = factor // round(width / image.width)
+    image = to_rgb(_upright(image))
     return image.reduce(rest) if rest > 1 else image
 
 
 def thumbnail(data: bytes, side: int) -> Image.Image:
-    """Stored bytes as an RGB image within side x side; a JPEG decodes straight at a reduced scale."""
-    with pixel_limit(None):  # ingest has applied the recipe's limit
-        image = Image.open(io.BytesIO(data))
+    """An image checked at ingest as upright RGB within side x side; a JPEG decodes straight at a reduced scale."""
+    image = _open(data)
     image.draft("RGB", (side, side))
-    image = to_rgb(image)
+    image = to_rgb(_upright(image))
     image.thumbnail((side, side))
     return image
 

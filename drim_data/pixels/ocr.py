@@ -42,6 +42,12 @@ def _engine():
     )
 
 
+def squeezed(text: str) -> str:
+    """Lower-case letters and digits only: readings are compared without the spaces and punctuation OCR drops and
+    adds at will."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
 def read_text(image: Image.Image) -> list[TextLine]:
     """The lines of text in an image, top to bottom."""
     rgb = np.asarray(image.convert("RGB"))

@@ -49,10 +49,15 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, pr
     pool.shutdown(wait=True)
 
 
-def _worker_setup() -> None:
+def one_core() -> None:
+    """Keep OpenCV to one thread, in a process that is one of several sharing the machine's cores."""
     import cv2
 
-    cv2.setNumThreads(1)  # the processes already use every core
+    cv2.setNumThreads(1)
+
+
+def _worker_setup() -> None:
+    one_core()  # the processes already use every core
     # Ctrl-C reaches the whole process group: the parent alone decides what it means, and the workers finish
     # their current item instead of each printing a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import duckdb
 
-from drim_data.errors import DrimError
+from drim_data.errors import DrimError, Drop
 from drim_data.pixels.images import thumbnail
+from drim_data.pixels.sources import image_bytes
 from drim_data.release.audit import Tally
 from drim_data.release.versions import iter_rows, prepare_folder, verify_version
 from schemas.tool import GRID
@@ -86,12 +87,18 @@ class _ImageWriter:
         self.folder = folder
         self.written: set[str] = set()
 
-    def full(self, image_id: str, data: bytes | None = None, con: duckdb.DuckDBPyConnection | None = None) -> str:
-        """The image written once; its bytes come from `data`, or from the database when it is first needed."""
+    def full(
+        self, image_id: str, data: bytes | None = None, con: duckdb.DuckDBPyConnection | None = None
+    ) -> str | None:
+        """The image written once; its bytes come from `data`, or through its reference when it is first needed
+        (None when its source is gone or changed: the page shows the item without it)."""
         rel = f"img/{image_id[:16]}.jpg"
         if rel not in self.written:
             if data is None:
-                (data,) = con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
+                try:
+                    data = image_bytes(con, image_id)
+                except Drop:
+                    return None
             self._save(data, IMAGE_SIDE, self.folder / rel)
             self.written.add(rel)
         return rel

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ORDER = ("ingest", "mine", "ground", "generate", "verify", "trajectories")
+ORDER = ("ingest", "mine", "ground", "name", "generate", "verify", "trajectories")
 
 
 def modules() -> dict[str, ModuleType]:

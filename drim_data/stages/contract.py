@@ -21,6 +21,7 @@ from PIL import Image
 
 from drim_data.errors import Drop, RunFault
 from drim_data.pixels.images import decode
+from drim_data.pixels.sources import image_bytes
 from drim_data.recipe import Recipe, sha256_json
 from schemas.tool import global_view, global_view_size
 
@@ -49,17 +50,24 @@ class Context:
     teacher: Any
     track: Track = _no_progress
     models: dict[str, Any] = field(default_factory=dict)
-    decoded: tuple[str, Image.Image] | None = field(default=None, repr=False)
+    decoded: tuple[str, Image.Image | Drop] | None = field(default=None, repr=False)
     viewed: tuple[str, Image.Image] | None = field(default=None, repr=False)
 
     def image(self, image_id: str) -> Image.Image:
-        """An input image's pixels. Stages take their items grouped by image, so only the last one decoded is kept
-        (a 100-megapixel image holds 400 MB)."""
+        """An input image's pixels, read through its reference (a `Drop` when its source is gone or changed).
+        Stages take their items grouped by image, so only the last one decoded is kept (a 100-megapixel image
+        holds 400 MB), and so is a failed read: every item of that image is dropped for it, read once."""
         if self.decoded is None or self.decoded[0] != image_id:
             self.decoded = None  # free the previous image before decoding the next
-            (data,) = self.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()
-            self.decoded = (image_id, decode(data))
-        return self.decoded[1]
+            try:
+                found: Image.Image | Drop = decode(image_bytes(self.con, image_id))
+            except Drop as exc:
+                found = exc
+            self.decoded = (image_id, found)
+        found = self.decoded[1]
+        if isinstance(found, Drop):
+            raise Drop(found.reason, found.detail)
+        return found
 
     def view(self, image_id: str) -> Image.Image:
         """The global view the model sees of an input image (the recipe's `view`), kept like `image`."""

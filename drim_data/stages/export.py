@@ -26,9 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from drim_data import __version__
-from drim_data.errors import RunFault
-from drim_data.pixels.images import decode, encode_jpeg
-from drim_data.recipe import hash_share, sha256_json, to_plain
+from drim_data.errors import Drop, RunFault
+from drim_data.pixels.images import decode, encode_jpeg, encode_png
+from drim_data.pixels.sources import image_bytes
+from drim_data.recipe import ExportConfig, hash_share, sha256_json, to_plain
 from drim_data.release.card import dataset_card
 from drim_data.stages.contract import Context
 from schemas.answers import LETTERS, with_options
@@ -83,15 +84,22 @@ class ExportResult:
     version: int | None
     path: Path | None
     rows: dict[str, int] = field(default_factory=dict)
+    dropped: Counter[str] = field(default_factory=Counter)  # images left out, by reason (their source is gone)
 
     def counts(self) -> dict:
-        return {"version": self.version, "written": self.written, **self.rows}
+        dropped = {f"dropped:{reason}": n for reason, n in self.dropped.items()}
+        return {"version": self.version, "written": self.written, **self.rows, **dropped}
 
 
-def split_of(question_id: str, rl_share: float, has_dialogue: bool = True) -> str:
-    """RL for a share of items by their hash, and for every verified item no search could be shown for: a prompt,
-    its image and its answer are all RL needs."""
-    return "rl" if not has_dialogue or hash_share(question_id) < rl_share else "sft"
+def split_of(question_id: str, image_id: str, export: ExportConfig, has_dialogue: bool = True) -> str | None:
+    """RL for a share of images (or items) by their hash, else SFT. A verified item no search could be shown for
+    is an RL prompt (its image and answer are all RL needs), unless its image is bound for SFT: then it is left
+    out (None), so that no image is in two splits."""
+    by_image = export.split_by == "image"
+    split = "rl" if hash_share(image_id if by_image else question_id) < export.rl_share else "sft"
+    if split == "sft" and not has_dialogue:
+        return None if by_image else "rl"
+    return split
 
 
 def balanced_letters(items: list[Item], turns: Counter[int] | None = None) -> list[Item]:
@@ -185,7 +193,11 @@ def run(ctx: Context, upstream: str = "") -> ExportResult:
         for stale in root.glob(f".v*.{owner}.partial"):  # this database's own, left by a killed run
             shutil.rmtree(stale)
         staging.mkdir(parents=True)
-        manifest = _write_version(ctx, staging, items, version, latest[0] if latest else None, fingerprint, owner)
+        lost: dict[str, Drop] = {}
+        manifest = _write_version(ctx, staging, items, version, latest[0] if latest else None, owner, upstream, lost)
+        if latest and lost and manifest["fingerprint"] == latest[1] and (Path(latest[2]) / MANIFEST).is_file():
+            shutil.rmtree(staging)  # what could be read is the latest version again
+            return ExportResult(False, latest[0], Path(latest[2]), dropped=_record_lost(ctx, lost))
         os.replace(staging, final)  # atomic: the version appears whole or not at all
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -194,28 +206,49 @@ def run(ctx: Context, upstream: str = "") -> ExportResult:
             raise RunFault(f"cannot write version v{version} in {root}: {reason}; nothing was exported") from None
         raise
     _register(ctx, manifest, final)
-    return ExportResult(True, version, final, manifest["rows"])
+    return ExportResult(True, version, final, manifest["rows"], _record_lost(ctx, lost))
+
+
+def _record_lost(ctx: Context, lost: dict[str, Drop]) -> Counter[str]:
+    """The images the last export had to leave out, each a drop of its own; their items wait for the next run."""
+    ctx.con.execute("DELETE FROM drops WHERE stage = 'export'")
+    for image_id, drop in sorted(lost.items()):
+        ctx.con.execute("INSERT INTO drops VALUES ('export', ?, ?, ?)", [image_id, drop.reason, drop.detail[:2000]])
+    return Counter(drop.reason for drop in lost.values())
 
 
 def _write_version(
-    ctx: Context, staging: Path, items: list[Item], version: int, parent: int | None, fingerprint: str, owner: str
+    ctx: Context,
+    staging: Path,
+    items: list[Item],
+    version: int,
+    parent: int | None,
+    owner: str,
+    upstream: str,
+    lost: dict[str, Drop],
 ) -> dict:
+    """The version's shards, manifest and card. An image whose source is gone or changed since ingest is left
+    out with its items (kept in `lost`), and the version's fingerprint is of the items it holds, so the next run
+    exports again once they can be read."""
     recipe = ctx.recipe
-    splits = {"sft": [], "rl": []}
+    splits = {"sft": [], "rl": [], None: []}
     for item in items:
-        splits[split_of(item.question_id, recipe.export.rl_share, item.trajectory_id is not None)].append(item)
+        splits[split_of(item.question_id, item.image_id, recipe.export, item.trajectory_id is not None)].append(item)
+    splits.pop(None)  # no search to show, on an image bound for SFT
     turns: Counter[int] = Counter()  # one rotation over the whole version, so splits and version both balance
     splits = {split: balanced_letters(split_items, turns) for split, split_items in splits.items()}
-    shards = {}
+    shards, kept = {}, {split: [] for split in splits}
     for split, split_items in splits.items():
-        shards.update(_write_split(ctx, staging, split, split_items))
+        shards.update(_write_split(ctx, staging, split, split_items, kept[split], lost))
+    held = {i.question_id for split_items in kept.values() for i in split_items}
+    written = [i for i in items if i.question_id in held]  # in the order the fingerprint of all items reads them
     manifest = new_manifest(
         shards,
-        {split: len(split_items) for split, split_items in splits.items()},
+        {split: len(split_items) for split, split_items in kept.items()},
         dataset=recipe.dataset,
         version=version,
         parent=parent,
-        fingerprint=fingerprint,
+        fingerprint=content_fingerprint(recipe, upstream, written),
         recipe_hash=recipe.fingerprint(),
         database_id=owner,
         code_version=__version__,
@@ -280,7 +313,22 @@ def _register(ctx: Context, manifest: dict, path: Path) -> None:
     )
 
 
-def _write_split(ctx: Context, staging: Path, split: str, items: list[Item]) -> dict[str, dict]:
+def _readable(ctx: Context, read, image_id: str, lost: dict[str, Drop]) -> bytes | None:
+    """`read(ctx, image_id)`, or None when the image's source is gone or changed (kept in `lost`)."""
+    if image_id in lost:
+        return None
+    try:
+        return read(ctx, image_id)
+    except Drop as exc:
+        lost[image_id] = exc
+        return None
+
+
+def _write_split(
+    ctx: Context, staging: Path, split: str, items: list[Item], kept: list[Item], lost: dict[str, Drop]
+) -> dict[str, dict]:
+    """The split's shards; the items written go to `kept`, and an image that cannot be read to `lost`, its items
+    left out."""
     features, schema = SPLITS[split]
     out = staging / "data" / split
     out.mkdir(parents=True)
@@ -289,12 +337,13 @@ def _write_split(ctx: Context, staging: Path, split: str, items: list[Item]) -> 
     written = {}
     for index in range(count):
         chunk = items[index * size : (index + 1) * size]
+        read = _global_view if split == "sft" else _original  # one copy of each image's bytes per shard
+        found = {image_id: _readable(ctx, read, image_id, lost) for image_id in {item.image_id for item in chunk}}
+        kept.extend(item for item in chunk if found[item.image_id] is not None)
         if split == "sft":
-            views = {image_id: _global_view(ctx, image_id) for image_id in {item.image_id for item in chunk}}
-            rows = [_sft_row(ctx, item, views[item.image_id]) for item in chunk]
+            rows = [_sft_row(ctx, item, found[item.image_id]) for item in chunk if found[item.image_id] is not None]
         else:
-            originals = {image_id: _image_bytes(ctx, image_id) for image_id in {item.image_id for item in chunk}}
-            rows = [_rl_row(ctx, item, originals[item.image_id]) for item in chunk]  # one copy of each image's bytes
+            rows = [_rl_row(ctx, item, found[item.image_id]) for item in chunk if found[item.image_id] is not None]
         table = pa.Table.from_pylist(rows, schema=features.arrow_schema)
         del rows
         schema.validate(_checkable(table), lazy=True)  # never write a shard that breaks the contract
@@ -339,14 +388,18 @@ def _common(ctx: Context, item: Item) -> dict:
     }
 
 
-def _image_bytes(ctx: Context, image_id: str) -> bytes:
-    return ctx.con.execute("SELECT data FROM images WHERE image_id = ?", [image_id]).fetchone()[0]
+def _original(ctx: Context, image_id: str) -> bytes:
+    """The full-resolution image as the trainer reads it: the file itself, or, where EXIF orientation turns its
+    pixels, a lossless PNG of them upright, as every box is."""
+    data = image_bytes(ctx.con, image_id)
+    (turned,) = ctx.con.execute("SELECT exif_transposed FROM images WHERE image_id = ?", [image_id]).fetchone()
+    return encode_png(decode(data)) if turned else data
 
 
 def _global_view(ctx: Context, image_id: str) -> bytes:
     """The downscaled whole image the model sees; the full-size pixels are freed on return, before the next image
     is decoded."""
-    image = decode(_image_bytes(ctx, image_id))
+    image = decode(image_bytes(ctx.con, image_id))
     view = global_view(image, global_view_size(image.width, image.height, ctx.recipe.view.max_pixels))
     return encode_jpeg(view, ctx.recipe.export.global_view_quality)
 

@@ -3,8 +3,8 @@
 The built-in teacher is handed every object the annotations name, each with the colour measured on its own
 full-resolution pixels and, for signs, what OCR reads there; it asks about the ones mining kept as small targets.
 A model teacher is shown the whole view with the region outlined and its zoomed crop, told the region's class when
-it has one, and writes its own referring expression: no prompt names a place by coordinates. Every call is kept
-in `teacher_calls`.
+it has one (and the description `name` gave it), and writes its own referring expression: no prompt names a place
+by coordinates. Every call is kept in `teacher_calls`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ PENDING = """
 SELECT image_id, width, height FROM images
 WHERE image_id IN (SELECT item_id FROM done WHERE stage = 'mine')
   AND (NOT {grounded} OR image_id IN (SELECT item_id FROM done WHERE stage = 'ground'))
+  AND (NOT {named} OR image_id IN (SELECT item_id FROM done WHERE stage = 'name'))
   AND image_id NOT IN (SELECT item_id FROM done WHERE stage = 'generate')
 ORDER BY image_id
 """
@@ -50,7 +51,7 @@ OUTLINES = ((255, 0, 255), (0, 255, 255))
 
 def run(ctx: Context) -> StageStats:
     stats = StageStats(NAME)
-    pending = PENDING.format(grounded=str(ctx.uses_model("ground")).lower())
+    pending = PENDING.format(grounded=str(ctx.uses_model("ground")).lower(), named=str(ctx.uses_model("name")).lower())
     if ctx.uses_model("questions"):
         ctx.for_each_pending_async(stats, pending, lambda row: _generate_with_model(ctx, stats, *row))
     else:
@@ -102,8 +103,17 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
     regions = sorted(small, key=lambda r: (-scores[r.region_id], r.region_id))[:per_image]
     whole = global_view(image, global_view_size(width, height, view.max_pixels))
     crops = {r.region_id: context_crop(image, r.box) for r in regions}
+    notes = dict(ctx.con.execute("SELECT region_id, description FROM names WHERE image_id = ?", [image_id]).fetchall())
     singles = [
-        write_questions(teacher, outlined(whole, [r.box], width, height), crops[r.region_id], referent(r), 2, NAME)
+        write_questions(
+            teacher,
+            outlined(whole, [r.box], width, height),
+            crops[r.region_id],
+            referent(r),
+            2,
+            NAME,
+            notes.get(r.region_id) or "",
+        )
         for r in regions
     ]
     pairs = _distant_pairs(regions, width, height)[: max(1, per_image // 3)]
@@ -115,6 +125,7 @@ async def _generate_with_model(ctx: Context, stats: StageStats, image_id: str, w
             [referent(a), referent(b)],
             1,
             NAME,
+            (notes.get(a.region_id) or "", notes.get(b.region_id) or ""),
         )
         for a, b in pairs
     ]
@@ -249,7 +260,13 @@ def ocr_reading(image: Image.Image, box: tuple) -> str:
     return " ".join(line.text for line in read_text(crop))
 
 
+NAMED_REGIONS = "SELECT count(*) FROM regions WHERE image_id = ? AND lower(label) != ?"
+
+
 def _generate(ctx: Context, stats: StageStats, image_id: str, width: int, height: int) -> None:
+    if not ctx.con.execute(NAMED_REGIONS, [image_id, GENERIC]).fetchone()[0]:
+        ctx.drop(stats, image_id, "no_questions", "no named region")  # nothing to ask: not worth a decode
+        return
     facts = image_facts(ctx.con, ctx.image(image_id), image_id, ctx.recipe.view)
     teacher, cfg = ctx.teacher, ctx.recipe.generate
     request = {

@@ -1,8 +1,9 @@
 """Ground: a model teacher lists small, single-instance objects on overlapping tiles of each image.
 
-Boxes come back on the tile's 0..1000 grid, are mapped to original pixels, filtered like mined regions, and merged
-with the miner's candidates: a teacher box that overlaps an existing candidate adds nothing but its label, and one
-that another object could be taken for is dropped, by mine's uniqueness rule.
+Boxes come back in the teacher's own convention over the tile as sent, are mapped to original pixels
+(teacher/boxes.py), filtered like mined regions, and merged with the miner's candidates: a teacher box that
+overlaps an existing candidate adds nothing but its label, and one that another object could be taken for is
+dropped, by mine's uniqueness rule.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from drim_data.recipe import sha256_json
 from drim_data.stages.contract import Context, StageStats
 from drim_data.teacher.tasks import ground_tile
 from drim_data.teacher.together import or_drop, together
-from schemas.geometry import GRID, centre_grid, iou
+from schemas.geometry import centre_grid, iou
 from schemas.tables import validate_table
 
 NAME = "ground"
@@ -49,30 +50,14 @@ def tiles(width: int, height: int, grid: int) -> list[tuple[int, int, int, int]]
     return boxes
 
 
-def tile_to_pixels(bbox: list[float], tile: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = tile
-    w, h = x1 - x0, y1 - y0
-    return (
-        round(x0 + bbox[0] / GRID * w),
-        round(y0 + bbox[1] / GRID * h),
-        round(x0 + bbox[2] / GRID * w),
-        round(y0 + bbox[3] / GRID * h),
-    )
-
-
 async def _ground(ctx: Context, stats: StageStats, image_id: str, width: int, height: int):
     image = ctx.image(image_id)
     teacher = ctx.model()
     boxes = tiles(width, height, ctx.recipe.teacher.tile_grid)
     # one unreadable tile costs that tile's boxes; a failed request leaves the whole image for the next run
-    replies = await together(*(or_drop(ground_tile(teacher, image.crop(t), 8, NAME)) for t in boxes))
+    replies = await together(*(or_drop(ground_tile(teacher, image, t, 8, NAME)) for t in boxes))
     lost = [(index, reply) for index, reply in enumerate(replies) if isinstance(reply, Drop)]
-    found = [
-        (o["label"], tile_to_pixels(o["bbox_2d"], t))
-        for t, objects in zip(boxes, replies, strict=True)
-        if not isinstance(objects, Drop)
-        for o in objects
-    ]
+    found = [obj for objects in replies if not isinstance(objects, Drop) for obj in objects]
     existing = ctx.con.execute(
         "SELECT region_id, x1, y1, x2, y2 FROM regions WHERE image_id = ?", [image_id]
     ).fetchall()

@@ -1,26 +1,35 @@
-"""Ingest: a folder of images (and their annotations) into the database, quarantining what cannot be used.
+"""Ingest: the images of a folder, a URL or a dataset (and their annotations) into the database, by reference,
+quarantining what cannot be used.
 
-An image is its content (sha256): a renamed or restored file is the same image and keeps what was made from it.
+An image is its content (sha256): a renamed or restored file is the same image and keeps what was made from it,
+and the same photo from a folder and from a dataset is one image. The database records where each image lives,
+its size and hash, and its bytes only with `ingest.embed`; `pixels.sources` reads it back from there.
 Identical files under several current paths are one image, named by the first path in sorted order; the others
 are dropped as `duplicate`, and the image takes the annotations of its first path that has any. Which path comes
-first, and which annotation entry names which path, depend on the whole folder, so both are settled again at the
-end of every run, from the folder as it is.
+first, and which annotation entry names which path, depend on the whole input, so both are settled again at the
+end of every run, from the input as it is.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from drim_data.errors import DrimError
 from drim_data.pixels.annotations import Matched, match_annotations
-from drim_data.pixels.images import IMAGE_EXTENSIONS, ImageRejected, check_image
+from drim_data.pixels.images import CheckedImage, ImageRejected, check_image, sha256
+from drim_data.pixels.sources import SOURCE_REASONS, SourceUnreadable, fetch, image_ref, read_image
+from drim_data.pixels.workers import cpu_count
 from drim_data.stages.contract import Context, StageStats
+from drim_data.stages.inputs import Entry, list_input
 from schemas.tables import validate_table
 
 NAME = "ingest"
-VERSION = "2"  # 2: content identity across renames; annotations matched by path under the images folder
+VERSION = "3"  # 2: content identity across renames; annotations matched by path under the images folder;
+# 3: images by reference (URI, size, hash), from folders, URLs and datasets
 
 # Drops that the listing decides, and those settled from the whole folder: both are recorded afresh every run.
 LISTING_REASONS = ("unsupported_extension", "dangling_symlink", "symlink_loop", "unreadable_folder")
@@ -33,120 +42,161 @@ SETTLED_REASONS = (
 )
 
 
-@dataclass
-class Listing:
-    images: list[Path] = field(default_factory=list)  # in sorted order
-    refused: list[tuple[str, str, str]] = field(default_factory=list)  # (path, reason, detail)
-
-
-def list_images(folder: Path, extensions: list[str]) -> Listing:
-    """The image files under `folder`, following symlinked folders; every image-like file left out has a reason.
-
-    Files whose extension is no image format's (labels, notes) are not images and are passed over.
-    """
-    allowed = {e.lower() for e in extensions}
-    listing = Listing()
-
-    def walk(directory: Path, ancestors: frozenset[str]) -> None:
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError as exc:
-            listing.refused.append((str(directory), "unreadable_folder", str(exc)))
-            return
-        for entry in entries:
-            path = Path(entry.path)
-            if entry.is_dir():  # follows a symlinked folder, unless it leads back into a folder being walked
-                real = os.path.realpath(path)
-                if real in ancestors:
-                    listing.refused.append((str(path), "symlink_loop", f"leads back to {real}"))
-                else:
-                    walk(path, ancestors | {real})
-                continue
-            suffix = path.suffix.lower()
-            if suffix not in allowed and suffix not in IMAGE_EXTENSIONS:
-                continue
-            if entry.is_symlink() and not path.exists():
-                listing.refused.append((str(path), "dangling_symlink", f"links to {os.readlink(path)}, which is gone"))
-            elif suffix not in allowed:
-                listing.refused.append(
-                    (str(path), "unsupported_extension", f"{suffix} is not in ingest.extensions {sorted(allowed)}")
-                )
-            elif entry.is_file():
-                listing.images.append(path)
-
-    walk(folder, frozenset({os.path.realpath(folder)}))
-    listing.images.sort(key=str)
-    return listing
-
-
 def run(ctx: Context) -> StageStats:
     cfg, con, stats = ctx.recipe.ingest, ctx.con, StageStats(NAME)
-    if not cfg.images.is_dir():
-        raise DrimError(f"{ctx.recipe.source}: ingest.images: {cfg.images} is not a folder")
-    listing = list_images(cfg.images, cfg.extensions)
-    listed = {str(p): p for p in listing.images}
-    relative = {key: path.relative_to(cfg.images).as_posix() for key, path in listed.items()}
+    try:
+        listing = list_input(cfg)  # an input that cannot be listed stops the run here
+    except DrimError as exc:
+        raise type(exc)(f"{ctx.recipe.source}: {exc}") from None
+    listed = {e.uri: e for e in listing.entries}
+    relative = {e.uri: e.name for e in listing.entries}
     matched = match_annotations(cfg.annotations, list(relative.values()))  # a malformed file stops the run here
+    for name, boxes in listing.boxes.items():  # a dataset's own column
+        matched.boxes.setdefault(name, []).extend(boxes)
+        matched.entries.setdefault(name, []).append(boxes[0][0])
+        complete = {box.label for _, box in boxes} & set(cfg.dataset.complete)
+        if complete:
+            matched.complete.setdefault(name, set()).update(complete)
 
-    known = {
-        path: (size, mtime) for path, size, mtime in con.execute("SELECT path, size, mtime_ns FROM files").fetchall()
-    }
+    known = {uri: (size, stamp) for uri, size, stamp in con.execute("SELECT path, size, stamp FROM files").fetchall()}
     con.begin()
-    for gone in sorted(set(known) - set(listed)):  # the dataset follows the folder: removed files leave it
+    for gone in sorted(set(known) - set(listed)):  # the dataset follows the input: removed files leave it
         con.execute("DELETE FROM files WHERE path = ?", [gone])
         con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [NAME, gone])
         stats.count("removed")
     _record_afresh(ctx, stats, LISTING_REASONS, listing.refused)
     con.commit()
 
-    pending = []
-    for key, path in listed.items():
-        st = path.stat()
-        if known.get(key) != (st.st_size, st.st_mtime_ns):
-            pending.append((key, path, st))
-    for key, path, st in ctx.track(pending, NAME, len(pending)):
+    pending = [e for e in listing.entries if known.get(e.uri) != (e.size, e.stamp)]
+    recorded = _recorded(con)
+    reads = _read_ahead(lambda e: _read(e, cfg.max_pixels, recorded), pending, cpu_count())
+    for read in ctx.track(reads, NAME, len(pending)):
+        entry = read.entry
         con.begin()
-        con.execute("DELETE FROM files WHERE path = ?", [key])
-        con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [NAME, key])  # a fixed file: no old drop
-        image_id = _check_file(ctx, stats, key, path)
+        con.execute("DELETE FROM files WHERE path = ?", [entry.uri])
+        con.execute("DELETE FROM drops WHERE stage = ? AND item_id = ?", [NAME, entry.uri])  # fixed: no old drop
+        image_id = _record(ctx, stats, read)
         status = "quarantined" if image_id is None else "ok"  # `_settle` tells the first path from its duplicates
-        con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", [key, st.st_size, st.st_mtime_ns, image_id, status])
+        con.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", [entry.uri, entry.size, entry.stamp, image_id, status])
         con.commit()
         stats.processed += 1
 
     con.begin()
     _settle(ctx, stats, relative, matched)
+    _retry_stale_sources(ctx)
     con.commit()
+    _embed(ctx, stats)
     return stats
 
 
-def _check_file(ctx: Context, stats: StageStats, key: str, path: Path) -> str | None:
-    """The file's image id, storing the image when its content is new; None when it is quarantined."""
+@dataclass
+class Read:
+    """One listed file as read off the main thread: its bytes and id, and its check unless its content is known."""
+
+    entry: Entry
+    data: bytes = b""
+    image_id: str | None = None
+    checked: CheckedImage | None = None
+    problem: tuple[str, str] | None = None  # (reason, detail): the file is quarantined
+
+
+def _read(entry: Entry, max_pixels: int, recorded: Callable[[str], bool]) -> Read:
+    """Fetch, hash and check one file. Content already recorded was checked when it was first read, so it is only
+    hashed. Runs in a thread: fetching, hashing and decoding release the GIL."""
     try:
-        checked = check_image(path.read_bytes(), ctx.recipe.ingest.max_pixels)
+        data = fetch(entry.uri)
+    except (OSError, SourceUnreadable) as exc:
+        return Read(entry, problem=("unreadable", str(exc)))
+    image_id = sha256(data)
+    if recorded(image_id):
+        return Read(entry, image_id=image_id)
+    try:
+        return Read(entry, data, image_id, check_image(data, max_pixels))
     except ImageRejected as exc:
-        ctx.drop(stats, key, exc.reason, exc.detail)
+        return Read(entry, problem=(exc.reason, exc.detail))
+
+
+def _recorded(con) -> Callable[[str], bool]:
+    """Whether an image id is recorded, askable from any thread (through its own cursor, one caller at a time)."""
+    cursor, lock = con.cursor(), threading.Lock()
+
+    def recorded(image_id: str) -> bool:
+        with lock:
+            return cursor.execute("SELECT 1 FROM images WHERE image_id = ?", [image_id]).fetchone() is not None
+
+    return recorded
+
+
+def _read_ahead(fn: Callable[[Entry], Read], entries: Iterable[Entry], threads: int) -> Iterator[Read]:
+    """`fn(entry)` for each entry, in order, a few at a time on `threads` threads (so a few files in memory)."""
+    with ThreadPoolExecutor(threads) as pool:
+        in_flight: deque = deque()
+        try:
+            for entry in entries:
+                in_flight.append(pool.submit(fn, entry))
+                if len(in_flight) >= 2 * threads:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:  # an interrupt or a fault: queued reads are dropped, not finished first
+            for future in in_flight:
+                future.cancel()
+
+
+def _record(ctx: Context, stats: StageStats, read: Read) -> str | None:
+    """The file's image id, recording the image when its content is new; None when it is quarantined."""
+    if read.problem is not None:
+        ctx.drop(stats, read.entry.uri, *read.problem)
         return None
-    except OSError as exc:
-        ctx.drop(stats, key, "unreadable", str(exc))
-        return None
+    con, checked = ctx.con, read.checked
+    if checked is None or con.execute("SELECT 1 FROM images WHERE image_id = ?", [read.image_id]).fetchone():
+        return read.image_id  # known content, or a copy of a file read just before it in this run
+    con.execute(
+        "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            read.image_id,
+            read.entry.uri,
+            len(read.data),
+            checked.width,
+            checked.height,
+            checked.format,
+            checked.mode,
+            checked.exif_transposed,
+            read.data if ctx.recipe.ingest.embed else None,
+        ],
+    )
+    stats.count("images")
+    return read.image_id
+
+
+def _retry_stale_sources(ctx: Context) -> None:
+    """A later stage's drop for a source that was gone or changed is forgotten, with its done marker, once its
+    image is current again (its file restored): the stage tries it again. Images no longer current stay dropped."""
+    reasons = ", ".join(f"'{r}'" for r in SOURCE_REASONS)
+    stale = f"""
+        SELECT d.stage, d.item_id FROM drops d LEFT JOIN questions q ON q.question_id = d.item_id
+        WHERE d.stage <> '{NAME}' AND d.reason IN ({reasons})
+          AND coalesce(q.image_id, d.item_id) IN (SELECT image_id FROM files WHERE status = 'ok')"""
+    for table in ("done", "drops"):
+        ctx.con.execute(f"DELETE FROM {table} WHERE (stage, item_id) IN ({stale})")
+
+
+def _embed(ctx: Context, stats: StageStats) -> None:
+    """Hold every image's bytes in the database with `ingest.embed`, and none without: turning it on or off
+    changes no output, so it redoes no stage."""
     con = ctx.con
-    if not con.execute("SELECT 1 FROM images WHERE image_id = ?", [checked.image_id]).fetchone():
-        con.execute(
-            "INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                checked.image_id,
-                key,
-                checked.width,
-                checked.height,
-                checked.format,
-                checked.mode,
-                checked.exif_transposed,
-                checked.data,
-            ],
-        )
-        stats.count("images")
-    return checked.image_id
+    if not ctx.recipe.ingest.embed:
+        if con.execute("SELECT 1 FROM images WHERE data IS NOT NULL LIMIT 1").fetchone():
+            con.execute("UPDATE images SET data = NULL")
+        return
+    for (image_id,) in con.execute("SELECT image_id FROM images WHERE data IS NULL ORDER BY 1").fetchall():
+        try:
+            data = read_image(image_ref(con, image_id))
+        except Exception as exc:  # a source gone since it was read: later stages drop it; nothing to hold
+            stats.count(f"not_embedded:{getattr(exc, 'reason', 'unreadable')}")
+            continue
+        con.execute("UPDATE images SET data = ? WHERE image_id = ?", [data, image_id])
+        stats.count("embedded")
 
 
 def _settle(ctx: Context, stats: StageStats, relative: dict[str, str], matched: Matched) -> None:
@@ -167,11 +217,11 @@ def _settle(ctx: Context, stats: StageStats, relative: dict[str, str], matched: 
             drops.append((path, "duplicate", f"same content as {paths[image_id][0]}"))
     stored = _stored_annotations(ctx)
     for image_id, current in sorted(paths.items(), key=lambda item: item[1][0]):
-        source_path, width, height = con.execute(
-            "SELECT source_path, width, height FROM images WHERE image_id = ?", [image_id]
+        uri, width, height = con.execute(
+            "SELECT uri, width, height FROM images WHERE image_id = ?", [image_id]
         ).fetchone()
-        if source_path != current[0]:
-            con.execute("UPDATE images SET source_path = ? WHERE image_id = ?", [current[0], image_id])
+        if uri != current[0]:
+            con.execute("UPDATE images SET uri = ? WHERE image_id = ?", [current[0], image_id])
         labelled = [relative[p] for p in current if relative[p] in matched.entries] or [relative[current[0]]]
         for other in labelled[1:]:
             for entry in matched.entries[other]:

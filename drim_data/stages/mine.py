@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from drim_data.errors import DrimError
 from drim_data.pixels.candidates import Job, Mined, mine_image
+from drim_data.pixels.sources import image_ref
 from drim_data.pixels.workers import cpu_count, ordered_map
 from drim_data.stages.contract import Context, StageStats
 from schemas.tables import validate_table
@@ -61,15 +62,14 @@ def run(ctx: Context) -> StageStats:
 
 
 def _jobs(ctx: Context, pending: list[str]) -> Iterator[Job]:
-    """One job per image; its bytes are read only when a worker is about to need them."""
+    """One job per image, carrying its reference: the worker reads its bytes, and only if proposals need them."""
     boxes: dict[str, list[tuple]] = {}
     for image_id, *box in ctx.con.execute(ANNOTATIONS).fetchall():
         boxes.setdefault(image_id, []).append(tuple(box))
     for image_id in pending:
-        data, width, height = ctx.con.execute(
-            "SELECT data, width, height FROM images WHERE image_id = ?", [image_id]
-        ).fetchone()
-        yield Job(image_id, data, width, height, boxes.get(image_id, []), ctx.recipe.mine, ctx.recipe.view)
+        width, height = ctx.con.execute("SELECT width, height FROM images WHERE image_id = ?", [image_id]).fetchone()
+        ref = image_ref(ctx.con, image_id)
+        yield Job(image_id, ref, width, height, boxes.get(image_id, []), ctx.recipe.mine, ctx.recipe.view)
 
 
 def _write(ctx: Context, stats: StageStats, batch: list[Mined]) -> None:
@@ -81,7 +81,9 @@ def _write(ctx: Context, stats: StageStats, batch: list[Mined]) -> None:
     _insert(con, "INSERT OR IGNORE INTO regions", [row for mined in batch for row in mined.regions])
     drops = [(NAME, region_id, reason, "") for mined in batch for region_id, reason in mined.drops]
     for mined in batch:
-        if mined.error:
+        if mined.dropped:
+            drops.append((NAME, mined.image_id, mined.dropped[0], mined.dropped[1][:2000]))
+        elif mined.error:
             drops.append((NAME, mined.image_id, "error", mined.error[:2000]))
         elif not mined.regions:
             drops.append((NAME, mined.image_id, "no_regions", ""))

@@ -16,6 +16,7 @@ from PIL import Image
 
 from drim_data.errors import Drop
 from drim_data.pixels.measure import measure
+from drim_data.pixels.ocr import squeezed
 from drim_data.pixels.palette import colour_name, object_pixels
 from drim_data.stages.search import Scene, Zoom, centre, contains, detail
 from schemas.tool import GRID
@@ -377,8 +378,7 @@ def _area(box) -> float:
 
 def agrees(reading: str, answer: str, least: float = 0.7) -> bool:
     """Whether an OCR reading holds the answer, letter for letter or nearly (OCR drops and swaps letters)."""
-    norm = lambda s: "".join(ch for ch in s.lower() if ch.isalnum())  # noqa: E731
-    reading, answer = norm(reading), norm(answer)
+    reading, answer = squeezed(reading), squeezed(answer)
     if not reading or not answer:
         return False
     if answer in reading:

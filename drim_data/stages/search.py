@@ -230,18 +230,26 @@ def _single(qid, k, subject, need, order, scene, cfg):
     return build
 
 
-def count_groups(targets: list[tuple], longest: float) -> list[list[tuple]]:
-    """The counted instances in compact groups, each fitting a box no longer than `longest` a side: the two
-    groups whose union is smallest merge first, while it fits."""
+def holding_side(box) -> float:
+    """The smallest square side that holds a box inside the zoom's margins, with room for the grid's rounding."""
+    return max(box[2] - box[0], box[3] - box[1]) * (1 + 2 * MARGIN) + 4
+
+
+def widest_side(need: float, view_scale: float) -> float:
+    """The largest square side that still shows its subject at `need` detail and gains on the global view, with
+    room for the grid's rounding."""
+    return 0.95 * side_for(max(need, MIN_GAIN * view_scale))
+
+
+def count_groups(targets: list[tuple], widest: float) -> list[list[tuple]]:
+    """The counted instances in compact groups, each held by a square no wider than `widest`: the two groups
+    whose union is smallest merge first, while it fits."""
     groups = [[t] for t in sorted(targets, key=centre)]
-
-    def extent(boxes: list[tuple]) -> float:
-        u = union(boxes)
-        return max(u[2] - u[0], u[3] - u[1])
-
     while len(groups) > 1:
-        size, i, j = min((extent(a + b), i, j) for i, a in enumerate(groups) for j, b in enumerate(groups) if i < j)
-        if size > longest:
+        side, i, j = min(
+            (holding_side(union(a + b)), i, j) for i, a in enumerate(groups) for j, b in enumerate(groups) if i < j
+        )
+        if side > widest:
             break
         groups[i] += groups.pop(j)
     return groups
@@ -249,15 +257,13 @@ def count_groups(targets: list[tuple], longest: float) -> list[list[tuple]]:
 
 def _count_groups(qid, k, targets, need, scene, cfg):
     def build(view_scale: float) -> list[Zoom]:
-        enough = 0.95 * side_for(max(need, MIN_GAIN * view_scale))
-        groups = count_groups(targets, (enough - 4) / (1 + 2 * MARGIN))
+        groups = count_groups(targets, widest_side(need, view_scale))
         if len(groups) < 2:
             raise ZoomError("one zoom holds them all")
         zooms = []
         for i, g in enumerate(groups):  # a tight view over each group, centred on it: it gives away no position
             subject = union(g)
-            long = max(subject[2] - subject[0], subject[3] - subject[1])
-            side = max(long * (1 + 2 * MARGIN) + 4, ZOOM.min_side_px)
+            side = max(holding_side(subject), ZOOM.min_side_px)
             z = _zoom(_around(subject, side, [qid, "group", i, k], scene), "fine", subject, scene, need)
             zooms.append(Zoom(z.grid, z.box, z.role, z.subject, i, need=z.need))
         return zooms
@@ -291,9 +297,7 @@ def _multi(qid, k, targets, scene, cfg):
 def _approach(key, k, subject, need, order, scene, cfg, view_scale) -> list[Zoom]:
     """One zoom that already shows the subject at enough detail (direct), or a coarse then a fine one."""
     long = max(subject[2] - subject[0], subject[3] - subject[1])
-    fit = long * (1 + 2 * MARGIN) + 4  # the smallest square that holds the subject inside its margins
-    # the largest box that shows it well, with room for the grid's rounding
-    enough = 0.95 * side_for(max(need, MIN_GAIN * view_scale))
+    fit, enough = holding_side(subject), widest_side(need, view_scale)
     fine_side = max(min(long * cfg.context_scale, enough), fit, ZOOM.min_side_px)
     if order == "direct":
         side = max(min(2 * fine_side, enough), fine_side)

@@ -162,7 +162,7 @@ def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:
             [image_id],
         ).fetchall()
     ]
-    sft = [q for q in kept if split_of(q, recipe.export.rl_share) == "sft"]
+    sft = [q for q in kept if split_of(q, image_id, recipe.export) == "sft"]
     sft.sort(key=lambda q: hash_share(["reflective", q]))
     share, offset = recipe.trajectories.reflective_share, hash_share(["reflective", image_id])
     return {q for r, q in enumerate(sft) if math.floor((r + 1) * share + offset) > math.floor(r * share + offset)}

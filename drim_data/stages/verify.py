@@ -2,7 +2,9 @@
 
 With a model teacher, survivors also face votes: k independent answers on the crop must agree with the reference,
 a validator shown the full image and the crop must find the referent unambiguous, and a solver answering from the
-downscaled full image without tools must mostly fail while it succeeds on the crop. Every vote is kept.
+downscaled full image without tools must mostly fail while it succeeds on the crop. These checks are asked as a
+cascade (stages/cascade.py): each only until it is decided, none after the first that fails, with the verdicts of
+asking everything at once. Every vote asked is kept.
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ import json
 from drim_data.pixels.candidates import ambiguous
 from drim_data.pixels.solver import BlindItem, blind_answer
 from drim_data.recipe import ViewConfig
+from drim_data.stages.cascade import Check, run_checks
 from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.generate import context_crop
 from drim_data.stages.questions import COLUMNS, Question
 from drim_data.teacher import tasks as teacher_tasks
-from drim_data.teacher.together import together
 from schemas.answers import LETTERS, is_correct, normalise_text
 from schemas.geometry import centre_grid
 from schemas.tables import validate_table
-from schemas.tool import global_view, global_view_size, min_side_in_global_view
+from schemas.tool import min_side_in_global_view
 
 NAME = "verify"
 VERSION = "1"
@@ -91,49 +93,59 @@ async def _verify_with_model(ctx: Context, stats: StageStats, item: Question):
         return lambda: _record(ctx, stats, item, reason, min_side)
     image = ctx.image(item.image_id)
     crops = [context_crop(image, tuple(t)) for t in item.targets]
-    full = global_view(image, global_view_size(item.width, item.height, ctx.recipe.view.max_pixels))
+    full = ctx.view(item.image_id)  # one per image: its JPEG is encoded once for all the image's items
     cfg, teacher, solver = ctx.recipe.teacher.verification, ctx.model(), ctx.model("solver")
 
-    def ask(model, images, view, variant):
-        return teacher_tasks.answer(model, images, item.question, view, stage=NAME, variant=variant)
+    def answers(model, images: list, view: str, first_variant: int):
+        async def ask(i: int) -> tuple[str, bool]:
+            answer = await teacher_tasks.answer(
+                model, images, item.question, view, stage=NAME, variant=first_variant + i
+            )
+            return answer, is_correct(item.checker, answer, item.answer)
 
-    n, k = cfg.votes, cfg.solver_samples
-    replies = await together(  # one failed vote fails the question: its other votes are cancelled with it
-        *(ask(teacher, crops, CROP_VIEW, i + 1) for i in range(n)),
-        teacher_tasks.validate(teacher, full, crops[0], item.question, stage=NAME),
-        *(ask(solver, [full], FULL_VIEW, 100 + i) for i in range(k)),
-        *(ask(solver, crops, CROP_VIEW, 200 + i) for i in range(k)),
-    )
-    unambiguous = replies[n]
-    graded = {
-        role: [(a, is_correct(item.checker, a, item.answer)) for a in answers]
-        for role, answers in (
-            ("vote", replies[:n]),
-            ("solver_full", replies[n + 1 : n + 1 + k]),
-            ("solver_crop", replies[n + 1 + k :]),
-        )
-    }
+        return ask
 
-    def rate(role: str) -> float:
-        return sum(ok for _, ok in graded[role]) / max(1, len(graded[role]))
+    async def validator(_: int) -> tuple[str, bool]:
+        unambiguous = await teacher_tasks.validate(teacher, full, crops[0], item.question, stage=NAME)
+        return "unambiguous" if unambiguous else "ambiguous", unambiguous
 
-    if rate("vote") < cfg.min_agreement:
-        reason = "teacher_disagrees"
-    elif not unambiguous:
-        reason = "validator_ambiguous"
-    elif rate("solver_full") > cfg.solver_max_pass:
-        reason = "solvable_without_zoom"
-    elif rate("solver_crop") < cfg.crop_min_pass:
-        reason = "unsolvable_on_crop"
+    k = cfg.solver_samples
+    # cheapest per rejection first: one validator call; the global-view solver, which rejects the most items
+    # (questions a model answers without zooming) and is decided by two samples when it rejects; the votes; the
+    # crop solver. The first failure in this order names the reason, asked at once or as a cascade; variants keep
+    # every sample's cache key whatever the order.
+    checks = [
+        Check("validator", "validator_ambiguous", 1, lambda r: r == 1, validator),
+        Check(
+            "solver_full",
+            "solvable_without_zoom",
+            k,
+            lambda r: r <= cfg.solver_max_pass,
+            answers(solver, [full], FULL_VIEW, 100),
+        ),
+        Check(
+            "vote",
+            "teacher_disagrees",
+            cfg.votes,
+            lambda r: r >= cfg.min_agreement,
+            answers(teacher, crops, CROP_VIEW, 1),
+        ),
+        Check(
+            "solver_crop",
+            "unsolvable_on_crop",
+            k,
+            lambda r: r >= cfg.crop_min_pass,
+            answers(solver, crops, CROP_VIEW, 200),
+        ),
+    ]
+    # a batch's round trip takes hours: there, every sample goes into the same batch at once
+    cascade = cfg.cascade and not (teacher.cfg.batch or solver.cfg.batch)
+    reason, graded = await run_checks(checks, cascade)
 
     def write() -> None:
-        for role, answers in graded.items():
-            for i, (a, ok) in enumerate(answers):
+        for role, asked in graded.items():
+            for i, (a, ok) in enumerate(asked):
                 ctx.con.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?)", [item.question_id, role, i, a, ok])
-        ctx.con.execute(
-            "INSERT INTO votes VALUES (?, 'validator', 0, ?, ?)",
-            [item.question_id, "unambiguous" if unambiguous else "ambiguous", unambiguous],
-        )
         _record(ctx, stats, item, reason, min_side)
 
     return write

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import difflib
 import random
-import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from drim_data.pixels.ocr import squeezed
 from drim_data.pixels.palette import PALETTE, confusions, to_lab
 from drim_data.recipe import GenerateConfig, sha256_json
 from schemas.answers import LETTERS, with_options
@@ -414,32 +414,19 @@ def relation(a: Instance, b: Instance, facts: ImageFacts, cfg: GenerateConfig) -
     return None
 
 
-def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
-    found = []
-    others = [i for i in facts.instances if i.sure and i.label != GENERIC]
-    for a in rng.sample(_targets(facts), len(_targets(facts))):
-        asked = 0
-        for b in rng.sample(others, len(others)):
-            where = b is not a and relation(a, b, facts, cfg)
-            if not where:
+def _pair_questions(targets: list[Instance], partners, ask, cfg: GenerateConfig, rng: random.Random, one_way: bool):
+    """Questions about pairs: each target (in random order) with up to `partners_per_target` partners, at most
+    `per_image` in all. `ask(a, b)` writes one or returns None; `one_way` asks a pair only one way round."""
+    found, asked_pairs = [], set()
+    for a in rng.sample(targets, len(targets)):
+        asked, candidates = 0, partners(a)
+        for b in rng.sample(candidates, len(candidates)):
+            if b is a or (one_way and (id(b), id(a)) in asked_pairs):
+                continue  # the same pair the other way round asks the same thing
+            asked_pairs.add((id(a), id(b)))
+            draft = ask(a, b)
+            if draft is None:
                 continue
-            axis = frozenset({"horizontal" if where in ("left", "right") else "vertical"})  # names do not give it away
-            ref_a = names.pick(a, rng, avoid=axis, not_anchor=b)
-            ref_b = names.pick(b, rng, avoid=axis, not_anchor=a)
-            if not ref_a or not ref_b or ref_a == ref_b:
-                continue
-            if rng.random() < cfg.short_answer_share:
-                pair = ("left", "right") if where in ("left", "right") else ("above", "below")
-                stem = (
-                    f"Is {ref_a} to the left or to the right of {ref_b}? Answer left or right."
-                    if pair[0] == "left"
-                    else f"Is {ref_a} above or below {ref_b}? Answer above or below."
-                )
-                draft = Draft("relative_position", stem, where, [], "text", a.label, [a, b], [ref_a, ref_b])
-            else:
-                wrong = [OPPOSITE[where]] + [r for r in RELATIONS if r not in (where, OPPOSITE[where])]
-                stem = f"Where is {ref_a} relative to {ref_b}?"
-                draft = Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
             found.append(draft)
             asked += 1
             if asked == cfg.partners_per_target or len(found) >= cfg.per_image:
@@ -449,40 +436,54 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
     return found
 
 
+def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    others = [i for i in facts.instances if i.sure and i.label != GENERIC]
+
+    def ask(a: Instance, b: Instance) -> Draft | None:
+        where = relation(a, b, facts, cfg)
+        if not where:
+            return None
+        axis = frozenset({"horizontal" if where in ("left", "right") else "vertical"})  # names do not give it away
+        ref_a = names.pick(a, rng, avoid=axis, not_anchor=b)
+        ref_b = names.pick(b, rng, avoid=axis, not_anchor=a)
+        if not ref_a or not ref_b or ref_a == ref_b:
+            return None
+        if rng.random() < cfg.short_answer_share:
+            stem = (
+                f"Is {ref_a} to the left or to the right of {ref_b}? Answer left or right."
+                if where in ("left", "right")
+                else f"Is {ref_a} above or below {ref_b}? Answer above or below."
+            )
+            return Draft("relative_position", stem, where, [], "text", a.label, [a, b], [ref_a, ref_b])
+        wrong = [OPPOSITE[where]] + [r for r in RELATIONS if r not in (where, OPPOSITE[where])]
+        stem = f"Where is {ref_a} relative to {ref_b}?"
+        return Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
+
+    return _pair_questions(_targets(facts), lambda a: others, ask, cfg, rng, one_way=True)
+
+
 def _compare_size(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
     """Is one named object longer or shorter than another of its class, by at least `length_ratio`; their names
     never speak of size, which would give the answer away."""
-    found, asked_pairs = [], set()
-    targets = _targets(facts)
-    for a in rng.sample(targets, len(targets)):
-        asked = 0
-        partners = [b for b in facts.instances if b is not a and b.label == a.label and b.sure]
-        for b in rng.sample(partners, len(partners)):
-            if (id(b), id(a)) in asked_pairs:
-                continue  # the same pair the other way round asks the same thing
-            asked_pairs.add((id(a), id(b)))
-            if cut_off(a, facts) or cut_off(b, facts):
-                continue  # a length the image's edge cuts is not the object's length
-            longer = length(a) >= cfg.length_ratio * length(b)
-            if not longer and length(b) < cfg.length_ratio * length(a):
-                continue  # too close in length to call from boxes a labeller drew
-            ref_a = names.pick(a, rng, avoid=frozenset({"size"}), not_anchor=b)
-            ref_b = names.pick(b, rng, avoid=frozenset({"size"}), not_anchor=a)
-            if not ref_a or not ref_b or ref_a == ref_b:
-                continue
-            stem = f"Is {ref_a} longer or shorter than {ref_b}? Answer longer or shorter."
-            answer = "longer" if longer else "shorter"
-            found.append(Draft("compare_size", stem, answer, [], "text", a.label, [a, b], [ref_a, ref_b]))
-            asked += 1
-            if asked == cfg.partners_per_target or len(found) >= cfg.per_image:
-                break
-        if len(found) >= cfg.per_image:
-            break
-    return found
 
+    def partners(a: Instance) -> list[Instance]:
+        return [b for b in facts.instances if b is not a and b.label == a.label and b.sure]
 
-def _norm(text: str) -> str:
-    return re.sub(r"[^0-9a-z]", "", text.lower())
+    def ask(a: Instance, b: Instance) -> Draft | None:
+        if cut_off(a, facts) or cut_off(b, facts):
+            return None  # a length the image's edge cuts is not the object's length
+        longer = length(a) >= cfg.length_ratio * length(b)
+        if not longer and length(b) < cfg.length_ratio * length(a):
+            return None  # too close in length to call from boxes a labeller drew
+        ref_a = names.pick(a, rng, avoid=frozenset({"size"}), not_anchor=b)
+        ref_b = names.pick(b, rng, avoid=frozenset({"size"}), not_anchor=a)
+        if not ref_a or not ref_b or ref_a == ref_b:
+            return None
+        stem = f"Is {ref_a} longer or shorter than {ref_b}? Answer longer or shorter."
+        answer = "longer" if longer else "shorter"
+        return Draft("compare_size", stem, answer, [], "text", a.label, [a, b], [ref_a, ref_b])
+
+    return _pair_questions(_targets(facts), partners, ask, cfg, rng, one_way=True)
 
 
 def text_confirmed(instance: Instance, cfg: GenerateConfig) -> bool:
@@ -490,7 +491,8 @@ def text_confirmed(instance: Instance, cfg: GenerateConfig) -> bool:
     if not instance.text or not instance.ocr_text:
         return False
     return (
-        difflib.SequenceMatcher(None, _norm(instance.text), _norm(instance.ocr_text)).ratio() >= cfg.min_text_agreement
+        difflib.SequenceMatcher(None, squeezed(instance.text), squeezed(instance.ocr_text)).ratio()
+        >= cfg.min_text_agreement
     )
 
 

@@ -7,6 +7,11 @@ under optional request / token per-minute limits, with retries that honour Retry
 exponentially with jitter on 5xx, timeouts and dropped connections, up to a cap; every final failure is
 recorded with its reason. What no retry can fix (no key, a malformed URL, refused credentials, an unknown model
 or path, a server that cannot be reached at all) is a `RunFault` that stops the run.
+
+A `base_url` list names replicas of one model: each attempt goes to the live replica with the fewest requests in
+flight, and one that refuses connections, or fails several attempts in a row, is set aside for a cool-down while
+the others carry on. Only when the last live one cannot be reached is the run stopped. Which replica answered is
+no part of a request's key.
 """
 
 from __future__ import annotations
@@ -24,8 +29,7 @@ import time
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import NamedTuple
-from urllib.parse import urlsplit
+from typing import Any, NamedTuple
 
 import duckdb
 import openai
@@ -33,8 +37,9 @@ from PIL import Image
 
 from drim_data.errors import RunFault
 from drim_data.pixels.images import encode_jpeg, sha256
-from drim_data.recipe import EndpointConfig, sha256_json
+from drim_data.recipe import EndpointConfig, sha256_json, url_problem
 from drim_data.teacher import batch
+from drim_data.teacher.limits import budget_for
 from drim_data.teacher.store import CallStore, call_row
 
 IMAGE_TOKENS_ESTIMATE = 800  # for the tokens-per-minute limit, before the server reports real usage
@@ -44,6 +49,10 @@ _NO_PLATFORM_HEADERS = {
     f"X-Stainless-{name}": openai.Omit()
     for name in ("Lang", "Package-Version", "OS", "Arch", "Runtime", "Runtime-Version")
 }
+REPLICA_FAILURES = 3  # failed attempts in a row that set a replica aside (a refused connection: at once)
+REPLICA_COOLDOWN_S = 30.0  # how long a failing replica is set aside while the others carry on
+# failures that are the server's, not the request's (and every 5xx): they count against a replica
+_REPLICA_FAULTS = ("unreachable", "connection", "timeout", "malformed_response")
 _TOKENS = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
@@ -89,32 +98,33 @@ class _Request:
     abandoned: bool = False  # nobody waits any more: finish the attempt on the wire, start no other
 
 
-class RateLimiter:
-    """A token bucket refilled continuously at `per_minute / 60` per second."""
+@dataclass
+class _Replica:
+    """One server of an endpoint; `client` belongs to the event loop the teacher is bound to."""
 
-    def __init__(self, per_minute: int):
-        self.capacity = float(per_minute)
-        self.level = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.updated = time.monotonic()
+    url: str
+    client: Any = None
+    in_flight: int = 0
+    sent: int = 0
+    failures: int = 0  # failed attempts since its last success
+    down_until: float = 0.0  # set aside until then
+    error: str = ""  # its last failure, for the message when none is left
 
-    async def acquire(self, amount: float) -> None:
-        amount = min(amount, self.capacity)
-        while True:
-            now = time.monotonic()
-            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.level >= amount:
-                self.level -= amount
-                return
-            await asyncio.sleep((amount - self.level) / self.rate)
+
+def sent_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """The size an image reaches the endpoint at: downscaled to the pixel budget, never upscaled. A teacher's
+    boxes in pixels are in this size."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
 
 
 def image_part(image: Image.Image, max_pixels: int) -> tuple[dict, str]:
     """An image as a base64 JPEG data URL, downscaled to the pixel budget, and its content hash."""
-    if image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
+    size = sent_size(image.width, image.height, max_pixels)
+    if size != image.size:
+        image = image.resize(size)
     data = encode_jpeg(image, 90)
     url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
     return {"type": "image_url", "image_url": {"url": url}}, sha256(data)
@@ -139,19 +149,16 @@ class Teacher:
                 f"the {self.role} endpoint needs an API key in the environment variable "
                 f"{self.cfg.api_key_env} (set it to any value for servers without authentication)"
             )
-        url = urlsplit(self.cfg.base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise RunFault(
-                f"the {self.role} endpoint's base_url {self.cfg.base_url!r} is not an http:// or https:// URL "
-                "with a host, e.g. https://api.openai.com/v1"
-            )
+        problems = [url_problem(url) for url in self.cfg.urls] or ["is an empty list"]
+        if any(problems):
+            raise RunFault(f"the {self.role} endpoint's base_url {next(p for p in problems if p)}")
+        self.replicas = [_Replica(url) for url in self.cfg.urls]
         self.model = self.cfg.model
         self.store = CallStore(self.con)
         self._loop = None
         self._inflight: dict[str, _Request] = {}
         self._parts: dict[int, tuple[dict, str]] = {}
-        self._requests = RateLimiter(self.cfg.requests_per_minute) if self.cfg.requests_per_minute else None
-        self._tokens = RateLimiter(self.cfg.tokens_per_minute) if self.cfg.tokens_per_minute else None
+        self._budget = budget_for(self.cfg)  # this process's, or the one all partitions of a run share
 
     def _bind(self) -> None:
         """Clients and semaphores belong to one event loop; each stage runs its own."""
@@ -160,16 +167,17 @@ class Teacher:
             self.store.abandon_loop()
             self._inflight.clear()  # requests of an ended loop were cancelled with it
             self._loop = loop
-            # aiohttp's transport costs about half the CPU per request of the default one
-            self.client = openai.AsyncOpenAI(
-                api_key=self._key,
-                base_url=self.cfg.base_url,
-                max_retries=0,
-                timeout=self.cfg.timeout_s,
-                default_headers=_NO_PLATFORM_HEADERS,
-                http_client=openai.DefaultAioHttpClient(verify=_tls_context()),
-            )
-            self._in_flight = asyncio.Semaphore(self.cfg.max_in_flight)
+            for replica in self.replicas:  # aiohttp's transport costs about half the CPU per request of httpx's
+                replica.client = openai.AsyncOpenAI(
+                    api_key=self._key,
+                    base_url=replica.url,
+                    max_retries=0,
+                    timeout=self.cfg.timeout_s,
+                    default_headers=_NO_PLATFORM_HEADERS,
+                    http_client=openai.DefaultAioHttpClient(verify=_tls_context()),
+                )
+                replica.in_flight = 0
+            self.client = self.replicas[0].client  # the Batch API's files and batches live on one server
 
     async def close(self) -> None:
         """End the stage's requests, write every response received, and close the client while its loop runs.
@@ -189,7 +197,8 @@ class Teacher:
             await asyncio.gather(*(r.task for r in requests), return_exceptions=True)
         finally:
             await self.store.drain()
-            await self.client.close()
+            for replica in self.replicas:
+                await replica.client.close()
             self._loop = None
 
     def build(
@@ -305,16 +314,14 @@ class Teacher:
     async def _send(
         self, request: _Request, key: str, payload: dict, purpose: str, stage: str, canonical: dict
     ) -> Answer:
+        replica = None
         for attempt in range(1, self.cfg.max_attempts + 1):
-            if self._requests:
-                await self._requests.acquire(1)
-            if self._tokens:
-                await self._tokens.acquire(_estimate_tokens(payload))
-            request.on_wire = True
-            try:
-                outcome = await self._attempt(payload)
-            finally:
-                request.on_wire = False
+            async with self._budget.slot(_estimate_tokens(payload)):  # a wait a caller may still cancel
+                request.on_wire = True
+                try:
+                    outcome, replica = await self._attempt(payload, avoid=replica)
+                finally:
+                    request.on_wire = False
             if outcome.body is not None:
                 error = self.truncation(outcome.body)
                 row = call_row(key, stage, self.model, purpose, canonical, outcome.body, outcome.latency, attempt)
@@ -324,9 +331,9 @@ class Teacher:
                 await self.store.put(row)
                 return _answer(outcome.body, cached=False)
             if outcome.reason in ("unauthorized", "not_found") or (
-                outcome.reason == "unreachable" and attempt == self.cfg.max_attempts
+                outcome.reason == "unreachable" and attempt == self.cfg.max_attempts and not self._others_live(replica)
             ):
-                raise self._fault(outcome)
+                raise self._fault(outcome, replica)
             if not outcome.retryable or attempt == self.cfg.max_attempts or request.abandoned:
                 break
             self.waits.append(outcome.wait if outcome.wait is not None else self._backoff(attempt))
@@ -335,9 +342,9 @@ class Teacher:
         self.store.record(call_row(key, stage, self.model, purpose, canonical, None, None, attempt, error=error))
         raise TeacherFailed(outcome.reason, outcome.detail)
 
-    def _fault(self, outcome: _Outcome) -> RunFault:
+    def _fault(self, outcome: _Outcome, replica: _Replica) -> RunFault:
         """The run-level fault an attempt's outcome means, naming the endpoint, the model and the key's variable."""
-        where = f"the {self.role} endpoint {self.cfg.base_url} (model {self.model})"
+        where = f"the {self.role} endpoint {replica.url} (model {self.model})"
         if outcome.reason == "unauthorized":
             return RunFault(
                 f"{where} refused the API key in {self.cfg.api_key_env}: {outcome.detail[:200]}; "
@@ -345,39 +352,82 @@ class Teacher:
             )
         if outcome.reason == "not_found":
             return RunFault(f"{where} answered 404 Not Found: check the model name and that base_url ends in /v1")
+        if len(self.replicas) > 1:
+            failing = "; ".join(f"{r.url} ({r.error[:120]})" for r in self.replicas)
+            return RunFault(
+                f"none of the {len(self.replicas)} replicas of the {self.role} endpoint (model {self.model}) can be "
+                f"reached: {failing}; are the servers running, and are base_url's hosts and ports right?"
+            )
         return RunFault(
             f"{where} cannot be reached after {self.cfg.max_attempts} attempts ({outcome.detail[:200]}); "
             "is the server running, and are base_url's host and port right?"
         )
 
-    async def _attempt(self, payload: dict) -> _Outcome:
-        async with self._in_flight:
-            self.sent += 1
-            started = time.perf_counter()
-            try:
-                # The low-level call sends the payload as built and returns plain JSON: the typed wrapper's
-                # per-request transforms cost more CPU than the rest of a request's handling together.
-                body = await self.client.post("/chat/completions", body=payload, cast_to=object)
-                if not isinstance(body, dict) or not body.get("choices"):
-                    raise ValueError("reply has no choices")
-                return _Outcome(body, latency=time.perf_counter() - started)
-            except openai.RateLimitError as exc:
-                return _Outcome(None, "rate_limited", self._detail(exc), wait=_retry_after(exc), retryable=True)
-            except openai.APIStatusError as exc:  # 4xx other than timeouts and conflicts: the request is wrong
-                if exc.status_code in (401, 403):
-                    return _Outcome(None, "unauthorized", self._detail(exc))
-                if exc.status_code == 404:
-                    return _Outcome(None, "not_found", self._detail(exc))
-                retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
-                return _Outcome(None, f"http_{exc.status_code}", self._detail(exc), retryable=retryable)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                # the SDK reports a refused connection as a connect timeout: the cause tells them apart
-                if _unreachable(exc):
-                    return _Outcome(None, "unreachable", self._detail(exc), retryable=True)
-                reason = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection"
-                return _Outcome(None, reason, self._detail(exc), retryable=True)
-            except (openai.APIError, ValueError) as exc:  # unparseable or truncated response bodies
-                return _Outcome(None, "malformed_response", self._detail(exc, named=True), retryable=True)
+    def _pick(self, avoid: _Replica | None) -> _Replica:
+        """The live replica with the fewest requests in flight (then the fewest sent), other than `avoid`, the one
+        this request just failed on, where another is live."""
+        now = time.monotonic()
+        live = [r for r in self.replicas if r.down_until <= now and r is not avoid]
+        live = live or [r for r in self.replicas if r.down_until <= now] or self.replicas
+        return min(live, key=lambda r: (r.in_flight, r.sent))
+
+    def _others_live(self, replica: _Replica) -> bool:
+        now = time.monotonic()
+        return any(r is not replica and r.down_until <= now for r in self.replicas)
+
+    def _settle(self, replica: _Replica, outcome: _Outcome) -> None:
+        """Count a replica's failures; one that refuses connections or fails `REPLICA_FAILURES` attempts in a row
+        is set aside for `REPLICA_COOLDOWN_S` while another is live (the last one is retried like a lone server)."""
+        if outcome.body is not None:
+            replica.failures = 0
+            return
+        if outcome.reason not in _REPLICA_FAULTS and not outcome.reason.startswith("http_5"):
+            return  # the request's fault, or a rate limit: the replica is fine
+        replica.failures += 1
+        replica.error = f"{outcome.reason}: {outcome.detail}"
+        if (outcome.reason == "unreachable" or replica.failures >= REPLICA_FAILURES) and self._others_live(replica):
+            replica.down_until = time.monotonic() + REPLICA_COOLDOWN_S
+            replica.failures = REPLICA_FAILURES - 1  # back on probation: one more failure sets it aside again
+
+    async def _attempt(self, payload: dict, avoid: _Replica | None = None) -> tuple[_Outcome, _Replica]:
+        replica = self._pick(avoid)
+        replica.in_flight += 1
+        replica.sent += 1
+        try:
+            outcome = await self._post(replica.client, payload)
+        finally:
+            replica.in_flight -= 1
+        self._settle(replica, outcome)
+        return outcome, replica
+
+    async def _post(self, client: openai.AsyncOpenAI, payload: dict) -> _Outcome:
+        """One attempt: the reply, or why it failed (never an exception, bar cancellation)."""
+        self.sent += 1
+        started = time.perf_counter()
+        try:
+            # The low-level call sends the payload as built and returns plain JSON: the typed wrapper's
+            # per-request transforms cost more CPU than the rest of a request's handling together.
+            body = await client.post("/chat/completions", body=payload, cast_to=object)
+            if not isinstance(body, dict) or not body.get("choices"):
+                raise ValueError("reply has no choices")
+            return _Outcome(body, latency=time.perf_counter() - started)
+        except openai.RateLimitError as exc:
+            return _Outcome(None, "rate_limited", self._detail(exc), wait=_retry_after(exc), retryable=True)
+        except openai.APIStatusError as exc:  # 4xx other than timeouts and conflicts: the request is wrong
+            if exc.status_code in (401, 403):
+                return _Outcome(None, "unauthorized", self._detail(exc))
+            if exc.status_code == 404:
+                return _Outcome(None, "not_found", self._detail(exc))
+            retryable = exc.status_code >= 500 or exc.status_code in (408, 409)
+            return _Outcome(None, f"http_{exc.status_code}", self._detail(exc), retryable=retryable)
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            # the SDK reports a refused connection as a connect timeout: the cause tells them apart
+            if _unreachable(exc):
+                return _Outcome(None, "unreachable", self._detail(exc), retryable=True)
+            reason = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection"
+            return _Outcome(None, reason, self._detail(exc), retryable=True)
+        except (openai.APIError, ValueError) as exc:  # unparseable or truncated response bodies
+            return _Outcome(None, "malformed_response", self._detail(exc, named=True), retryable=True)
 
     def _detail(self, exc: Exception, named: bool = False) -> str:
         """An error's text as it may be stored and shown: a server that echoes credentials gets them scrubbed."""

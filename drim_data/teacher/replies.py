@@ -42,16 +42,14 @@ def parse_json(text: str | None) -> dict:
 
 
 def _box(value: object) -> list[float]:
+    """Four finite numbers, as the teacher wrote them: what they mean is its convention's (teacher/boxes.py)."""
     if (
         not isinstance(value, list)
         or len(value) != 4
         or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
     ):
         raise ReplyError(UNPARSEABLE, f"bbox_2d must be four numbers, got {value!r}"[:200])
-    x1, y1, x2, y2 = (min(max(float(v), 0.0), 1000.0) for v in value)
-    if x2 <= x1 or y2 <= y1:
-        raise ReplyError(UNPARSEABLE, f"empty box {value!r}")
-    return [x1, y1, x2, y2]
+    return [float(v) for v in value]
 
 
 def read_objects(doc: dict) -> list[dict]:
@@ -136,3 +134,19 @@ def read_tool_call(content: str | None, tool_calls: list[dict]) -> list[float] |
         return _box(arguments.get("bbox_2d"))
     except ReplyError as exc:
         raise ReplyError("malformed_tool_call", exc.detail) from None
+
+
+def read_name(doc: dict) -> dict:
+    """{"reject": why} for a region that holds no object; else its class, whether it is one whole object and what
+    tells it apart. A reply that names no class (or calls it just an object) is unusable, not a rejection."""
+    reject = doc.get("reject")
+    if isinstance(reject, str) and reject.strip():
+        return {"reject": reject.strip()[:200]}
+    whole, label, description = doc.get("whole"), doc.get("label"), doc.get("description") or ""
+    if not isinstance(whole, bool):
+        raise ReplyError(UNPARSEABLE, "expected 'whole': true|false, or the reason in 'reject'")
+    if not isinstance(label, str) or not label.strip() or label.strip().lower() in ("object", "thing", "unknown"):
+        raise ReplyError(UNPARSEABLE, f"'label' must name the object's class, got {label!r}"[:200])
+    if len(label.split()) > 4 or not isinstance(description, str):
+        raise ReplyError(UNPARSEABLE, "'label' is one to three words and 'description' a short text")
+    return {"label": label.strip().lower(), "whole": whole, "description": description.strip()[:200]}

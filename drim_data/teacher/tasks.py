@@ -12,22 +12,26 @@ from typing import Any
 
 from PIL import Image
 
-from drim_data.teacher.client import Answer, Teacher
+from drim_data.teacher.boxes import Frame
+from drim_data.teacher.client import Answer, Teacher, sent_size
 from drim_data.teacher.prompt_files import load_prompt
 from drim_data.teacher.replies import (
     UNPARSEABLE,
     ReplyError,
     parse_json,
     read_answer,
+    read_name,
     read_objects,
     read_questions,
     read_tool_call,
 )
 from schemas.answers import extract_answer
-from schemas.tool import SYSTEM_PROMPT, TOOL_NAME, ZOOM, ZoomError, observation_text
+from schemas.geometry import GRID
+from schemas.tool import TOOL_NAME, ZOOM, ZoomError, observation_text, system_prompt
 
 _TOOL_CALL_BLOCK = re.compile(r"<tool_call>.*?</tool_call>", re.DOTALL)
 
+WHOLE_GRID = (0, 0, GRID, GRID)  # a trajectory's view shows the whole image: its zooms go to the grid over it
 _BOX = {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4}
 SCHEMAS: dict[str, dict] = {
     "ground": {
@@ -63,6 +67,16 @@ SCHEMAS: dict[str, dict] = {
             },
         },
         "required": ["referent", "questions"],
+    },
+    "name": {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string"},
+            "whole": {"type": "boolean"},
+            "description": {"type": "string"},
+            "reject": {"type": "string"},  # why the region holds no object; empty when it is named
+        },
+        "required": ["label", "whole", "description", "reject"],
     },
     "answer": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]},
     "validate": {
@@ -137,16 +151,49 @@ async def ask_json(
             raise ReplyError(UNPARSEABLE, second.detail) from None
 
 
-async def ground_tile(teacher: Teacher, tile: Image.Image, max_objects: int, stage: str) -> list[dict]:
-    system = load_prompt("ground").render(max_objects=max_objects)
-    return await ask_json(teacher, "ground", system, [image(tile)], read_objects, stage=stage)
+def _frame(teacher: Teacher, im: Image.Image) -> Frame:
+    """How `teacher` writes boxes over `im`, at the size it is sent."""
+    return Frame(teacher.cfg.boxes, sent_size(im.width, im.height, teacher.cfg.image_max_pixels))
+
+
+async def ground_tile(
+    teacher: Teacher, full: Image.Image, tile: tuple[int, int, int, int], max_objects: int, stage: str
+) -> list[tuple[str, tuple[int, int, int, int]]]:
+    """The objects the teacher lists on one tile of the image, as (label, box in the image's pixels)."""
+    crop = full.crop(tile)
+    boxes = _frame(teacher, crop)
+    system = load_prompt("ground").render(max_objects=max_objects, box=boxes.describe("this tile"), order=boxes.order)
+    found = []
+    for obj in await ask_json(teacher, "ground", system, [image(crop)], read_objects, stage=stage):
+        try:  # a box empty once clamped to the tile costs that object, as a malformed one does
+            box = boxes.to_region(obj["bbox_2d"], tile)
+        except ReplyError:
+            continue
+        found.append((obj["label"], (round(box[0]), round(box[1]), round(box[2]), round(box[3]))))
+    return found
 
 
 _COORDINATES = re.compile(r"\d+\s*,\s*\d+|\(\s*\d+|\[\s*\d+|grid", re.IGNORECASE)
 
 
-def what_it_is(label: str | None) -> str:
-    return f"The object is a {label}." if label else "The object has no class name yet: name it yourself."
+async def name_region(teacher: Teacher, crop: Image.Image, stage: str) -> dict:
+    """The teacher's verdict on one outlined proposal: `read_name`'s, with no place named by coordinates (the
+    label and description go into later prompts)."""
+
+    def read(doc: dict) -> dict:
+        found = read_name(doc)
+        if _COORDINATES.search(found.get("label", "") + " " + found.get("description", "")):
+            raise ReplyError(UNPARSEABLE, "the label or description names a place by coordinates")
+        return found
+
+    system = load_prompt("name").render()
+    return await ask_json(teacher, "name", system, [image(crop)], read, stage=stage)
+
+
+def what_it_is(label: str | None, description: str = "") -> str:
+    if not label:
+        return "The object has no class name yet: name it yourself."
+    return f"The object is a {label}." + (f" It looks like this: {description.rstrip('.')}." if description else "")
 
 
 def read_referents(doc: dict, count: int) -> list[str]:
@@ -176,10 +223,16 @@ def _named(count: int) -> Callable[[dict], tuple[list[str], list[dict]]]:
 
 
 async def write_questions(
-    teacher: Teacher, full: Image.Image, crop: Image.Image, label: str | None, count: int, stage: str
+    teacher: Teacher,
+    full: Image.Image,
+    crop: Image.Image,
+    label: str | None,
+    count: int,
+    stage: str,
+    description: str = "",
 ) -> tuple[list[str], list[dict]]:
     """The teacher's referring expression for one outlined object and its questions about it."""
-    system = load_prompt("questions").render(what=what_it_is(label), count=count)
+    system = load_prompt("questions").render(what=what_it_is(label, description), count=count)
     return await ask_json(teacher, "questions", system, [image(full), image(crop)], _named(1), stage=stage)
 
 
@@ -190,9 +243,10 @@ async def write_pair_questions(
     labels: list[str | None],
     count: int,
     stage: str,
+    descriptions: tuple[str, str] = ("", ""),
 ) -> tuple[list[str], list[dict]]:
     system = load_prompt("questions_pair").render(
-        what_a=what_it_is(labels[0]), what_b=what_it_is(labels[1]), count=count
+        what_a=what_it_is(labels[0], descriptions[0]), what_b=what_it_is(labels[1], descriptions[1]), count=count
     )
     content = [image(full), *(image(c) for c in crops)]
     return await ask_json(teacher, "questions_pair", system, content, _named(2), stage=stage)
@@ -233,17 +287,20 @@ async def drive_trajectory(
     A reply with a malformed call, or with neither a call nor an answer, gets one repair request; the repaired
     reply takes its place in the conversation. Returns the zoom steps (thought, grid box, pixel box, crop) and
     the final reply; raises ReplyError for a refusal, a second unusable reply, an invalid box or the turn limit.
+    The teacher writes its boxes in its own convention over the view as sent; the steps hold them on the grid.
     """
     prompt = load_prompt("trajectory")
+    boxes = _frame(teacher, view)
+    instructions = system_prompt(f"a box {boxes.describe('the original image')}")
     messages = [
-        {"role": "system", "content": prompt.render(system_prompt=SYSTEM_PROMPT)},
+        {"role": "system", "content": prompt.render(system_prompt=instructions, order=boxes.order)},
         {"role": "user", "content": [image(view), text(question)]},
     ]
     steps: list[dict] = []
     while True:
         reply = await teacher.ask(messages, purpose="trajectory", stage=stage, prompt_version=prompt.version)
         try:
-            content, box = _read_turn(reply)
+            content, box = _read_turn(reply, boxes)
         except ReplyError as first:
             if first.reason == "refusal":
                 raise
@@ -257,7 +314,7 @@ async def drive_trajectory(
                 },
             ]
             again = await teacher.ask(repair, purpose="trajectory:repair", stage=stage, prompt_version=prompt.version)
-            content, box = _read_turn(again)
+            content, box = _read_turn(again, boxes)
         if box is None:
             return steps, content.strip()
         if len(steps) == max_turns:
@@ -268,21 +325,27 @@ async def drive_trajectory(
             raise ReplyError("invalid_zoom", str(exc)) from None
         thought = _TOOL_CALL_BLOCK.sub("", content).strip() or "<think>Let me zoom in.</think>"
         steps.append({"think": thought, "bbox": box, "box_px": box_px, "crop": crop})
+        seen = observation_text(boxes.from_region(box, WHOLE_GRID), box_px, boxes.digits)  # in its own terms
         messages += [
             {"role": "assistant", "content": content},
-            {"role": "user", "content": [text(observation_text(box, box_px)), image(crop)]},
+            {"role": "user", "content": [text(seen), image(crop)]},
         ]
 
 
-def _read_turn(reply: Answer) -> tuple[str, list[float] | None]:
-    """A trajectory reply's text and its zoom box (None when it answers), or ReplyError."""
+def _read_turn(reply: Answer, boxes: Frame) -> tuple[str, list[int] | None]:
+    """A trajectory reply's text and its zoom box on the grid (None when it answers), or ReplyError."""
     if reply.refusal:
         raise ReplyError("refusal", reply.refusal[:200])
     content = _text(reply.content)
     box = read_tool_call(content, reply.tool_calls)
-    if box is None and extract_answer(content) is None:
-        raise ReplyError("no_answer", repr(content[:200]))
-    return content, box
+    if box is None:
+        if extract_answer(content) is None:
+            raise ReplyError("no_answer", repr(content[:200]))
+        return content, None
+    try:  # whole grid numbers, as the exported call says: a replay of it crops the same pixels
+        return content, [round(v) for v in boxes.to_region(box, WHOLE_GRID)]
+    except ReplyError as exc:
+        raise ReplyError("malformed_tool_call", exc.detail) from None
 
 
 def _text(content: object) -> str:

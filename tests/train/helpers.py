@@ -125,30 +125,27 @@ def rewrite_manifest(version: Path) -> None:
 
 
 DRILL_BOX = [150, 250, 750, 850]  # four different numbers: each token tells the next
-DRILL_ROWS = 6  # about half the demo's RL prompts: the rest are held out
 
 
-def drill_version(source: Path, root: Path, n: int = DRILL_ROWS) -> Path:
-    """A copy of `source` whose SFT rows are its first `n` RL prompts answered after one zoom into a fixed box.
+def drill_version(source: Path, root: Path) -> Path:
+    """A copy of `source` whose SFT rows ask its SFT questions and answer each after one zoom into a fixed box; its
+    RL prompts, which the drill never shows, stay as they are.
 
     A constant call on real prompts is what a tiny random model learns in a few dozen steps, so tests get a policy
     that really calls the tool on the demo's prompts; learning the demo's own trajectories takes a few hundred."""
     rows = []
-    rl = load_split(source, "rl")
-    for row in rl.select(range(min(n, len(rl)))):
-        image = row["images"][0].convert("RGB")
-        crop, box_px = ZOOM(image, DRILL_BOX)
+    for row in load_split(source, "sft"):
+        view = row["images"][0].convert("RGB")  # the global view: the drill's crop needs no finer pixels
+        crop, box_px = ZOOM(view, DRILL_BOX)
         messages = [
-            *row["prompt"],
+            *row["messages"][:2],  # the system prompt and the question with its image
             message("assistant", "<think>Look closer.</think>", tool_calls=[tool_call(DRILL_BOX)]),
             message("tool", observation_text(DRILL_BOX, box_px), images=1, name="zoom_in"),
             message("assistant", f"<think>Seen.</think>\n<answer>{row['answer']}</answer>"),
         ]
-        common = {k: v for k, v in row.items() if k not in ("prompt", "images")}
-        view = global_view(image, row["global_view_size"])
         rows.append(
             {
-                **common,
+                **row,
                 "messages": messages,
                 "pattern": "coarse_to_fine",
                 "zoom_boxes_px": [list(box_px)],

@@ -180,3 +180,22 @@ def test_a_hub_version_is_verified_after_download(hub, demo_version, tmp_path):
     hub.replace_file("me/poisoned", "v1", rel, sink.getvalue().to_pybytes())
     with pytest.raises(DataError, match=rf"refusing to train on .*: {rel} has sha256 .* but manifest.json says"):
         load_split("me/poisoned", "rl", revision="v1")
+
+
+def test_training_holds_full_precision_weights_of_a_bf16_checkpoint(tiny_model, synthetic, tmp_path):
+    import torch
+
+    from drim_train import sft
+    from drim_train.configs import DataModelArguments, DrimSFTConfig
+    from drim_train.models import load_model
+
+    half = tmp_path / "bf16"
+    load_model(str(tiny_model), dtype="bfloat16").save_pretrained(half)
+    for name in ("processor_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tiny_model / name).exists():
+            shutil.copy(tiny_model / name, half / name)
+    config = DrimSFTConfig(output_dir=str(tmp_path / "out"), max_steps=1, report_to="none")
+    trainer = sft.build_trainer(DataModelArguments(data=str(synthetic), model=str(half)), config)
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    kept = load_model(str(half), dtype="auto")  # the checkpoint's own dtype, when asked for
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}

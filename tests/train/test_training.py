@@ -1,4 +1,5 @@
 import types
+import warnings
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from drim_train.configs import DataModelArguments, DrimGRPOConfig, DrimSFTConfig
 from drim_train.data import load_split
 from drim_train.models import load_model
 from schemas.tool import ZoomSpec
-from tests.train.helpers import DRILL_ROWS, parse_recipe
+from tests.train.helpers import parse_recipe
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -44,7 +45,6 @@ def test_the_tool_caller_learnt_well_formed_calls(tool_caller, demo_version):
     from drim_train.zoom_env import ZoomEnv
 
     rows, spec = load_rows(str(demo_version))
-    rows = rows.select(range(DRILL_ROWS, len(rows)))  # the prompts the drill did not train on
     model, processor = load_model(str(tool_caller)).eval(), load_processor(str(tool_caller))
     rollouts = rollout(model, processor, rows, [ZoomEnv(spec) for _ in rows], max_turns=0, max_new_tokens=48)
     assert sum(well_formed_call(r.completion[0]) for r in rollouts) / len(rollouts) >= 0.75
@@ -108,7 +108,8 @@ def _fake_trainer(mask_over_turn: bool):
     trainer = object.__new__(grpo.ZoomGRPOTrainer)
     trainer.mask_over_turn = mask_over_turn
     trainer.model = types.SimpleNamespace(training=True)
-    trainer._metrics = {"train": {"zoom/over_turn_ratio": []}, "eval": {}}
+    trainer._metrics = {"train": {"zoom/over_turn_ratio": [], "zoom/truncated_ratio": []}, "eval": {}}
+    trainer.eos_token_ids, trainer._tokenizer = [9], types.SimpleNamespace(pad_token_id=0)
     return trainer
 
 
@@ -117,15 +118,25 @@ def test_over_turn_rollouts_carry_no_gradient(monkeypatch, mask):
     call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom_in"}}]}
     tool = {"role": "tool", "name": "zoom_in", "content": []}
     done = {"role": "assistant", "content": "<answer>A</answer>"}
-    completions = [[call, tool, done], [call, tool, call], [done]]
-    tool_mask = [[1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [1, 1]]
-    output = ([[1]] * 3, [[2] * 5, [2] * 5, [2] * 2], [list(m) for m in tool_mask], completions, None, {}, None, [])
+    rambling = {"role": "assistant", "content": "<think>the ship is still"}  # the completion budget ran out
+    completions = [[call, tool, done], [call, tool, call], [done], [call, tool, rambling]]
+    tool_mask = [[1, 1, 0, 0, 1], [1, 0, 0, 1, 1], [1, 1], [1, 0, 0, 1, 1]]
+    ids = [[2, 2, 2, 2, 9], [2, 2, 2, 2, 9], [2, 9], [2, 2, 2, 2, 2]]  # 9 ends a sequence; the last was clipped
+    output = ([[1]] * 4, ids, [list(m) for m in tool_mask], completions, None, {}, None, [])
     monkeypatch.setattr(GRPOTrainer, "_generate", lambda self, prompts: output)
     trainer = _fake_trainer(mask)
     result = trainer._generate([])
-    expected_middle = [0] * 5 if mask else tool_mask[1]
-    assert result[2] == [tool_mask[0], expected_middle, tool_mask[2]]
-    assert trainer._metrics["train"]["zoom/over_turn_ratio"] == [pytest.approx(1 / 3)]
+    if mask:
+        assert result[2] == [tool_mask[0], [0] * 5, tool_mask[2], [0] * 5]
+    else:
+        assert result[2] == tool_mask
+    assert trainer._metrics["train"]["zoom/over_turn_ratio"] == [pytest.approx(1 / 4)]
+    assert trainer._metrics["train"]["zoom/truncated_ratio"] == [pytest.approx(1 / 4)]
+
+
+def test_trls_truncation_mask_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match="mask_over_turn"):
+        DrimGRPOConfig(output_dir=str(tmp_path), mask_truncated_completions=True)
 
 
 def test_reward_weights_follow_the_reward_names(tmp_path):
@@ -134,3 +145,23 @@ def test_reward_weights_follow_the_reward_names(tmp_path):
     assert [f.__name__ for f in grpo.reward_funcs(config)] == ["format_reward", "accuracy_reward"]
     with pytest.raises(ValueError, match="unknown reward_funcs"):
         DrimGRPOConfig(output_dir=str(tmp_path), reward_funcs=["judge"])
+
+
+def test_a_completion_budget_too_small_for_the_zooms_is_warned_of(tiny_model, demo_version, tmp_path):
+    from drim_train.data import read_manifest, zoom_spec
+    from drim_train.models import load_processor
+
+    types_ = (DataModelArguments, DrimGRPOConfig)
+    args, config = parse_recipe("grpo-tiny.yaml", types_, data=demo_version, model=tiny_model, output_dir=tmp_path)
+    spec, processor = zoom_spec(read_manifest(demo_version)), load_processor(str(tiny_model))
+    crop = grpo.crop_tokens(spec, processor)
+    ip = processor.image_processor
+    assert crop == -(-min(spec.max_output_pixels, ip.size["longest_edge"]) // (ip.patch_size * ip.merge_size) ** 2)
+    needed = grpo.completion_budget(spec, processor, config.max_tool_calling_iterations)
+    assert needed == config.max_tool_calling_iterations * (crop + grpo.TURN_TEXT_TOKENS) + grpo.TURN_TEXT_TOKENS
+    with pytest.warns(UserWarning, match=f"cannot hold 2 zooms of up to {crop} image tokens each"):
+        grpo.build_trainer(args, config)  # the tiny recipe's 256 tokens
+    config.max_completion_length = needed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        grpo.build_trainer(args, config)
