@@ -1,14 +1,17 @@
 """Classical small-object proposals: blobs in a difference-of-Gaussians scale space, no model weights.
 
 A blob is a patch brighter or darker than its surround, in luminance or in colour saturation (a saturated object
-on grey water can have the water's luminance). The scale space is two image pyramids half an octave apart, every
-level blurred the same way in its own pixels, so the cost is a few passes over the view whatever the sizes sought.
+on grey water can have the water's luminance). The scale space is an image pyramid, every level blurred the same
+way in its own pixels, so the cost is about one pass over the view whatever the sizes sought; an octave between
+levels is enough, as every box is fitted to its blob's extent rather than taken from its level's scale.
 Every local maximum of a level's response is a candidate; its box is the extent where the response stays above a
-share of its peak (so a ship gets a ship's aspect, not a square), and a box far larger than its level's scale is
-dropped as spanning several blobs. Its score is its response against the clutter around it times how far its mean
-stands from the ring around it in units of that ring's spread, as a CFAR ship detector does (an isolated boat on
-water outranks one more bump in a city's texture). Boxes on or next to constant no-data areas are dropped;
-non-maximum suppression then keeps the best top-K, at most a fair share per tile of the image."""
+share of its peak, so a ship gets a ship's aspect, not a square. No box is dropped for its size against its
+level's: a coarser level's blob still gets its object's extent, and suppression keeps the better scored of the
+boxes the levels find for one object. The score is how far the box's mean stands from the ring around it in units
+of that ring's spread, as a CFAR ship detector does (an isolated boat on water outranks one more bump in a city's
+texture), times the square root of the box's side (a larger box's mean is steadier). Boxes on or next to constant
+no-data areas are dropped; non-maximum suppression across scales and channels then keeps the best top-K, at most a
+fair share per tile of the image."""
 
 from __future__ import annotations
 
@@ -23,15 +26,12 @@ SURROUND = 1.6  # a blob's response is G(sigma) - G(1.6 sigma), the usual approx
 SIDE_PER_SIGMA = 2 * math.sqrt(2)  # a disc of this diameter / sigma gives the strongest scale-normalised response
 REACH = 5  # the window a box is fitted in, in sigmas each way: room for an object 3-4x longer than wide
 # a blob extends where its response is at least this share of its peak: the DoG's own surround lowers the
-# response inside an object's edge, so the half maximum cuts boxes short; 0.3 measured better on the bench
+# response inside an object's edge, so the half maximum cuts boxes short
 HALF = 0.3
-FIT_LO, FIT_HI = 0.5, 2.0  # a box's size against its level's nominal side: a larger one spans several blobs
 EACH = 10  # x top_k: the strongest maxima per level and polarity that get a box (texture has thousands)
-LIMIT = 50  # x top_k: the best boxes of all levels and channels that go on to suppression
+LIMIT = 10  # x top_k: the best boxes of all levels and channels that go on to suppression
 RING = 2.0  # the surround a box is compared with: the box grown this many times each side, less the box
 NOISE = 4.0  # grey levels added to the surround's spread, so a flat surround does not make any step infinite
-CLUTTER = 8  # the surround clutter is measured over this many blob sides: wide enough to see texture as texture
-SCALE_PRIOR = 0.5  # score *= sigma**SCALE_PRIOR: without it, fine texture and noise outrank whole objects
 DARK_WEIGHT = 0.5  # dark blobs are more often shadows and gaps than objects
 MIN_CONTRAST = 8  # grey levels of blob response; weaker ones are texture and noise
 TILES = 4  # the image is cut into TILES x TILES tiles, and ...
@@ -101,11 +101,10 @@ def _no_data(luma: np.ndarray) -> np.ndarray:
     """
     grad = cv2.morphologyEx(luma, cv2.MORPH_GRADIENT, None)
     flat = cv2.compare(grad, 0, cv2.CMP_EQ)
-    border = np.concatenate([flat[0], flat[-1], flat[:, 0], flat[:, -1]])
-    if not border.any():
-        return np.zeros((0, 0), np.uint8)
     size = max(3, min(luma.shape) // 64)
     flat = cv2.morphologyEx(flat, cv2.MORPH_OPEN, np.ones((size, size), np.uint8))  # thin lines are not areas
+    if not (flat[0].any() or flat[-1].any() or flat[:, 0].any() or flat[:, -1].any()):
+        return np.zeros((0, 0), np.uint8)
     count, labels = cv2.connectedComponents(flat, connectivity=4)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     edge = edge[edge > 0]
@@ -143,25 +142,23 @@ def _kernel(sigma: float) -> np.ndarray:
 def _blobs(gray: np.ndarray, min_side: float, max_side: float, limit: int) -> np.ndarray:
     """Fitted boxes of bright and dark blobs at every scale whose nominal side comes within 2x of the window.
 
-    The scales are the levels of two image pyramids, one a half-octave below the other, each level blurred to
-    SIGMA0 and SURROUND x SIGMA0 in its own pixels: every level costs a quarter of the one before it, so the whole
-    scale space costs a few passes over the view. A fitted box can be up to twice its level's nominal side
-    (elongated objects) or half of it; the fitted boxes are checked exactly at the end.
+    The scales are the levels of an image pyramid, each level blurred to SIGMA0 and SURROUND x SIGMA0 in its own
+    pixels: every level costs a quarter of the one before it, so the whole scale space costs about one pass over
+    the view. A fitted box keeps within its window of REACH sigmas each way;
+    the fitted boxes are checked against the size window exactly at the end.
     """
     found = [np.zeros((0, 5))]
-    for phase in (1.0, 2**-0.5):
-        level = gray if phase == 1.0 else cv2.resize(gray, None, fx=phase, fy=phase, interpolation=cv2.INTER_LINEAR)
-        while min(level.shape) >= 8:
-            scale = (gray.shape[1] / level.shape[1], gray.shape[0] / level.shape[0])  # view pixels per level pixel
-            nominal = SIDE_PER_SIGMA * SIGMA0 * scale[0]
-            if nominal > 2 * max_side:
-                break
-            if nominal >= min_side / 2:
-                near = _blur(level, SIGMA0)
-                far = _blur(near, SIGMA0 * (SURROUND**2 - 1) ** 0.5)
-                clutter = _clutter(near, far)
-                found += [_extrema(near, far, clutter, polarity, limit, scale) for polarity in (1, -1)]
-            level = cv2.resize(level, (level.shape[1] // 2, level.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    level = gray
+    while min(level.shape) >= 8:
+        scale = (gray.shape[1] / level.shape[1], gray.shape[0] / level.shape[0])  # view pixels per level pixel
+        nominal = SIDE_PER_SIGMA * SIGMA0 * scale[0]
+        if nominal > 2 * max_side:
+            break
+        if nominal >= min_side / 2:
+            near = _blur(level, SIGMA0)
+            far = _blur(near, SIGMA0 * (SURROUND**2 - 1) ** 0.5)
+            found += [_extrema(near, far, polarity, limit, scale) for polarity in (1, -1)]
+        level = cv2.resize(level, (level.shape[1] // 2, level.shape[0] // 2), interpolation=cv2.INTER_AREA)
     boxes = np.concatenate(found)
     height, width = gray.shape
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
@@ -202,10 +199,9 @@ def _surround(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.abs(s_in / a_in - mean_ring) / (np.sqrt(var_ring) + NOISE)
 
 
-def _extrema(
-    near: np.ndarray, far: np.ndarray, clutter: np.ndarray, polarity: int, limit: int, scale: tuple[float, float]
-) -> np.ndarray:
-    """Fitted boxes, in view pixels, at the local maxima of one level's bright (polarity 1) or dark (-1) response."""
+def _extrema(near: np.ndarray, far: np.ndarray, polarity: int, limit: int, scale: tuple[float, float]) -> np.ndarray:
+    """Fitted boxes, in view pixels, at the local maxima of one level's bright (polarity 1) or dark (-1) response;
+    the fifth column is the weight of the polarity."""
     response = cv2.subtract(near, far) if polarity > 0 else cv2.subtract(far, near)
     peak = cv2.dilate(response, None)
     mask = cv2.bitwise_and(cv2.compare(response, peak, cv2.CMP_GE), cv2.compare(response, MIN_CONTRAST, cv2.CMP_GT))
@@ -213,26 +209,12 @@ def _extrema(
     if points is None:
         return np.zeros((0, 5))
     x, y = points.reshape(-1, 2).T
-    value = response[y, x].astype(np.float32)
     if len(x) > limit:  # the strongest are the only ones that can make the top-K
-        best = np.argpartition(-value, limit)[:limit]
-        x, y, value = x[best], y[best], value[best]
-    score = value / (clutter[y, x] + MIN_CONTRAST) * (SIGMA0 * scale[0]) ** SCALE_PRIOR
-    score *= 1.0 if polarity > 0 else DARK_WEIGHT
-    x1, y1, x2, y2 = _fit(response, x, y, value, math.ceil(REACH * SIGMA0))
-    size = np.sqrt((x2 - x1) * (y2 - y1)) / (SIDE_PER_SIGMA * SIGMA0)
-    own = (size >= FIT_LO) & (size <= FIT_HI)  # a box much larger than its scale spans several blobs
-    return np.c_[np.c_[x1, y1, x2, y2] * [*scale, *scale], score][own]
-
-
-def _clutter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The mean absolute blob response, either polarity, over CLUTTER blob sides around each pixel.
-
-    Texture is many strong responses side by side; water, fields and roads around an object have few.
-    """
-    side = 2 * round(CLUTTER * SIDE_PER_SIGMA * SIGMA0 / 2) + 1
-    both = cv2.absdiff(a, b)
-    return cv2.blur(both, (side, side))
+        best = np.argpartition(-response[y, x], limit)[:limit]
+        x, y = x[best], y[best]
+    x1, y1, x2, y2 = _fit(response, x, y, response[y, x], math.ceil(REACH * SIGMA0))
+    weight = np.full(len(x), 1.0 if polarity > 0 else DARK_WEIGHT)
+    return np.c_[np.c_[x1, y1, x2, y2] * [*scale, *scale], weight]
 
 
 def _fit(response: np.ndarray, x: np.ndarray, y: np.ndarray, peak: np.ndarray, reach: int) -> tuple[np.ndarray, ...]:
