@@ -169,6 +169,14 @@ def test_a_constant_border_yields_no_proposals():
     assert len(boxes) and (boxes[:, 0] >= 120).all()
 
 
+def test_a_constant_line_along_the_edge_is_no_no_data_area():
+    rgb = _dark_water()
+    rgb[0, :] = 0  # one constant row at the edge (a scan line, a frame): no area, so nothing next to it is dropped
+    rgb[6:14, 200:208] = 220  # a boat close to it
+    boxes = propose(rgb, top_k=10, min_side=4, max_side=60)
+    assert max(iou(tuple(b[:4]), (200, 6, 208, 14)) for b in boxes) >= 0.5
+
+
 def test_a_row_of_boats_gets_a_box_for_each_first():
     rgb = _dark_water()
     boats = [(150 + 16 * i, 200, 158 + 16 * i, 208) for i in range(5)]  # moored side by side, 8 px apart
