@@ -227,9 +227,9 @@ def _fit(response: np.ndarray, x: np.ndarray, y: np.ndarray, peak: np.ndarray, r
     padded = cv2.copyMakeBorder(response, reach, reach, reach, reach, cv2.BORDER_CONSTANT, value=0)
     offsets = np.arange(-reach, reach + 1)
     windows = padded[(y + reach)[:, None, None] + offsets[None, :, None], (x + reach)[:, None, None] + offsets]
-    above = windows >= np.ceil(HALF * peak).astype(windows.dtype)[:, None, None]  # whole levels: same test, faster
-    left, right = _run(above.any(axis=1), reach)
-    top, bottom = _run(above.any(axis=2), reach)
+    least = np.ceil(HALF * peak).astype(windows.dtype)[:, None]  # on whole grey levels: the same test, faster
+    left, right = _run(windows.max(axis=1) >= least, reach)
+    top, bottom = _run(windows.max(axis=2) >= least, reach)
     return x - left, y - top, x + right + 1.0, y + bottom + 1.0
 
 
