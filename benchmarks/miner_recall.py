@@ -4,7 +4,10 @@ For each K, the share of ground-truth boxes that some proposal among the top K o
 and the share of those K proposals that overlap no ground-truth box at that IoU ("miss"). Proposals run exactly as
 in mining, with the recipe's defaults: objects the model's view already resolves are not sought (`--every-size`
 seeks them too). The filters that look beyond the box itself (uniqueness) are left out. Overall recall pools
-every ground-truth box of every image; overall miss pools every proposal.
+every ground-truth box of every image; overall miss pools every proposal. "kept_on_object" is the share of the
+regions mining keeps (every filter, the image taken as unannotated) that overlap a ground-truth box at IoU >= 0.3,
+on the images a COCO file declares `complete_categories` for, where a region on nothing boxed is on no object of
+those classes.
 
 By default every bundled annotated image is measured (the NEON forest's VOC boxes and both labelled COCO files);
 --images and --coco (repeatable, paired in order) measure other sets.
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from drim_data.pixels.annotations import load_annotations
-from drim_data.pixels.candidates import proposal_factor, proposals
+from drim_data.pixels.candidates import Job, mine_image, proposal_factor, proposals
 from drim_data.pixels.images import decode, sha256
 from drim_data.pixels.sources import ImageRef
 from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig
@@ -46,18 +49,37 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
-def annotated(sets: list[tuple[Path, AnnotationSource]]) -> list[tuple[Path, np.ndarray]]:
-    """(image file, its ground-truth boxes) for every image a source boxes; images with no boxes are skipped."""
+def annotated(sets: list[tuple[Path, AnnotationSource]]) -> list[tuple[Path, np.ndarray, bool]]:
+    """(image file, its ground-truth boxes, whether some category is complete) for every image a source boxes."""
     found = []
     for folder, source in sets:
+        complete = _complete(source)
         for key, boxes in sorted(load_annotations(source).items()):
             matches = [p for p in (folder / key, *folder.glob(f"{key}.*")) if p.is_file()]
             if boxes and matches:
-                found.append((matches[0], np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], float)))
+                array = np.array([(b.x1, b.y1, b.x2, b.y2) for b in boxes], float)
+                found.append((matches[0], array, key in complete))
     return found
 
 
-def measure(image: Path, boxes: np.ndarray, cfg: MineConfig, view: ViewConfig) -> dict:
+def _complete(source: AnnotationSource) -> set[str]:
+    """The COCO file names of images with `complete_categories`; other formats declare none."""
+    if source.format != "coco":
+        return set()
+    images = json.loads(source.path.read_text())["images"]
+    return {im["file_name"] for im in images if im.get("complete_categories")}
+
+
+def kept_on_object(ref: ImageRef, width: int, height: int, boxes: np.ndarray, cfg: MineConfig, view: ViewConfig):
+    """(kept regions on a ground-truth box, kept regions) of the mine stage with these settings."""
+    mined = mine_image(Job("bench", ref, width, height, [], cfg, view))
+    kept = np.array([row[4:8] for row in mined.regions], float).reshape(-1, 4)
+    if not len(kept):
+        return 0, 0
+    return int((iou_matrix(kept, boxes).max(axis=1) >= IOUS[0]).sum()), len(kept)
+
+
+def measure(image: Path, boxes: np.ndarray, complete: bool, cfg: MineConfig, view: ViewConfig) -> dict:
     """Hits and misses of the pipeline's own proposals on one image, for every K and IoU."""
     data = image.read_bytes()
     width, height = decode(data).size
@@ -74,6 +96,8 @@ def measure(image: Path, boxes: np.ndarray, cfg: MineConfig, view: ViewConfig) -
             counts[f"hit@{k}@{t}"] = int((top.max(axis=1, initial=0) >= t).sum())
             counts[f"missed_proposals@{k}@{t}"] = int((top.max(axis=0, initial=0) < t).sum())
             counts[f"proposals@{k}"] = top.shape[1]
+    mined = kept_on_object(ref, width, height, boxes, MineConfig(), view) if complete else (0, 0)
+    counts["on_object"], counts["kept"] = mined
     factor = proposal_factor(width, height, cfg)
     return {"image": image.name, "size": [width, height], "view": f"1/{factor}", "truth": len(truth)} | {
         "seconds": round(seconds, 3),
@@ -89,6 +113,7 @@ def rates(counts: dict, truth: int) -> dict[str, float]:
             out[f"recall@{k}@{t}"] = round(counts[f"hit@{k}@{t}"] / truth, 3) if truth else 0.0
             n = counts[f"proposals@{k}"]
             out[f"miss@{k}@{t}"] = round(counts[f"missed_proposals@{k}@{t}"] / n, 3) if n else 0.0
+    out["kept_on_object"] = round(counts["on_object"] / counts["kept"], 3) if counts["kept"] else None
     return out
 
 
@@ -112,7 +137,7 @@ def main() -> None:
         cfg = MineConfig(top_k=max(KS), proposal_min_side_px=args.min_side)
 
     view = ViewConfig(min_resolvable_px=0) if args.every_size else ViewConfig()  # the pipeline's: recipe defaults
-    results = [measure(image, boxes, cfg, view) for image, boxes in annotated(sets)]
+    results = [measure(image, boxes, complete, cfg, view) for image, boxes, complete in annotated(sets)]
     pooled = {key: sum(r["counts"][key] for r in results) for key in results[0]["counts"]} if results else {}
     truth = sum(r["truth"] for r in results)
     for r in results:
@@ -123,14 +148,18 @@ def main() -> None:
         print(json.dumps({"images": images, "overall": overall | {"truth": truth}}, indent=1))
         return
     columns = [f"{m}@100@{t}" for m in ("recall", "miss") for t in IOUS]
-    columns = [f"recall@{k}@{t}" for k in (25, 50) for t in IOUS] + columns
+    columns = [f"recall@{k}@{t}" for k in (25, 50) for t in IOUS] + columns + ["kept_on_object"]
     print(f"Ground-truth boxes under {SMALL:.0%} of the image area; proposal_min_side_px={cfg.proposal_min_side_px}\n")
     print("| image | view | n | s | " + " | ".join(columns) + " |")
     print("|---|---|---:|---:|" + "---:|" * len(columns))
     for r in results:
         cells = [r["image"], r["view"], str(r["truth"]), f"{r['seconds']:.2f}"]
-        print("| " + " | ".join(cells + [f"{r['rates'][c]:.3f}" for c in columns]) + " |")
-    print("| overall | | " + str(truth) + " | | " + " | ".join(f"{overall[c]:.3f}" for c in columns) + " |")
+        print("| " + " | ".join(cells + [_cell(r["rates"][c]) for c in columns]) + " |")
+    print("| overall | | " + str(truth) + " | | " + " | ".join(_cell(overall[c]) for c in columns) + " |")
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ class MineConfig:
     border_px: int = 8  # boxes touching the image edge are likely cut off
     unique_radius: int = 40  # on the 0..1000 grid, for mine, ground and verify: see candidates.confusable; 0: no check
     top_k: int = 50  # proposals per image
-    proposal_min_side_px: int = 32  # proposals look for objects this wide and up, on a view where they span 8+ px
+    proposal_min_side_px: int = 8  # proposals look for objects this wide and up, on a view where they span 3+ px
     proposal_max_side: int = 2048  # ... and on a view no wider or taller than this
     workers: int = 0  # processes decoding, proposing and measuring (one database writer); 0: one per core, if busy
 

@@ -86,7 +86,9 @@ def test_an_empty_annotation_set_leaves_the_image_to_the_proposer(tmp_path):
     rows = query(recipe.db, "SELECT source, label, x1, y1, x2, y2, score FROM regions")
     assert rows and {(s, label) for s, label, *_ in rows} == {("proposal", "object")}
     limit = side_range(W, H, recipe.mine, recipe.view)
-    assert all(limit[0] - 4 <= x2 - x1 <= limit[1] for *_, x1, _, x2, _, _ in rows)
+    # boxes are fitted to each blob's extent: the shorter side is within the window, the size (sqrt of area) too
+    sides = [(min(x2 - x1, y2 - y1), ((x2 - x1) * (y2 - y1)) ** 0.5) for *_, x1, y1, x2, y2, _ in rows]
+    assert all(limit[0] - 4 <= short and size <= limit[1] + 4 for short, size in sides)
     assert query(recipe.db, "SELECT count(*) FROM annotations") == [(0,)]
 
 
@@ -164,12 +166,12 @@ def test_mine_reads_the_size_of_the_view(tmp_path):
 
 
 def test_the_proposal_view_shrinks_with_the_smallest_object_sought_and_the_image():
-    cfg = MineConfig()  # objects from 32 px, a view of at most 2048 px
-    assert [proposal_factor(side, side, cfg) for side in (1000, 4000, 8192, 10_000)] == [4, 4, 4, 8]
-    assert proposal_factor(1000, 1000, MineConfig(proposal_min_side_px=8)) == 1
+    cfg = MineConfig()  # objects from 8 px (or min_area_frac of the image), kept 4+ px wide in the view
+    assert [proposal_factor(side, side, cfg) for side in (1000, 4000, 8192, 10_000)] == [2, 4, 8, 8]
+    assert proposal_factor(1000, 1000, MineConfig(proposal_min_side_px=32)) == 8
     low, high = side_range(10_000, 10_000, cfg, ViewConfig())  # a 100 MP image seen at 1 MP: 0.1x
     assert (round(low), round(high)) == (45, 240)  # min_area_frac outweighs proposal_min_side_px here
     assert side_range(4000, 3000, MineConfig(), ViewConfig(min_resolvable_px=0)) == (
-        32,
+        pytest.approx(np.sqrt(0.00002 * 12e6)),
         pytest.approx(np.sqrt(0.01 * 12e6)),
     )

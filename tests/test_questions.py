@@ -440,7 +440,6 @@ def test_text_is_not_asked_without_ocr(monkeypatch, tmp_path):
     """Until OCR is installed, the stage reads no text and the teacher asks no text question."""
     monkeypatch.setattr(generate, "read_text", None)
     sign = generate._instance(
-        np.zeros((100, 400, 3), np.uint8),
         Image.new("RGB", (400, 100)),
         "sign",
         (50, 40, 350, 60),
@@ -449,6 +448,16 @@ def test_text_is_not_asked_without_ocr(monkeypatch, tmp_path):
         load_recipe(write_recipe(tmp_path, tmp_path)).view,
     )
     assert sign.text == "EINGANG" and sign.ocr_text is None and sign.small
+
+
+def test_a_region_is_measured_on_its_own_crop_even_past_the_image_edge(tmp_path):
+    """A box reaching past the edge is measured on the part inside the image: the red object there, not padding."""
+    image = Image.new("RGB", (400, 100), (90, 90, 90))
+    image.paste((220, 20, 20), (370, 40, 400, 70))
+    boat = generate._instance(
+        image, "boat", (360, 30, 420, 80), {}, "r", load_recipe(write_recipe(tmp_path, tmp_path)).view
+    )
+    assert boat.colour == "red" and boat.box == (360.0, 30.0, 420.0, 80.0)
 
 
 def test_bundled_recipes_ask_named_questions_of_several_types(tmp_path):

@@ -41,8 +41,8 @@ def test_proposer_finds_planted_small_objects(harbour_with_planted_objects):
     boxes = propose(harbour_with_planted_objects, top_k=100, min_side=8, max_side=70)
     assert 0 < len(boxes) <= 100
     assert (np.diff(boxes[:, 4]) <= 0).all()  # best first
-    sides = boxes[:, 2] - boxes[:, 0]
-    assert (sides >= 8).all() and (sides <= 70).all()
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]  # fitted to each blob: the shorter side and
+    assert (np.minimum(w, h) >= 8).all() and (np.sqrt(w * h) <= 70).all()  # the size are within the window
     for x1, y1, x2, y2, _ in PLANTED:  # the blue one has the water's luminance: only its saturation stands out
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         assert any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes), (x1, y1)
@@ -134,3 +134,53 @@ def test_trajectories_replay_and_their_zooms_approach_the_targets(mined_db):
             t, first = targets[0], boxes[0]
             assert min(first[2], t[2]) <= max(first[0], t[0]) or min(first[3], t[3]) <= max(first[1], t[1])
     con.close()
+
+
+def _dark_water(side: int = 400, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(40, 2, (side, side, 3)), 0, 255).astype(np.uint8)
+
+
+def test_an_elongated_hull_gets_a_box_of_its_own_aspect():
+    rgb = _dark_water()
+    hull = (180, 150, 190, 190)  # 10 x 40: a ship seen from above
+    rgb[hull[1] : hull[3], hull[0] : hull[2]] = 200
+    boxes = propose(rgb, top_k=10, min_side=4, max_side=150)
+    assert iou(tuple(boxes[0][:4]), hull) >= 0.5  # a square box at one scale could not reach 0.5
+
+
+def test_a_textured_area_does_not_take_every_proposal():
+    rgb = _dark_water()
+    rng = np.random.default_rng(1)
+    rgb[:200, :200] = rng.integers(0, 255, (200, 200, 1), dtype=np.uint8)  # clutter, like a city
+    for x, y in [(300, 300), (260, 340), (340, 260)]:  # three boats on open water
+        rgb[y : y + 8, x : x + 8] = 220
+    boxes = propose(rgb, top_k=20, min_side=4, max_side=60)
+    centres = (boxes[:, :2] + boxes[:, 2:4]) / 2
+    for x, y in [(304, 304), (264, 344), (344, 264)]:
+        assert (np.abs(centres - (x, y)).max(axis=1) < 4).any(), (x, y)
+
+
+def test_a_constant_border_yields_no_proposals():
+    rgb = _dark_water()
+    rgb[:, :120] = 0  # a no-data strip, as on a satellite scene's edge
+    rgb[200:208, 300:308] = 220
+    boxes = propose(rgb, top_k=50, min_side=4, max_side=60)
+    assert len(boxes) and (boxes[:, 0] >= 120).all()
+
+
+def test_a_constant_line_along_the_edge_is_no_no_data_area():
+    rgb = _dark_water()
+    rgb[0, :] = 0  # one constant row at the edge (a scan line, a frame): no area, so nothing next to it is dropped
+    rgb[6:14, 200:208] = 220  # a boat close to it
+    boxes = propose(rgb, top_k=10, min_side=4, max_side=60)
+    assert max(iou(tuple(b[:4]), (200, 6, 208, 14)) for b in boxes) >= 0.5
+
+
+def test_a_row_of_boats_gets_a_box_for_each_first():
+    rgb = _dark_water()
+    boats = [(150 + 16 * i, 200, 158 + 16 * i, 208) for i in range(5)]  # moored side by side, 8 px apart
+    for x1, y1, x2, y2 in boats:
+        rgb[y1:y2, x1:x2] = 220
+    best = propose(rgb, top_k=20, min_side=4, max_side=150)[: len(boats)]  # a box around the row ranks below them
+    assert all(max(iou(tuple(b[:4]), boat) for b in best) >= 0.8 for boat in boats)

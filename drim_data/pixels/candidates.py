@@ -25,6 +25,7 @@ from schemas.tool import global_view_scale
 
 GENERIC = "object"  # the label of a proposal: it could be anything, so it is ambiguous next to anything
 DUPLICATE_IOU = 0.3  # a proposal overlapping an annotation box more than this is the same object
+VIEW_MIN_PX = 3  # the smallest object sought spans at least this many pixels of the view it is proposed on
 
 
 @dataclass(frozen=True)
@@ -135,10 +136,12 @@ def ambiguous(
 def proposal_factor(width: int, height: int, cfg: MineConfig) -> int:
     """The power of two the image is reduced by before proposing, so that proposing costs a fraction of decoding.
 
-    The smallest objects sought keep 8 px or more in the view, and the view stays within `proposal_max_side`.
+    The smallest objects sought keep VIEW_MIN_PX or more in the view (the finest blob the scale space resolves),
+    and the view stays within `proposal_max_side`.
     """
+    low = max(cfg.min_side_px, cfg.proposal_min_side_px, math.sqrt(cfg.min_area_frac * width * height))
     factor = 1
-    while 16 * factor <= cfg.proposal_min_side_px or max(width, height) > factor * cfg.proposal_max_side:
+    while 2 * factor * VIEW_MIN_PX <= low or max(width, height) > factor * cfg.proposal_max_side:
         factor *= 2
     return factor
 

@@ -200,7 +200,6 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
     Annotated boxes come with what the labeller recorded (colour, text, confidence); a sign's text is read again
     by OCR. A region that matches no annotation (a proposal, or a teacher's box) joins with its own label.
     """
-    pixels = np.asarray(image)
     regions = con.execute(
         "SELECT region_id, label, x1, y1, x2, y2 FROM regions WHERE image_id = ? ORDER BY region_id", [image_id]
     ).fetchall()
@@ -220,10 +219,10 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
         )
         rid = by_box.get((label, mined))
         matched.add(rid)
-        instances.append(_instance(pixels, image, label, box, attrs, rid, view))
+        instances.append(_instance(image, label, box, attrs, rid, view))
     for rid, label, *box in regions:
         if rid not in matched:
-            instances.append(_instance(pixels, image, label, tuple(box), {}, rid, view))
+            instances.append(_instance(image, label, tuple(box), {}, rid, view))
     complete = {
         label
         for (label,) in con.execute("SELECT label FROM complete_categories WHERE image_id = ?", [image_id]).fetchall()
@@ -231,10 +230,8 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
     return ImageFacts(image_id, image.width, image.height, instances, frozenset(complete))
 
 
-def _instance(
-    pixels: np.ndarray, image: Image.Image, label: str, box: tuple, attrs: dict, rid: str | None, view: ViewConfig
-) -> Instance:
-    colour, share = colour_name(object_pixels(pixels, tuple(round(v) for v in box)))
+def _instance(image: Image.Image, label: str, box: tuple, attrs: dict, rid: str | None, view: ViewConfig) -> Instance:
+    colour, share = colour_name(object_pixels(*_patch(image, box)))
     text = attrs.get("text") if isinstance(attrs.get("text"), str) else None
     return Instance(
         label=label,
@@ -249,6 +246,15 @@ def _instance(
         small=view.min_resolvable_px <= 0
         or min_side_in_global_view([box], image.width, image.height, view.max_pixels) < view.min_resolvable_px,
     )
+
+
+def _patch(image: Image.Image, box: tuple) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The box's pixels and the box within them. Only the crop becomes an array: the whole of a 100-megapixel image
+    as one would be another 300 MB beside the decoded image."""
+    x1, x2 = (min(max(round(v), 0), image.width) for v in (box[0], box[2]))
+    y1, y2 = (min(max(round(v), 0), image.height) for v in (box[1], box[3]))
+    x2, y2 = max(x1, x2), max(y1, y2)
+    return np.asarray(image.crop((x1, y1, x2, y2))), (0, 0, x2 - x1, y2 - y1)
 
 
 def ocr_reading(image: Image.Image, box: tuple) -> str:
