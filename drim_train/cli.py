@@ -78,11 +78,12 @@ def eval_(ctx: typer.Context) -> None:
 
 
 @app.command(name="tiny-model")
-def tiny_model(out_dir: Path, seed: int = 0) -> None:
-    """Build a tiny random Qwen3-VL with its processor into OUT_DIR, offline (for tests and CPU benchmarks)."""
+def tiny_model(out_dir: Path, seed: int = 0, family: str = "qwen3_vl") -> None:
+    """Build a tiny random Qwen3-VL (or --family qwen2_5_vl) with its processor into OUT_DIR, offline (for tests
+    and CPU benchmarks)."""
     from drim_train.tiny_model import build_tiny_model
 
-    print(f"tiny model written to {build_tiny_model(out_dir, seed=seed)}")
+    print(f"tiny model written to {build_tiny_model(out_dir, seed=seed, family=family)}")
 
 
 if __name__ == "__main__":  # `python -m drim_train.cli`, as `python -m drim_train`

@@ -3,7 +3,8 @@
 TRL's vision collator fills image placeholders only in system, user and assistant turns, and renders no tool
 schema. Ours fills every placeholder, tool turns included, from the row's `images` in order (global view, then one
 crop per tool reply), and renders the same tool schema GRPO puts in its prompts, so the prompt the model is taught
-on is token for token the prompt it is later rolled out from. Labels cover the assistant turns only.
+on is token for token the prompt it is later rolled out from. Labels cover the assistant turns only. For a model
+that grounds in pixels of its input (`frame` set: Qwen2.5-VL), the stored calls are rendered in that frame.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from transformers import ProcessorMixin
 from trl.chat_template_utils import get_training_chat_template
 
+from drim_train.families import PixelFrame, in_pixels
 from schemas.tool import ZOOM
 
 
@@ -45,13 +47,14 @@ class ZoomSFTCollator:
     tools: list[dict] = field(default_factory=lambda: [ZOOM.schema()])
     assistant_only_loss: bool = True
     max_length: int | None = None
+    frame: PixelFrame | None = None  # None: boxes on the grid, as stored
 
     def __post_init__(self):
         # The training variant of the template wraps assistant turns in {% generation %} markers for the mask.
         self.chat_template = get_training_chat_template(self.processor) if self.assistant_only_loss else None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        conversations = [fill_images(ex["messages"], ex["images"]) for ex in examples]
+        conversations = [fill_images(self._boxed(ex), ex["images"]) for ex in examples]
         batch = self.processor.apply_chat_template(
             conversations,
             tools=self.tools,
@@ -74,3 +77,8 @@ class ZoomSFTCollator:
             labels[batch.pop("assistant_masks") == 0] = -100
         batch["labels"] = labels
         return dict(batch)
+
+    def _boxed(self, example: dict) -> list[dict]:
+        if self.frame is None:
+            return example["messages"]
+        return in_pixels(example["messages"], self.frame, example["images"][0].size)  # the global view's size

@@ -22,10 +22,10 @@ from PIL import Image
 from drim_train import benchmarks
 from drim_train.configs import EvalArguments
 from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
-from drim_train.models import load_model, load_processor
+from drim_train.models import load_model, load_processor, model_family
 from drim_train.rewards import RedundancyPenalty, answer_correct, final_answer, well_formed, well_formed_call
 from drim_train.rollout import Rollout, rollout
-from drim_train.zoom_env import ZoomEnv
+from drim_train.zoom_env import env_factory
 from schemas.answers import LETTERS
 from schemas.tool import ZOOM, ZoomSpec, iou
 
@@ -182,11 +182,12 @@ def evaluate(args: EvalArguments) -> dict:
         model = model.to("cuda")
     model.eval()
     penalty = RedundancyPenalty(args.redundancy_lambda, args.redundancy_epsilon)
+    make_env = env_factory(model_family(args.model, args.model_revision).frame(processor), spec, args.max_turns)
     samples = []
     for start in range(0, len(rows), args.batch_size):  # rows are decoded batch by batch, never all at once
         batch = [rows[i] for i in range(start, min(start + args.batch_size, len(rows)))]
         for k in range(args.samples):
-            envs = [ZoomEnv(spec, max_turns=args.max_turns) for _ in batch]
+            envs = [make_env() for _ in batch]
             rollouts = rollout(model, processor, batch, envs, args.max_turns, args.max_new_tokens, args.temperature)
             samples += [{**sample(r, row, penalty), "pass": k} for r, row in zip(rollouts, batch, strict=True)]
     report = {

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
 
 import numpy as np
 import torch
@@ -17,9 +16,10 @@ from trl import GRPOTrainer
 
 from drim_train.configs import DataModelArguments, DrimGRPOConfig, lora_config, resume_point
 from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
-from drim_train.models import load_model, load_processor, save_trained
+from drim_train.families import in_pixels
+from drim_train.models import load_model, load_processor, model_family, save_trained
 from drim_train.rewards import RedundancyPenalty, accuracy_reward, cut_by_turn_limit, format_reward
-from drim_train.zoom_env import ZoomEnv
+from drim_train.zoom_env import env_factory
 
 
 def reward_funcs(config: DrimGRPOConfig) -> list:
@@ -86,8 +86,12 @@ def completion_budget(spec, processor, max_turns: int) -> int:
 def build_trainer(args: DataModelArguments, config: DrimGRPOConfig) -> ZoomGRPOTrainer:
     version = resolve(args.data, args.data_revision)
     spec = zoom_spec(read_manifest(version))
-    dataset = rl_for_training(load_split(version, "rl", validate=args.validate))
+    dataset = load_split(version, "rl", validate=args.validate)
     processor = load_processor(args.model, args.model_revision)
+    frame = model_family(args.model, args.model_revision).frame(processor)
+    if frame is not None:  # the prompt tells the model its box convention
+        dataset = dataset.map(lambda prompt: {"prompt": in_pixels(prompt, frame, None)}, input_columns="prompt")
+    dataset = rl_for_training(dataset)
     needed = completion_budget(spec, processor, config.max_tool_calling_iterations)
     if config.max_completion_length < needed:
         warnings.warn(
@@ -103,7 +107,7 @@ def build_trainer(args: DataModelArguments, config: DrimGRPOConfig) -> ZoomGRPOT
         args=config,
         train_dataset=dataset,
         processing_class=processor,
-        environment_factory=partial(ZoomEnv, spec=spec, max_turns=config.max_tool_calling_iterations),
+        environment_factory=env_factory(frame, spec, config.max_tool_calling_iterations),
         mask_over_turn=config.mask_over_turn,
         peft_config=lora_config(args),
     )

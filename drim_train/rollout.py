@@ -15,12 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import ProcessorMixin
+from transformers.utils import get_json_schema
 from trl.chat_template_utils import add_response_schema, parse_response
 
 from drim_train.collator import fill_images
+from drim_train.families import in_pixels
 from drim_train.rewards import cut_by_turn_limit
 from drim_train.zoom_env import ZoomEnv
-from schemas.tool import TOOL_NAME, ZOOM
+from schemas.tool import TOOL_NAME
 
 
 @dataclass
@@ -130,14 +132,16 @@ def rollout(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
 ) -> list[Rollout]:
-    """Roll out each row (`prompt`, `images` = [global view], `original_image`) with its own environment."""
+    """Roll out each row (`prompt`, `images` = [global view], `original_image`) with its own environment; the
+    environments set the box convention (a `PixelZoomEnv` for a model grounding in input pixels)."""
     if getattr(processor.tokenizer, "response_template", None) is None:
         add_response_schema(processor)
-    tools = [ZOOM.schema()]
+    tools = [get_json_schema(type(envs[0]).zoom_in)] if envs else []  # as GRPOTrainer renders the environment's
+    frame = getattr(envs[0], "frame", None) if envs else None
     ids, images, completions, generated = [], [], [], [0] * len(rows)
     for row, env in zip(rows, envs, strict=True):
         env.reset(**row)
-        prompt = fill_images(row["prompt"], row["images"])
+        prompt = fill_images(in_pixels(row["prompt"], frame, None) if frame else row["prompt"], row["images"])
         ids.append(
             processor.apply_chat_template(
                 [prompt], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=True

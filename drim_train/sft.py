@@ -11,7 +11,7 @@ from trl import SFTTrainer
 from drim_train.collator import ZoomSFTCollator
 from drim_train.configs import DataModelArguments, DrimSFTConfig, lora_config, resume_point
 from drim_train.data import load_split, read_manifest, resolve, zoom_spec
-from drim_train.models import load_model, load_processor, save_trained
+from drim_train.models import load_model, load_processor, model_family, save_trained
 
 
 def build_trainer(args: DataModelArguments, config: DrimSFTConfig) -> SFTTrainer:
@@ -19,9 +19,14 @@ def build_trainer(args: DataModelArguments, config: DrimSFTConfig) -> SFTTrainer
     spec = zoom_spec(read_manifest(version))
     dataset = load_split(version, "sft", validate=args.validate)
     processor = load_processor(args.model, args.model_revision)
+    family = model_family(args.model, args.model_revision)
     model = load_model(args.model, args.model_revision, args.dtype)
     collator = ZoomSFTCollator(
-        processor, tools=[spec.schema()], assistant_only_loss=config.assistant_only_loss, max_length=config.max_length
+        processor,
+        tools=[spec.schema(family.box_arg)],
+        assistant_only_loss=config.assistant_only_loss,
+        max_length=config.max_length,
+        frame=family.frame(processor),
     )
     return SFTTrainer(
         model=model,

@@ -1,11 +1,13 @@
-"""Build a tiny, randomly initialised Qwen3-VL with its processor, fully offline, for tests and CPU benchmarks.
+"""Build a tiny, randomly initialised Qwen3-VL or Qwen2.5-VL with its processor, fully offline, for tests and CPU
+benchmarks.
 
-Qwen3-VL is the family whose chat template TRL knows for tool calling (images inside tool turns, a response parser
-for `<tool_call>`, a `{% generation %}` training variant), so the tiny model uses TRL's byte-identical copy of that
-template. The tokenizer is a byte-level BPE trained in a fraction of a second on text shaped like our prompts, so
-sequences stay short; the image processor gets a small pixel budget so every image costs at most 32 tokens.
+Each family gets the chat template a real checkpoint gets in drim: Qwen3-VL its own (TRL's byte-identical copy,
+whose tool calling TRL knows), Qwen2.5-VL drim's tool-calling template (its stock one renders no tools). The
+configs have the real configs' shape with small dims. The tokenizer is a byte-level BPE trained in a fraction of a
+second on text shaped like our prompts, so sequences stay short; the image processor gets a small pixel budget so
+every image costs at most 32 tokens.
 
-    python -m drim_train.tiny_model OUT_DIR      (or: drim-train tiny-model OUT_DIR)
+    python -m drim_train.tiny_model OUT_DIR [qwen2_5_vl]    (or: drim-train tiny-model OUT_DIR --family qwen2_5_vl)
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import (
     GenerationConfig,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
 )
 from trl.chat_template_utils import qwen3_vl_chat_template
 
-from drim_train.models import ImageOnlyQwen3VLProcessor
+from drim_train.families import family_of
+from drim_train.models import IMAGE_ONLY
 from schemas.rows import QUESTION_TYPES
 from schemas.tool import GRID, SYSTEM_PROMPT, ZOOM
 
@@ -67,7 +72,7 @@ def _corpus(n: int = 3000, seed: int = 0) -> Iterator[str]:
         yield " ".join(QUESTION_TYPES) + " Answer with the option's letter. of the original image."
 
 
-def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 2048, chat_template: str = qwen3_vl_chat_template) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     # No word splitting, so merges span whole recurring phrases (the prompts cost few tokens); single digits, so
     # coordinates are spelled the same way wherever they occur.
@@ -103,17 +108,19 @@ def build_tokenizer(vocab_size: int = 2048) -> PreTrainedTokenizerFast:
             "vision_end_token": "<|vision_end|>",
         },
     )
-    tokenizer.chat_template = qwen3_vl_chat_template
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
-def build_processor() -> ImageOnlyQwen3VLProcessor:
+def build_processor(family: str = "qwen3_vl"):
+    """The family's image-only processor (as drim loads it) with a small pixel budget."""
+    template = family_of(family).chat_template or qwen3_vl_chat_template
     pixels = MAX_IMAGE_TOKENS * 28 * 28
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": pixels})
-    return ImageOnlyQwen3VLProcessor(image_processor, build_tokenizer(), chat_template=qwen3_vl_chat_template)
+    return IMAGE_ONLY[family](image_processor, build_tokenizer(chat_template=template), chat_template=template)
 
 
-def build_model(processor: ImageOnlyQwen3VLProcessor, hidden: int = 128, seed: int = 0):
+def build_model(processor, hidden: int = 128, seed: int = 0, family: str = "qwen3_vl"):
     tok, images = processor.tokenizer, processor.image_processor
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     head_dim = 16
@@ -126,13 +133,8 @@ def build_model(processor: ImageOnlyQwen3VLProcessor, hidden: int = 128, seed: i
         "num_key_value_heads": max(1, hidden // head_dim // 2),
         "head_dim": head_dim,
         "max_position_embeddings": 8192,
-        # the (t, h, w) sections of multimodal RoPE must add up to head_dim / 2
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [4, 2, 2],
-            "mrope_interleaved": True,
-        },
+        # the (t, h, w) sections of multimodal RoPE must add up to head_dim / 2; Qwen3-VL interleaves them
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
         "pad_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "bos_token_id": None,
@@ -146,31 +148,40 @@ def build_model(processor: ImageOnlyQwen3VLProcessor, hidden: int = 128, seed: i
         "spatial_merge_size": images.merge_size,
         "temporal_patch_size": images.temporal_patch_size,
         "out_hidden_size": hidden,  # must equal the text hidden size
-        "num_position_embeddings": 256,  # a square grid, interpolated to each image
-        "deepstack_visual_indexes": [1],
     }
-    config = Qwen3VLConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
+    common = {
+        "tie_word_embeddings": True,
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    if family == "qwen2_5_vl":
+        text_config["rope_parameters"]["mrope_section"] = [2, 3, 3]  # Qwen2.5-VL's [16, 24, 24] over head_dim 16
+        # window attention in 112 px windows, full attention in the last block (the 7B's [7, 15, 23, 31] of 32)
+        vision_config |= {"window_size": 112, "fullatt_block_indexes": [1], "hidden_act": "silu"}
+        config_class, model_class = Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    else:
+        text_config["rope_parameters"]["mrope_interleaved"] = True
+        vision_config |= {
+            "num_position_embeddings": 256,  # a square grid, interpolated to each image
+            "deepstack_visual_indexes": [1],
+        }
+        config_class, model_class = Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    config = config_class(text_config=text_config, vision_config=vision_config, **common)
     torch.manual_seed(seed)
-    model = Qwen3VLForConditionalGeneration(config)
+    model = model_class(config)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"], do_sample=False
     )
     return model
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, hidden: int = 128) -> Path:
-    """Write a tiny Qwen3-VL (weights, tokenizer, processor) to out_dir and return it."""
+def build_tiny_model(out_dir: str | Path, seed: int = 0, hidden: int = 128, family: str = "qwen3_vl") -> Path:
+    """Write a tiny model of the family (`qwen3_vl` or `qwen2_5_vl`: weights, tokenizer, processor) to out_dir."""
     out_dir = Path(out_dir)
-    processor = build_processor()
-    model = build_model(processor, hidden=hidden, seed=seed)
+    processor = build_processor(family)
+    model = build_model(processor, hidden=hidden, seed=seed, family=family)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -180,4 +191,4 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, hidden: int = 128) -> P
 if __name__ == "__main__":
     import sys
 
-    build_tiny_model(sys.argv[1])
+    build_tiny_model(sys.argv[1], family=sys.argv[2] if len(sys.argv) > 2 else "qwen3_vl")

@@ -18,7 +18,11 @@ from schemas.geometry import GRID, grid_to_pixels, iou, normalise, pixels_to_gri
 
 TOOL_NAME = "zoom_in"
 
-GRID_BOX = "a box [x1, y1, x2, y2] on a 0-1000 grid over the original image"
+GRID_ARG = f"[x1, y1, x2, y2] on a 0-{GRID} grid over the original image"  # Qwen3-VL's grounding convention
+# Qwen2.5-VL grounds in absolute pixels of its input, the whole image as its processor resized it
+PIXEL_ARG = "[x1, y1, x2, y2] in pixels of the whole image as you see it"
+GRID_BOX = f"a box {GRID_ARG}"
+PIXEL_BOX = f"a box {PIXEL_ARG}"
 
 
 def system_prompt(box: str = GRID_BOX) -> str:
@@ -73,8 +77,9 @@ class ZoomSpec:
     min_output_pixels: int = 256 * 28 * 28  # small crops are upsampled to at least this many pixels
     max_output_pixels: int = 1280 * 28 * 28  # large crops are downscaled to fit the model's budget
 
-    def schema(self) -> dict:
-        """The tool in OpenAI function-calling form, as chat templates render it."""
+    def schema(self, box: str = GRID_ARG) -> dict:
+        """The tool in OpenAI function-calling form, as chat templates render it; `box` says how a model writes
+        `bbox_2d` (GRID_ARG or PIXEL_ARG)."""
         return {
             "type": "function",
             "function": {
@@ -86,7 +91,7 @@ class ZoomSpec:
                         "bbox_2d": {
                             "type": "array",
                             "items": {"type": "number"},
-                            "description": f"[x1, y1, x2, y2] on a 0-{GRID} grid over the original image",
+                            "description": box,
                         },
                         "label": {"type": "string", "description": "what you expect to find in the box"},
                     },
