@@ -19,6 +19,7 @@ from tests.conftest import DEMO_IMAGES, NEON, SHIPS, query, write_recipe
 from tests.test_ingest import crop
 
 SHIPS_3 = DEMO_IMAGES / "planet_shipsnet_scene_3.jpg"
+BERLIN = DEMO_IMAGES / "opensfm_berlin_01.jpg"
 
 
 @pytest.fixture
@@ -155,9 +156,8 @@ def test_an_input_that_cannot_be_used_stops_the_run(tmp_path, ingest_settings, m
 def test_a_deleted_and_a_modified_source_are_dropped_where_they_are_read_and_the_run_goes_on(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
-    shutil.copy(SHIPS, images)
-    shutil.copy(SHIPS_3, images)
-    crop(NEON, (0, 0, 300, 250), images / "forest.jpg")
+    for photo in (SHIPS, SHIPS_3, BERLIN):  # all three have named objects, so generate reads each of them
+        shutil.copy(photo, images)
     ids = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in images.iterdir()}
     recipe = load_recipe(
         write_recipe(tmp_path, images, generate={"per_image": 2, "question_types": ["relative_position"]})
@@ -167,7 +167,7 @@ def test_a_deleted_and_a_modified_source_are_dropped_where_they_are_read_and_the
         """Between ingest and the first stage that reads pixels, one file goes and another is rewritten."""
         if stage == "generate" and (images / SHIPS_3.name).exists():
             (images / SHIPS_3.name).unlink()
-            with open(images / "forest.jpg", "ab") as f:
+            with open(images / BERLIN.name, "ab") as f:
                 f.write(b"\0" * 16)
         yield from items
 
@@ -176,7 +176,7 @@ def test_a_deleted_and_a_modified_source_are_dropped_where_they_are_read_and_the
         i: (r, d) for i, r, d in query(recipe.db, "SELECT item_id, reason, detail FROM drops WHERE stage = 'generate'")
     }
     assert drops[ids[SHIPS_3.name]][0] == "source_missing" and SHIPS_3.name in drops[ids[SHIPS_3.name]][1]
-    assert drops[ids["forest.jpg"]][0] == "source_changed"
+    assert drops[ids[BERLIN.name]][0] == "source_changed"
     assert exported_images(result.export.path) == {ids[SHIPS.name]}  # the rest go on
 
 
