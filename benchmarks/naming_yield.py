@@ -214,10 +214,10 @@ def main() -> None:
         crops.update(what_was_sent(perfect, truth, endpoint.image_max_pixels, grid)[0])
         cap = args.names_per_image
         ways = [  # (what, stages, names_per_image, the database it starts from)
-            (f"name, {cap} a image", ["name"], cap, mined.db),
+            (f"name, {cap} an image", ["name"], cap, mined.db),
             (f"name, every proposal (up to {top_k})", ["name"], top_k, mined.db),
             (f"ground, {grid}x{grid} tiles", ["ground"], cap, mined.db),
-            (f"ground, then name {cap} a image", ["ground", "name"], cap, mined.db),
+            (f"ground, then name {cap} an image", ["ground", "name"], cap, mined.db),
             (f"name, a perfect proposer, up to {top_k}", ["name"], top_k, perfect),
         ]
         results = []
