@@ -1,6 +1,7 @@
 """The `name` stage against the local OpenAI-wire server: labels, rejections, bad replies, the cache, and resets."""
 
 import json
+import shutil
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,7 @@ from drim_data.db import connect, reset_stage
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
 from drim_data.teacher.replies import ReplyError, read_name
-from tests.conftest import query
+from tests.conftest import SHIPS, query
 from tests.fake_teacher import competent_teacher, images_of, task_of
 from tests.openai_server import FakeOpenAI
 from tests.test_teacher_stages import KEY_ENV, SECRET, teacher_recipe
@@ -76,11 +77,12 @@ def one_of_each():
     return reply
 
 
-def test_name_labels_rejects_and_drops_bad_replies_and_a_rerun_asks_nothing(tmp_path, small_images):
+def test_name_labels_rejects_and_drops_bad_replies_and_a_rerun_asks_nothing(tmp_path):
+    harbour = tmp_path / "images"
+    harbour.mkdir()
+    shutil.copy(SHIPS, harbour)  # one image: three proposals shown
     with FakeOpenAI(one_of_each()) as server:
-        recipe = load_recipe(
-            teacher_recipe(tmp_path, small_images, server, ["name"], annotations=False, names_per_image=3)
-        )
+        recipe = load_recipe(teacher_recipe(tmp_path, harbour, server, ["name"], annotations=False, names_per_image=3))
         run_pipeline(recipe, until="mine")
         mined = query(recipe.db, REGIONS)
         run_pipeline(recipe, until="name")
