@@ -150,13 +150,13 @@ def _first_shard(manifest):
 
 
 MANIFEST_EDITS = {
-    "newer format": (lambda m: m.update(format="drim-shards/2"), r"format drim-shards/2 .* reads drim-shards/1"),
+    "newer format": (lambda m: m.update(format="drim-shards/3"), r"format drim-shards/3 .* reads drim-shards/2"),
     "another schema": (lambda m: m.update(schema_version="1.0"), r"row schema version '1.0'"),
     "shard rows": (lambda m: _first_shard(m).update(rows=_first_shard(m)["rows"] + 1), r"holds \d+ rows but"),
     "split rows": (lambda m: m["rows"].update(sft=m["rows"]["sft"] + 1), r"says \d+ sft rows, its sft shards hold"),
     "shard outside data": (
         lambda m: m["shards"].update({"../elsewhere.parquet": _first_shard(m)}),
-        r"lists '../elsewhere.parquet', which is not a shard under data/sft or data/rl",
+        r"lists '../elsewhere.parquet', which is not a shard under data/sft or data/rl or data/test",
     ),
     "no shards": (lambda m: m.update(shards={}), r"lists no shards"),
 }

@@ -117,8 +117,8 @@ TAMPERING = {
         lambda v: shutil.copy(v / RL_SHARD, v / "data/rl/train-00001-of-00001.parquet"),
         r"data/rl/train-00001-of-00001.parquet is not listed in manifest.json",
     ),
-    "newer format": (lambda v: _set_format(v, "drim-shards/2"), r"format drim-shards/2 .* reads drim-shards/1"),
-    "foreign format": (lambda v: _set_format(v, None), r"names format None, not 'drim-shards/1'"),
+    "newer format": (lambda v: _set_format(v, "drim-shards/3"), r"format drim-shards/3 .* reads drim-shards/2"),
+    "foreign format": (lambda v: _set_format(v, None), r"names format None, not 'drim-shards/2'"),
 }
 
 
