@@ -29,11 +29,12 @@ SOURCES = [
 
 def derive_version(parent, dest, *, sft_shards=1, edit=True, changes=None):
     """A child version built by hand from `parent`: the first sft row removed, the second's question edited, a copy
-    of the third added under a new id, the sft rows split over `sft_shards` files; rl untouched.
+    of the third added under a new id, the sft rows split over `sft_shards` files; rl and test untouched.
     `changes` overrides manifest fields. Returns (path, added, removed, changed)."""
     manifest = json.loads((parent / "manifest.json").read_text())
     dest.mkdir(parents=True)
-    shutil.copytree(parent / "data" / "rl", dest / "data" / "rl")
+    for split in ("rl", "test"):
+        shutil.copytree(parent / "data" / split, dest / "data" / split)
     (sft_rel,) = [rel for rel in manifest["shards"] if "/sft/" in rel]
     table = pq.read_table(parent / sft_rel)
     rows = table.to_pylist()
@@ -44,7 +45,7 @@ def derive_version(parent, dest, *, sft_shards=1, edit=True, changes=None):
         added = ["added" + rows[2]["id"][5:]]
         rows[1]["question"] += " (edited)"
         rows = rows[1:] + [{**rows[2], "id": added[0]}]
-    shards = {k: v for k, v in manifest["shards"].items() if "/rl/" in k}
+    shards = {k: v for k, v in manifest["shards"].items() if "/sft/" not in k}
     (dest / "data" / "sft").mkdir(parents=True)
     per = -(-len(rows) // sft_shards)
     for i in range(sft_shards):
@@ -56,7 +57,7 @@ def derive_version(parent, dest, *, sft_shards=1, edit=True, changes=None):
         version=manifest["version"] + 1,
         parent=manifest["version"],
         shards=shards,
-        rows={"sft": len(rows), "rl": manifest["rows"]["rl"]},
+        rows={**manifest["rows"], "sft": len(rows)},
         fingerprint=hashlib.sha256(dest.name.encode()).hexdigest(),
     )
     manifest.update(changes or {})
