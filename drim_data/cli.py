@@ -164,6 +164,7 @@ def versions(recipe: RecipeArg) -> None:
     """List the recipe's versions with parent, recipe hash, counts and the items added, removed, changed."""
     from drim_data.errors import DrimError
     from drim_data.release.versions import list_versions
+    from schemas.rows import SPLITS
 
     try:
         loaded, con = _open_state(recipe)
@@ -175,7 +176,7 @@ def versions(recipe: RecipeArg) -> None:
         console.print("no versions yet")
         return
     table = Table(title=f"{loaded.dataset}: versions")
-    for col in ("version", "parent", "created", "recipe hash", "sft", "rl", "vs parent (+added -removed ~changed)"):
+    for col in ("version", "parent", "created", "recipe hash", *SPLITS, "vs parent (+added -removed ~changed)"):
         table.add_column(col)
     table.add_column("state", overflow="fold")
     for v in infos:
@@ -184,8 +185,7 @@ def versions(recipe: RecipeArg) -> None:
             f"v{v.parent}" if v.parent else "-",
             v.created_at,
             v.recipe_hash[:12],
-            str(v.rows.get("sft", "?")),
-            str(v.rows.get("rl", "?")),
+            *(str(v.rows.get(split, "?")) for split in SPLITS),
             v.diff.summary() if v.diff else "?",
             v.state if v.state != "ok" else f"ok  {v.path}",
         )
@@ -232,7 +232,9 @@ def publish(
 
     try:
         built = build_folder(version, folder, repo_id=repo_id)
-        console.print(f"built and checked {built} (loads with datasets: sft, rl)", highlight=False)
+        console.print(
+            f"built and checked {built} (every config its card declares loads with datasets)", highlight=False
+        )
         if dry_run:
             files = sorted(p for p in built.rglob("*") if p.is_file())
             size = sum(p.stat().st_size for p in files)
@@ -298,6 +300,7 @@ def audit(
 
     from drim_data.errors import DrimError
     from drim_data.release.audit import FIGURES, audit_version, broken_thresholds, parse_thresholds
+    from schemas.rows import SPLITS
 
     try:
         thresholds = parse_thresholds(fail_on or [])
@@ -315,8 +318,9 @@ def audit(
             table.add_row(key, shown, "at most" if FIGURES[key][0] == "max" else "at least")
         console.print(table)
         for name, per_split in result.breakdown.items():
-            if isinstance(per_split, dict) and set(per_split) == {"sft", "rl"}:
-                console.print(f"{name}: sft {per_split['sft']}, rl {per_split['rl']}", highlight=False)
+            if isinstance(per_split, dict) and set(per_split) == set(SPLITS):
+                shown = ", ".join(f"{split} {value}" for split, value in per_split.items())
+                console.print(f"{name}: {shown}", highlight=False)
         console.print(f"answer letters: {result.breakdown['answer_letters']}", highlight=False)
         console.print(f"rows flagged: {result.breakdown['flags']}", highlight=False)
     broken = broken_thresholds(result.figures, thresholds)

@@ -132,7 +132,10 @@ class TrajectoryConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    rl_share: float = 0.5  # items go to the RL split with this probability (by a hash of `split_by`), else to SFT
+    # images held out in the `test` split with this probability, by a hash of the image alone (whatever `split_by`
+    # says), so an image's split never moves as others are added; 0 for recipes over a handful of images
+    test_share: float = 0.1
+    rl_share: float = 0.5  # the other items go to RL with this probability (by a hash of `split_by`), else to SFT
     # image: every item of an image lands in one split (no image in two); item: each item by its own hash, for a
     # handful of images that would otherwise leave a split with one or two of them
     split_by: Literal["image", "item"] = "image"
@@ -314,7 +317,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "min_instance_px": COUNT,
         "crop_quality": QUALITY,
     },
-    ExportConfig: {"rl_share": SHARE, "rows_per_shard": COUNT, "global_view_quality": QUALITY},
+    ExportConfig: {"test_share": SHARE, "rl_share": SHARE, "rows_per_shard": COUNT, "global_view_quality": QUALITY},
     Price: {"input": OFF_OR_MORE, "output": OFF_OR_MORE},
     EndpointConfig: {
         "temperature": Range(ge=0, le=2),

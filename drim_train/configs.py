@@ -125,7 +125,7 @@ class EvalArguments:
     data: str = field(
         metadata={
             "help": "A published benchmark (Hub id such as lmms-lab/vstar-bench, or a local copy of its files), a "
-            "version folder (its RL split is evaluated) or a V*-style JSONL file."
+            "version folder (its held-out test split is evaluated, see --split) or a V*-style JSONL file."
         }
     )
     model: str = field(metadata={"help": "A local model folder or a Hub model id."})
@@ -135,6 +135,13 @@ class EvalArguments:
         metadata={
             "help": "vstar, hrbench_4k, hrbench_8k, mme_realworld or mme_realworld_lite; read from --data's Hub "
             "id or columns when unset (needed for a local copy of a Hub repository, and for HR-Bench 8K on the Hub)."
+        },
+    )
+    split: Literal["test", "rl"] = field(
+        default="test",
+        metadata={
+            "help": "The split of a version folder to evaluate: test, the images no training split shows, or rl, "
+            "prompts GRPO trains on (a check of the loop, not a score)."
         },
     )
     samples: int = field(default=1, metadata={"help": "k passes per question; k > 1 (sampled) reports Avg@k."})

@@ -1,6 +1,8 @@
 """Reading what drim-data exports: a version folder (or a Hub dataset at a revision), checked against `schemas/`.
 
-A version holds `manifest.json` and `data/{sft,rl}/train-*.parquet`. Before any row is read, the folder must pass
+A version holds `manifest.json` and `data/{sft,rl,test}/train-*.parquet`; `test` holds whole images no training
+split shows, so only evaluation may read it (`held_out=True`), and a version from before it has none. Before any
+row is read, the folder must pass
 `schemas.manifest.verify_version`, the contract drim-data checks too: format and schema versions, every listed
 shard's sha256 and row count, no unlisted shard; a Hub download is checked the same way. Only the listed shards are
 loaded, and each is then checked twice: its Hugging Face features must equal the shared ones, and its rows must
@@ -15,10 +17,10 @@ from typing import Literal
 from datasets import Dataset, load_dataset
 
 from schemas import manifest as manifest_contract
-from schemas.rows import SPLITS
+from schemas.rows import SPLITS, TRAINING_SPLITS
 from schemas.tool import ZoomSpec, global_view
 
-Split = Literal["sft", "rl"]
+Split = Literal["sft", "rl", "test"]
 VALIDATE_BATCH = 256  # rows per pandera check; the `id` uniqueness check therefore holds within a batch
 
 
@@ -63,15 +65,20 @@ def zoom_spec(manifest: dict) -> ZoomSpec:
     return ZoomSpec(**limits) if limits else ZoomSpec()
 
 
-def load_split(data: str | Path, split: Split, revision: str | None = None, validate: bool = True) -> Dataset:
-    """One split of a version as a `datasets.Dataset` (images decode to PIL), checked against the shared schema."""
+def load_split(
+    data: str | Path, split: Split, revision: str | None = None, validate: bool = True, held_out: bool = False
+) -> Dataset:
+    """One split of a version as a `datasets.Dataset` (images decode to PIL), checked against the shared schema.
+    The held-out `test` split is refused unless `held_out` says the caller evaluates."""
+    if split not in TRAINING_SPLITS and not held_out:
+        raise DataError(f"the {split} split is held out from training; only evaluation reads it")
     version_dir = resolve(str(data), revision)
     manifest = verified(version_dir)
     files = manifest.files(split)
+    if manifest.rows[split] == 0:
+        raise DataError(f"{version_dir} holds no {split} rows")
     if not files:
         raise DataError(f"{version_dir} has no {split} shards under data/{split}/")
-    if manifest.fields["rows"][split] == 0:
-        raise DataError(f"{version_dir} holds no {split} rows")
     dataset = load_dataset("parquet", data_files=files, split="train")
     if validate:
         validate_split(dataset, split)

@@ -1,10 +1,10 @@
 """Evaluation: the training tool loop without training, one fixed protocol, a JSON report and a short table.
 
 Reads a published benchmark (V*, HR-Bench 4K/8K, MME-RealWorld(-Lite): `drim_train/benchmarks.py`, scored as
-lmms-eval scores it), the RL split of a version folder, or a V*-style JSONL file with one question per line:
-`{"image": "relative/or/absolute.jpg", "question": "...", "options": ["...", ...], "answer": "B",
-"question_type": "...", "id": "..."}`; `answer` may be the letter or the option's text, `options` may be empty
-for short-answer questions, and `category` is read when `question_type` is absent (as in V* Bench).
+lmms-eval scores it), a version folder's held-out `test` split (or its `rl` split), or a V*-style JSONL file with
+one question per line: `{"image": "relative/or/absolute.jpg", "question": "...", "options": ["...", ...],
+"answer": "B", "question_type": "...", "id": "..."}`; `answer` may be the letter or the option's text, `options`
+may be empty for short-answer questions, and `category` is read when `question_type` is absent (as in V* Bench).
 Defaults: greedy decoding, at most 5 zoom rounds, 256 new tokens per turn; `samples` k > 1 with a temperature
 reports Avg@k, the mean of k sampled passes.
 """
@@ -15,13 +15,14 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image
 
 from drim_train import benchmarks
 from drim_train.configs import EvalArguments
-from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
+from drim_train.data import DataError, load_split, resolve, rl_for_training, verified, zoom_spec
 from drim_train.models import load_model, load_processor, model_family
 from drim_train.rewards import RedundancyPenalty, answer_correct, final_answer, well_formed, well_formed_call
 from drim_train.rollout import Rollout, rollout
@@ -72,10 +73,15 @@ class JsonlRows(Sequence):
 
 
 def load_rows(
-    data: str, revision: str | None = None, limit: int | None = None, benchmark: str | None = None
+    data: str,
+    revision: str | None = None,
+    limit: int | None = None,
+    benchmark: str | None = None,
+    split: Literal["test", "rl"] = "test",
 ) -> tuple[Sequence[dict], ZoomSpec]:
     """Evaluation rows (`prompt`, `images` = [global view], `original_image`, answer columns), decoded one by one
-    when indexed, and the zoom spec to evaluate with."""
+    when indexed, and the zoom spec to evaluate with; a version folder gives its `split`, by default the held-out
+    test images, which no training split shows."""
     published = benchmarks.load_benchmark(data, benchmark, revision, limit)
     if published is not None:
         return published, ZOOM
@@ -83,8 +89,14 @@ def load_rows(
         rows, spec = JsonlRows(Path(data)), ZOOM
     else:
         version = resolve(data, revision)
-        spec = zoom_spec(read_manifest(version))
-        rows = rl_for_training(load_split(version, "rl"))
+        manifest = verified(version)
+        if split == "test" and manifest.rows["test"] == 0:
+            raise DataError(
+                f"{version} holds no test rows (exported with export.test_share 0, or before test splits existed): "
+                "there are no held-out images to score; --split rl runs the loop on prompts GRPO trains on"
+            )
+        spec = zoom_spec(manifest.fields)
+        rows = rl_for_training(load_split(version, split, held_out=True))
     if limit is not None and limit < len(rows):
         if isinstance(rows, JsonlRows):
             rows.records = rows.records[:limit]  # still decoded row by row
@@ -173,7 +185,7 @@ def evaluate(args: EvalArguments) -> dict:
     torch.manual_seed(args.seed)
     if args.samples > 1 and args.temperature <= 0:
         raise ValueError("--samples k > 1 averages sampled passes: set --temperature above 0")
-    rows, spec = load_rows(args.data, args.data_revision, args.limit, args.benchmark)
+    rows, spec = load_rows(args.data, args.data_revision, args.limit, args.benchmark, args.split)
     if not rows:
         raise ValueError(f"{args.data} has no rows to evaluate")
     processor = load_processor(args.model, args.model_revision)
@@ -193,6 +205,7 @@ def evaluate(args: EvalArguments) -> dict:
     report = {
         "model": args.model,
         "data": args.data,
+        "split": args.split,
         "protocol": {
             "max_turns": args.max_turns,
             "max_new_tokens": args.max_new_tokens,

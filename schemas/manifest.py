@@ -18,8 +18,11 @@ import pyarrow.parquet as pq
 from schemas.rows import SCHEMA_VERSION, SPLITS
 
 FORMAT_NAME = "drim-shards"
-FORMAT_REVISION = 1  # bumped when the folder layout or the manifest's required fields change
+FORMAT_REVISION = 2  # bumped when the folder layout or the manifest's required fields change
 FORMAT = f"{FORMAT_NAME}/{FORMAT_REVISION}"
+# the splits each readable revision holds: 2 added the held-out `test` split; a revision-1 version reads as one
+# whose test split is empty
+REVISION_SPLITS = {1: ("sft", "rl"), 2: tuple(SPLITS)}
 MANIFEST = "manifest.json"
 DATA = "data"
 
@@ -48,6 +51,11 @@ class Manifest:
     folder: Path
     fields: dict  # manifest.json as written
     shards: tuple[Shard, ...]
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows per split, every split this code knows (0 for one the version's format predates)."""
+        return {split: self.fields["rows"].get(split, 0) for split in SPLITS}
 
     def split_shards(self, split: str) -> list[Shard]:
         return [s for s in self.shards if s.split == split]
@@ -93,18 +101,18 @@ def verify_version(folder: Path) -> Manifest:
     """The version's manifest, once its format, schema version and every shard are checked (see the module doc)."""
     folder = Path(folder)
     fields = read_manifest(folder)
-    _check_format(folder, fields.get("format"))
+    splits = REVISION_SPLITS[_check_format(folder, fields.get("format"))]
     found = fields.get("schema_version")
     if found != SCHEMA_VERSION:
         raise SchemaVersionError(
             f"{folder} was exported with row schema version {found!r}, but this code reads schema version "
             f"{SCHEMA_VERSION!r}. Re-export the data with a matching drim-data, or use a matching drim-train."
         )
-    shards = _listed_shards(folder, fields)
+    shards = _listed_shards(folder, fields, splits)
     for shard in shards:
         _check_shard(folder, shard)
     rows = fields.get("rows")
-    for split in SPLITS:
+    for split in splits:
         listed = sum(s.rows for s in shards if s.split == split)
         if not isinstance(rows, dict) or rows.get(split) != listed:
             said = rows.get(split) if isinstance(rows, dict) else None
@@ -122,27 +130,30 @@ def verify_version(folder: Path) -> Manifest:
     return Manifest(folder, fields, tuple(shards))
 
 
-def _check_format(folder: Path, found: object) -> None:
+def _check_format(folder: Path, found: object) -> int:
+    """The format revision, once it is one this code reads."""
     name, _, revision = str(found).partition("/")
     if found is None or name != FORMAT_NAME or not revision.isdigit():
         raise ManifestError(f"{folder}: {MANIFEST} names format {found!r}, not {FORMAT!r}; this is not a drim version")
-    if int(revision) != FORMAT_REVISION:
+    if int(revision) not in REVISION_SPLITS:
         newer = "a newer" if int(revision) > FORMAT_REVISION else "an older"
         raise ManifestError(
             f"{folder} is in format {found} (written by {newer} drim-data), but this code reads {FORMAT}; "
             "use a matching drim-data / drim-train, or re-export the version"
         )
+    return int(revision)
 
 
-def _listed_shards(folder: Path, fields: dict) -> list[Shard]:
+def _listed_shards(folder: Path, fields: dict, splits: tuple[str, ...]) -> list[Shard]:
     listed = fields.get("shards")
     if not isinstance(listed, dict) or not listed:
         raise ManifestError(f"{folder}: {MANIFEST} lists no shards")
     shards = []
     for rel, info in sorted(listed.items()):
         parts = PurePosixPath(rel).parts
-        if len(parts) != 3 or parts[0] != DATA or parts[1] not in SPLITS or not rel.endswith(".parquet"):
-            raise ManifestError(f"{folder}: {MANIFEST} lists {rel!r}, which is not a shard under data/sft or data/rl")
+        if len(parts) != 3 or parts[0] != DATA or parts[1] not in splits or not rel.endswith(".parquet"):
+            under = " or ".join(f"{DATA}/{split}" for split in splits)
+            raise ManifestError(f"{folder}: {MANIFEST} lists {rel!r}, which is not a shard under {under}")
         if not (isinstance(info, dict) and isinstance(info.get("rows"), int) and isinstance(info.get("sha256"), str)):
             raise ManifestError(f"{folder}: {MANIFEST} gives {rel} no row count and sha256")
         shards.append(Shard(rel, info["rows"], info["sha256"]))

@@ -198,4 +198,6 @@ RL_SCHEMA = pa.DataFrameSchema(
     name="rl_row",
 )
 
-SPLITS = {"sft": (SFT_FEATURES, SFT_SCHEMA), "rl": (RL_FEATURES, RL_SCHEMA)}
+# test: whole held-out images, their rows in the RL form (an evaluation needs the prompt, image and answer only)
+SPLITS = {"sft": (SFT_FEATURES, SFT_SCHEMA), "rl": (RL_FEATURES, RL_SCHEMA), "test": (RL_FEATURES, RL_SCHEMA)}
+TRAINING_SPLITS = ("sft", "rl")  # what training reads; `test` is for evaluation alone

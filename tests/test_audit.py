@@ -145,8 +145,9 @@ FLAGS = {
 }
 
 
-def write_shards(version: Path, rows: dict[str, list[dict]]) -> Path:
-    """A version folder as export writes it: schema-checked shards and a manifest with their sha256."""
+def write_shards(version: Path, rows: dict[str, list[dict]], form: str = "drim-shards/1") -> Path:
+    """A version folder as export writes it: schema-checked shards and a manifest with their sha256; in format 1
+    (no test split) unless `form` says otherwise."""
     shards = {}
     for split, split_rows in rows.items():
         features, schema = SPLITS[split]
@@ -156,7 +157,7 @@ def write_shards(version: Path, rows: dict[str, list[dict]]) -> Path:
         pq.write_table(pa.Table.from_pylist(split_rows, schema=features.arrow_schema), version / rel)
         shards[rel] = {"rows": len(split_rows), "sha256": hashlib.sha256((version / rel).read_bytes()).hexdigest()}
     manifest = {
-        "format": "drim-shards/1",
+        "format": form,
         "dataset": "flawed",
         "version": 1,
         "parent": None,
@@ -237,13 +238,14 @@ def test_the_blind_solver_flags_what_the_global_view_already_answers(tmp_path):
 
 def test_breakdown_per_split(version):
     breakdown = audit_version(version).breakdown
-    assert breakdown["rows"] == {"sft": 5, "rl": 4}
+    assert breakdown["rows"] == {"sft": 5, "rl": 4, "test": 0}  # a format-1 version: no test split
     assert breakdown["question_types"] == {
         "sft": {"colour": 4, "count": 1},
         "rl": {"colour": 1, "count": 1, "relative_position": 1, "text": 1},
+        "test": {},
     }
-    assert breakdown["patterns"] == {"sft": {"coarse_to_fine": 3, "direct": 1, "reflective": 1}, "rl": {}}
-    assert breakdown["distinct_think_share"] == {"sft": pytest.approx(13 / 14), "rl": None}
+    assert breakdown["patterns"] == {"sft": {"coarse_to_fine": 3, "direct": 1, "reflective": 1}, "rl": {}, "test": {}}
+    assert breakdown["distinct_think_share"] == {"sft": pytest.approx(13 / 14), "rl": None, "test": None}
     assert breakdown["answer_letters"] == pytest.approx({"A": 3 / 6, "B": 2 / 6, "C": 1 / 6, "D": 0})
     assert breakdown["zooms"] == 9
     assert breakdown["flags"] == {
@@ -255,6 +257,14 @@ def test_breakdown_per_split(version):
         "shared_think": 2,
         "solvable_without_zoom": 0,
     }
+
+
+def test_the_test_split_is_audited_beside_the_training_splits(tmp_path):
+    rows = {"sft": ROWS["sft"], "rl": ROWS["rl"][:2], "test": ROWS["rl"][2:]}
+    audit = audit_version(write_shards(tmp_path / "v1", rows, form="drim-shards/2"))
+    assert audit.breakdown["rows"] == {"sft": 5, "rl": 2, "test": 2} and audit.figures["rows"] == 9
+    assert sum(audit.breakdown["question_types"]["test"].values()) == 2
+    assert [r["split"] for r in audit.rows].count("test") == 2
 
 
 def test_each_flag_on_its_rows(version):

@@ -24,7 +24,7 @@ from drim_data.recipe import load_recipe
 from drim_data.stages import export
 from schemas.answers import extract_answer, is_correct
 from schemas.rows import RL_SCHEMA, SCHEMA_VERSION, SFT_SCHEMA, count_image_blocks
-from tests.conftest import query, write_recipe
+from tests.conftest import DEMO_IMAGES, demo_settings, query, write_recipe
 
 runner = CliRunner()
 
@@ -268,7 +268,8 @@ def test_answer_letters_take_turns_within_a_split_whatever_verify_dropped():
 
 
 def test_split_by_image_keeps_every_item_of_an_image_in_one_split():
-    by_image, by_item = export.ExportConfig(rl_share=0.5), export.ExportConfig(rl_share=0.5, split_by="item")
+    by_image = export.ExportConfig(test_share=0, rl_share=0.5)
+    by_item = export.ExportConfig(test_share=0, rl_share=0.5, split_by="item")
     images = [f"image-{i}" for i in range(40)]
     for image in images:
         splits = {export.split_of(f"{image}/q{q}", image, by_image) for q in range(12)}
@@ -281,3 +282,44 @@ def test_split_by_image_keeps_every_item_of_an_image_in_one_split():
     assert export.split_of("q", sft_image, by_image, has_dialogue=False) is None
     assert export.split_of("q", rl_image, by_image, has_dialogue=False) == "rl"
     assert export.split_of("q", sft_image, by_item, has_dialogue=False) == "rl"
+
+
+def test_the_test_split_takes_whole_images_whatever_split_by_and_its_share():
+    images = [f"image-{i}" for i in range(4000)]
+    for split_by in ("image", "item"):
+        config = export.ExportConfig(test_share=0.1, rl_share=0.5, split_by=split_by)
+        tested = {image for image in images if export.split_of(f"{image}/q", image, config) == "test"}
+        for image in images[:200]:  # an image's every item is held out, or none of them is
+            held_out = {export.split_of(f"{image}/q{q}", image, config) == "test" for q in range(12)}
+            assert held_out == {image in tested}
+        assert 0.09 <= len(tested) / len(images) <= 0.11  # the share, within tolerance
+        rest = [image for image in images if image not in tested]
+        rl = sum(export.split_of(f"{image}/q", image, config) == "rl" for image in rest)
+        assert 0.47 <= rl / len(rest) <= 0.53  # RL takes its share of what is left
+        assert export.split_of("q", next(iter(tested)), config, has_dialogue=False) == "test"
+    none = export.ExportConfig(test_share=0)
+    assert all(export.split_of("q", image, none) != "test" for image in images)
+
+
+def test_a_version_holds_out_whole_images_in_a_test_split_that_loads(demo_version, tmp_path):
+    """The demo's database exported again with a third of its four photos' hashes held out (two photos here):
+    the test images appear in no training split, and each of the three splits loads from the card's configs."""
+    shutil.copy(demo_version.parents[2] / "state.duckdb", tmp_path / "state.duckdb")
+    settings = demo_settings()
+    recipe = write_recipe(tmp_path, DEMO_IMAGES, **{**settings, "export": {**settings["export"], "test_share": 0.3}})
+    version = run_pipeline(load_recipe(recipe)).export.path
+    manifest = json.loads((version / "manifest.json").read_text())
+    card = (version / "README.md").read_text()
+    assert [c["config_name"] for c in yaml.safe_load(card.split("---\n")[1])["configs"]] == ["sft", "rl", "test"]
+    assert "appear in no training split" in card
+    loaded = {
+        split: load_dataset(str(version), split, split="train", cache_dir=str(tmp_path / "cache"))
+        for split in ("sft", "rl", "test")
+    }
+    images = {split: set(ds["image_id"]) for split, ds in loaded.items()}
+    for split, ds in loaded.items():
+        assert len(ds) == manifest["rows"][split] > 0
+    assert len(images["test"]) == 2 and not images["test"] & (images["sft"] | images["rl"])
+    RL_SCHEMA.validate(load(version, "test", decode=False).to_pandas(), lazy=True)
+    ids = [set(ds["id"]) for ds in loaded.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])

@@ -29,11 +29,12 @@ SOURCES = [
 
 def derive_version(parent, dest, *, sft_shards=1, edit=True, changes=None):
     """A child version built by hand from `parent`: the first sft row removed, the second's question edited, a copy
-    of the third added under a new id, the sft rows split over `sft_shards` files; rl untouched.
+    of the third added under a new id, the sft rows split over `sft_shards` files; rl and test untouched.
     `changes` overrides manifest fields. Returns (path, added, removed, changed)."""
     manifest = json.loads((parent / "manifest.json").read_text())
     dest.mkdir(parents=True)
-    shutil.copytree(parent / "data" / "rl", dest / "data" / "rl")
+    for split in ("rl", "test"):
+        shutil.copytree(parent / "data" / split, dest / "data" / split)
     (sft_rel,) = [rel for rel in manifest["shards"] if "/sft/" in rel]
     table = pq.read_table(parent / sft_rel)
     rows = table.to_pylist()
@@ -44,7 +45,7 @@ def derive_version(parent, dest, *, sft_shards=1, edit=True, changes=None):
         added = ["added" + rows[2]["id"][5:]]
         rows[1]["question"] += " (edited)"
         rows = rows[1:] + [{**rows[2], "id": added[0]}]
-    shards = {k: v for k, v in manifest["shards"].items() if "/rl/" in k}
+    shards = {k: v for k, v in manifest["shards"].items() if "/sft/" not in k}
     (dest / "data" / "sft").mkdir(parents=True)
     per = -(-len(rows) // sft_shards)
     for i in range(sft_shards):
@@ -56,7 +57,7 @@ def derive_version(parent, dest, *, sft_shards=1, edit=True, changes=None):
         version=manifest["version"] + 1,
         parent=manifest["version"],
         shards=shards,
-        rows={"sft": len(rows), "rl": manifest["rows"]["rl"]},
+        rows={**manifest["rows"], "sft": len(rows)},
         fingerprint=hashlib.sha256(dest.name.encode()).hexdigest(),
     )
     manifest.update(changes or {})
@@ -150,13 +151,13 @@ def _first_shard(manifest):
 
 
 MANIFEST_EDITS = {
-    "newer format": (lambda m: m.update(format="drim-shards/2"), r"format drim-shards/2 .* reads drim-shards/1"),
+    "newer format": (lambda m: m.update(format="drim-shards/3"), r"format drim-shards/3 .* reads drim-shards/2"),
     "another schema": (lambda m: m.update(schema_version="1.0"), r"row schema version '1.0'"),
     "shard rows": (lambda m: _first_shard(m).update(rows=_first_shard(m)["rows"] + 1), r"holds \d+ rows but"),
     "split rows": (lambda m: m["rows"].update(sft=m["rows"]["sft"] + 1), r"says \d+ sft rows, its sft shards hold"),
     "shard outside data": (
         lambda m: m["shards"].update({"../elsewhere.parquet": _first_shard(m)}),
-        r"lists '../elsewhere.parquet', which is not a shard under data/sft or data/rl",
+        r"lists '../elsewhere.parquet', which is not a shard under data/sft or data/rl or data/test",
     ),
     "no shards": (lambda m: m.update(shards={}), r"lists no shards"),
 }

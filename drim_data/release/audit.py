@@ -1,6 +1,6 @@
 """The audit: figures that say whether a version can teach visual search, computed from its shards alone.
 
-A version is verified first, then every row of both splits is read. Questions must name their target (a class
+A version is verified first, then every row of every split is read. Questions must name their target (a class
 name, never coordinates); zooms must not repeat and must gain detail; the reasoning text must vary; the answer
 letters of multiple-choice rows must be balanced. Each row gets the flags it breaks, so the review page can show
 them and filter by them, and `--fail-on KEY=VALUE` turns any figure into a gate: figures of bad things are upper
@@ -23,6 +23,7 @@ from drim_data.pixels.solver import BlindItem, blind_answer
 from drim_data.release.versions import iter_rows, verify_version
 from schemas.answers import LETTERS, is_correct
 from schemas.geometry import iou
+from schemas.rows import SPLITS
 from schemas.tool import global_view
 
 NEAR_IDENTICAL_IOU = 0.8  # consecutive zooms this alike show the model nothing new
@@ -30,7 +31,7 @@ MIN_DETAIL_GAIN = 1.5  # a zoom should show at least 1.5x the pixels per origina
 
 # figure -> (bound, what it measures); "max": an upper bound (a bad thing), "min": a lower bound (a good thing)
 FIGURES: dict[str, tuple[str, str]] = {
-    "rows": ("min", "rows in both splits"),
+    "rows": ("min", "rows in all splits"),
     "coordinate_referents": ("max", "questions with coordinates in their text (points, boxes, 0-1000, grid)"),
     "coordinate_referent_share": ("max", "share of questions with coordinates in their text"),
     "unnamed_referents": ("max", "questions that do not name their target's class"),
@@ -182,9 +183,9 @@ class Tally:
     """Accumulates the audit row by row (the review page feeds it the rows it already reads)."""
 
     rows: list[dict] = field(default_factory=list)
-    types: dict[str, Counter] = field(default_factory=lambda: {"sft": Counter(), "rl": Counter()})
-    patterns: dict[str, Counter] = field(default_factory=lambda: {"sft": Counter(), "rl": Counter()})
-    thinks: dict[str, list[str]] = field(default_factory=lambda: {"sft": [], "rl": []})
+    types: dict[str, Counter] = field(default_factory=lambda: {split: Counter() for split in SPLITS})
+    patterns: dict[str, Counter] = field(default_factory=lambda: {split: Counter() for split in SPLITS})
+    thinks: dict[str, list[str]] = field(default_factory=lambda: {split: [] for split in SPLITS})
     row_thinks: list[list[str]] = field(default_factory=list)
     choices: list[tuple[str, int]] = field(default_factory=list)
     pairs: int = 0
@@ -234,7 +235,7 @@ class Tally:
         flagged = Counter(f for entry in self.rows for f in entry["flags"])
         n = len(self.rows)
         sft = sum(self.types["sft"].values())
-        everything = self.thinks["sft"] + self.thinks["rl"]
+        everything = [t for thinks in self.thinks.values() for t in thinks]
         shares, deviation = letter_balance(self.choices)
         figures = {
             "rows": n,
@@ -253,7 +254,7 @@ class Tally:
             "distinct_think_share": _share(len(set(everything)), len(everything)),
             "distinct_think_template_share": _share(len({_DIGITS.sub("#", t) for t in everything}), len(everything)),
             "letter_max_deviation": deviation,
-            "question_types": len(set(self.types["sft"]) | set(self.types["rl"])),
+            "question_types": len(set().union(*self.types.values())),
             "blind_solver_pass_share": _share(flagged["solvable_without_zoom"], n),
         }
         breakdown = {

@@ -1,5 +1,5 @@
-"""The dataset card: YAML configs for `sft` and `rl` and the licence, then what the data is, where its images come
-from under which licences, and how it was made.
+"""The dataset card: YAML configs for `sft`, `rl` and `test` and the licence, then what the data is, where its
+images come from under which licences, and how it was made.
 
 Export writes the short form beside every version; publish adds statistics, a sample image and the Hub loading
 line. The card is built from the manifest and shard statistics only, so nothing secret can reach it.
@@ -11,6 +11,8 @@ import json
 from collections import Counter
 
 import yaml
+
+from schemas.rows import SPLITS
 
 PIPELINE = """\
 1. **ingest**: every image is fully decoded once; unreadable, truncated, oversized (decompression bombs) and
@@ -37,8 +39,9 @@ def _size_category(n: int) -> str:
 
 
 def configs(manifest: dict) -> list[str]:
-    """The splits the card declares as configs: those with rows (an empty split has nothing `datasets` can load)."""
-    return [split for split in ("sft", "rl") if manifest["rows"][split] > 0]
+    """The splits the card declares as configs: those with rows (an empty split has nothing `datasets` can load;
+    a version from before the test split has none)."""
+    return [split for split in SPLITS if manifest["rows"].get(split, 0) > 0]
 
 
 def _header(manifest: dict) -> str:
@@ -80,7 +83,7 @@ def _statistics(stats: Counter) -> str:
     levels += sorted({d for _, _, d in stats} - set(levels))
     lines = ["## Statistics", "", "| split | question type | " + " | ".join(levels) + " | total |"]
     lines.append("|---|---|" + "---:|" * (len(levels) + 1))
-    for split in ("sft", "rl"):
+    for split in SPLITS:
         for t in types:
             counts = [stats.get((split, t, d), 0) for d in levels]
             if sum(counts):
@@ -94,7 +97,7 @@ def dataset_card(
     """The card; `stats` counts items by (split, question type, difficulty), `sample` is a relative image path."""
     rows, version = manifest["rows"], manifest["version"]
     declared = configs(manifest)
-    empty = [split for split in ("sft", "rl") if split not in declared]
+    empty = [split for split in SPLITS if split not in declared]
     first = declared[0] if declared else "sft"
     if repo_id:
         loading = f'{first} = load_dataset("{repo_id}", "{first}", split="train", revision="v{version}")'
@@ -110,6 +113,8 @@ def dataset_card(
         f"- `sft`: {rows['sft']} conversations in TRL's conversational form (`messages` + `images`: the downscaled",
         "  global view, then one crop per tool call).",
         f"- `rl`: {rows['rl']} prompts with the full-resolution image, the answer, its checker and the target boxes.",
+        f"- `test`: {rows['test']} held-out evaluation prompts in the `rl` form. Test images are whole images",
+        "  that appear in no training split (`sft`, `rl`): evaluate on `test`, train on the others.",
         *[f"- `{split}` is empty in this version, so the card declares no `{split}` config." for split in empty],
         "",
         "```python",

@@ -2,7 +2,7 @@
 the same check drim-train makes before training.
 
 A version folder is self-contained, so two versions are compared from their Parquet shards alone: an item is its
-row `id`; it changed when any of its fields or image bytes differ (moving between the sft and rl splits counts).
+row `id`; it changed when any of its fields or image bytes differ (moving between splits counts).
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ def prepare_folder(version_dir: Path, folder: Path | None, kind: str, built_by: 
 
 
 def verify_version(version_dir: Path) -> dict:
-    """The manifest as written, once the version passes `schemas.manifest.verify_version`; a DrimError otherwise."""
+    """The manifest as written, with rows for every split (a version from before the test split has 0 test rows),
+    once the version passes `schemas.manifest.verify_version`; a DrimError otherwise."""
     try:
-        return manifest_contract.verify_version(Path(version_dir)).fields
+        verified = manifest_contract.verify_version(Path(version_dir))
     except manifest_contract.ManifestError as exc:
         raise DrimError(str(exc)) from None
+    return {**verified.fields, "rows": verified.rows}
 
 
 def iter_rows(version_dir: Path, manifest: dict, columns: list[str] | None = None) -> Iterator[tuple[str, dict]]:

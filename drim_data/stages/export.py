@@ -1,4 +1,4 @@
-"""Export: versioned Parquet shards `OUT/<dataset>/v<N>/data/{sft,rl}/train-*.parquet`, written atomically.
+"""Export: versioned Parquet shards `OUT/<dataset>/v<N>/data/{sft,rl,test}/train-*.parquet`, written atomically.
 
 A version is built in a hidden sibling folder and renamed into place only once complete, so a crash, a full disk
 or a read-only folder never leaves a half version, and nothing is registered until the version is whole. Nothing
@@ -92,9 +92,12 @@ class ExportResult:
 
 
 def split_of(question_id: str, image_id: str, export: ExportConfig, has_dialogue: bool = True) -> str | None:
-    """RL for a share of images (or items) by their hash, else SFT. A verified item no search could be shown for
-    is an RL prompt (its image and answer are all RL needs), unless its image is bound for SFT: then it is left
-    out (None), so that no image is in two splits."""
+    """Test for a share of whole images, by a hash of the image alone, so that no test image is trained on
+    whatever `split_by` does; then RL for a share of images (or items) by their hash, else SFT. A verified item no
+    search could be shown for is an RL prompt (its image and answer are all RL needs), unless its image is bound
+    for SFT: then it is left out (None), so that no image is in two splits."""
+    if hash_share(["test", image_id]) < export.test_share:
+        return "test"
     by_image = export.split_by == "image"
     split = "rl" if hash_share(image_id if by_image else question_id) < export.rl_share else "sft"
     if split == "sft" and not has_dialogue:
@@ -231,7 +234,7 @@ def _write_version(
     out with its items (kept in `lost`), and the version's fingerprint is of the items it holds, so the next run
     exports again once they can be read."""
     recipe = ctx.recipe
-    splits = {"sft": [], "rl": [], None: []}
+    splits = {**{split: [] for split in SPLITS}, None: []}
     for item in items:
         splits[split_of(item.question_id, item.image_id, recipe.export, item.trajectory_id is not None)].append(item)
     splits.pop(None)  # no search to show, on an image bound for SFT

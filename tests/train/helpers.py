@@ -100,17 +100,22 @@ def rl_row(i: int) -> dict:
     }
 
 
-def write_version(root: Path, n_sft: int = 8, n_rl: int = 8, schema_version: str = SCHEMA_VERSION) -> Path:
-    """OUT/<dataset>/v1 with one shard per split and a manifest, as drim-data writes them."""
+def write_version(
+    root: Path, n_sft: int = 8, n_rl: int = 8, schema_version: str = SCHEMA_VERSION, n_test: int = 0
+) -> Path:
+    """OUT/<dataset>/v1 with one shard per split and a manifest, as drim-data writes them; test rows are RL rows
+    numbered after the RL ones."""
     version = root / "synthetic" / "v1"
     shards = {}
-    for split, n, make in (("sft", n_sft, sft_row), ("rl", n_rl, rl_row)):
+    makers = {"sft": (n_sft, sft_row, 0), "rl": (n_rl, rl_row, 0), "test": (n_test, rl_row, n_rl)}
+    for split, (n, make, first) in makers.items():
         (version / "data" / split).mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pylist([make(i) for i in range(n)], schema=SPLITS[split][0].arrow_schema)
+        rows = [make(first + i) for i in range(n)]
+        table = pa.Table.from_pylist(rows, schema=SPLITS[split][0].arrow_schema)
         rel = f"data/{split}/train-00000-of-00001.parquet"
         pq.write_table(table, version / rel)
         shards[rel] = shard_entry(version / rel)
-    manifest = new_manifest(shards, {"sft": n_sft, "rl": n_rl}, version=1, tool=ZOOM.manifest())
+    manifest = new_manifest(shards, {"sft": n_sft, "rl": n_rl, "test": n_test}, version=1, tool=ZOOM.manifest())
     (version / "manifest.json").write_text(json.dumps({**manifest, "schema_version": schema_version}))
     return version
 

@@ -20,7 +20,7 @@ def caller(tool_caller):
 
 def test_rollouts_execute_the_tool_and_feed_the_crop_back(caller, demo_version):
     model, processor = caller
-    rows, spec = load_rows(str(demo_version), limit=4)
+    rows, spec = load_rows(str(demo_version), limit=4, split="rl")
     envs = [ZoomEnv(spec) for _ in rows]
     seen = []  # images per forward pass of the vision tower
     hook = model.model.visual.register_forward_hook(
@@ -49,7 +49,7 @@ def test_rollouts_execute_the_tool_and_feed_the_crop_back(caller, demo_version):
 
 def test_the_turn_limit_cuts_rollouts_that_keep_calling(caller, demo_version):
     model, processor = caller
-    rows, spec = load_rows(str(demo_version), limit=4)
+    rows, spec = load_rows(str(demo_version), limit=4, split="rl")
     rollouts = rollout(model, processor, rows, [ZoomEnv(spec) for _ in rows], max_turns=0, max_new_tokens=48)
     calling = [r for r in rollouts if r.completion[-1].get("tool_calls")]
     assert calling and all(r.cut and r.env.calls == 0 and len(r.completion) == 1 for r in calling)
@@ -163,6 +163,7 @@ def test_evaluate_writes_a_report(tool_caller, source, tmp_path, request):
     data = str(request.getfixturevalue(source))
     args = EvalArguments(
         data=data,
+        split="rl",  # the demo holds no test images out; a benchmark has no splits
         model=str(tool_caller),
         report=str(tmp_path / "r.json"),
         max_turns=2,
@@ -171,7 +172,7 @@ def test_evaluate_writes_a_report(tool_caller, source, tmp_path, request):
     )
     report = evaluate(args)
     assert json.loads((tmp_path / "r.json").read_text()) == report
-    expected = 3 if source == "vstar" else len(load_rows(data)[0])
+    expected = 3 if source == "vstar" else len(load_rows(data, split="rl")[0])
     assert report["n"] == expected
     assert report["protocol"]["max_turns"] == 2
     if source == "demo_version":  # the prompts the tool caller was taught on

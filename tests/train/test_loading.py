@@ -117,8 +117,8 @@ TAMPERING = {
         lambda v: shutil.copy(v / RL_SHARD, v / "data/rl/train-00001-of-00001.parquet"),
         r"data/rl/train-00001-of-00001.parquet is not listed in manifest.json",
     ),
-    "newer format": (lambda v: _set_format(v, "drim-shards/2"), r"format drim-shards/2 .* reads drim-shards/1"),
-    "foreign format": (lambda v: _set_format(v, None), r"names format None, not 'drim-shards/1'"),
+    "newer format": (lambda v: _set_format(v, "drim-shards/3"), r"format drim-shards/3 .* reads drim-shards/2"),
+    "foreign format": (lambda v: _set_format(v, None), r"names format None, not 'drim-shards/2'"),
 }
 
 
@@ -199,3 +199,62 @@ def test_training_holds_full_precision_weights_of_a_bf16_checkpoint(tiny_model, 
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
     kept = load_model(str(half), dtype="auto")  # the checkpoint's own dtype, when asked for
     assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
+
+
+class _Loaded(Exception):
+    """Raised by the spy once a training entry point has asked for its rows: nothing past loading is needed."""
+
+
+@pytest.mark.parametrize("command", ["sft", "grpo"])
+def test_training_reads_no_test_row_and_cannot_ask_for_one(tmp_path, monkeypatch, command):
+    from drim_train import grpo, sft
+    from drim_train.configs import DataModelArguments, DrimGRPOConfig, DrimSFTConfig
+    from tests.train.helpers import parse_recipe
+
+    version = write_version(tmp_path, n_sft=2, n_rl=2, n_test=3)
+    test_ids = set(load_split(version, "test", held_out=True)["id"])
+    with pytest.raises(DataError, match="the test split is held out from training"):
+        load_split(version, "test")
+    module, config = {"sft": (sft, DrimSFTConfig), "grpo": (grpo, DrimGRPOConfig)}[command]
+    read = []
+
+    def spy(*args, **kwargs):
+        read.append(load_split(*args, **kwargs))
+        raise _Loaded
+
+    monkeypatch.setattr(module, "load_split", spy)
+    args, config = parse_recipe(
+        f"{command}-tiny.yaml", (DataModelArguments, config), data=version, model="no-model", output_dir=tmp_path
+    )
+    with pytest.raises(_Loaded):
+        module.build_trainer(args, config)
+    (rows,) = read
+    assert len(rows) == 2 and not set(rows["id"]) & test_ids
+
+
+def test_eval_reads_the_test_split_by_default_and_an_old_version_says_it_has_none(tmp_path):
+    from trl import TrlParser
+
+    from drim_train.configs import EvalArguments
+    from drim_train.evaluate import load_rows
+    from tests.train.helpers import RECIPES
+
+    version = write_version(tmp_path / "new", n_sft=2, n_rl=2, n_test=3)
+    (args,) = TrlParser((EvalArguments,)).parse_args_and_config(
+        ["--config", str(RECIPES / "eval.yaml"), "--data", str(version), "--model", "no-model"]
+    )
+    assert args.split == "test"
+    rows, _ = load_rows(str(version))
+    assert [rows[i]["id"] for i in range(len(rows))] == ["q0002", "q0003", "q0004"]  # numbered after the RL rows
+    rl, _ = load_rows(str(version), split="rl")
+    assert [rl[i]["id"] for i in range(len(rl))] == ["q0000", "q0001"]
+
+    old = write_version(tmp_path / "old", n_sft=2, n_rl=2)  # as drim-shards/1 wrote it: no test split at all
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["shards"] = {rel: info for rel, info in manifest["shards"].items() if "/test/" not in rel}
+    del manifest["rows"]["test"]
+    shutil.rmtree(old / "data" / "test")
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": "drim-shards/1"}))
+    assert len(load_split(old, "rl")) == 2 and len(load_rows(str(old), split="rl")[0]) == 2
+    with pytest.raises(DataError, match=r"holds no test rows .* --split rl"):
+        load_rows(str(old))

@@ -44,7 +44,7 @@ def test_the_tool_caller_learnt_well_formed_calls(tool_caller, demo_version):
     from drim_train.rollout import rollout
     from drim_train.zoom_env import ZoomEnv
 
-    rows, spec = load_rows(str(demo_version))
+    rows, spec = load_rows(str(demo_version), split="rl")
     model, processor = load_model(str(tool_caller)).eval(), load_processor(str(tool_caller))
     rollouts = rollout(model, processor, rows, [ZoomEnv(spec) for _ in rows], max_turns=0, max_new_tokens=48)
     assert sum(well_formed_call(r.completion[0]) for r in rollouts) / len(rollouts) >= 0.75
