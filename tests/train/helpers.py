@@ -90,6 +90,16 @@ def sft_row(i: int) -> dict:
     }
 
 
+def direct_row(i: int) -> dict:
+    """An SFT row that answers from the global view, without zooming."""
+    row = sft_row(i)
+    messages = [
+        *row["messages"][:2],
+        message("assistant", f"<think>It is clear.</think>\n<answer>{row['answer']}</answer>"),
+    ]
+    return {**row, "messages": messages, "pattern": "direct", "zoom_boxes_px": [], "images": row["images"][:1]}
+
+
 def rl_row(i: int) -> dict:
     image, box, colour = scene(i)
     common = _common(i, colour, image, box)
@@ -100,11 +110,13 @@ def rl_row(i: int) -> dict:
     }
 
 
-def write_version(root: Path, n_sft: int = 8, n_rl: int = 8, schema_version: str = SCHEMA_VERSION) -> Path:
+def write_version(
+    root: Path, n_sft: int = 8, n_rl: int = 8, schema_version: str = SCHEMA_VERSION, make_sft=sft_row
+) -> Path:
     """OUT/<dataset>/v1 with one shard per split and a manifest, as drim-data writes them."""
     version = root / "synthetic" / "v1"
     shards = {}
-    for split, n, make in (("sft", n_sft, sft_row), ("rl", n_rl, rl_row)):
+    for split, n, make in (("sft", n_sft, make_sft), ("rl", n_rl, rl_row)):
         (version / "data" / split).mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist([make(i) for i in range(n)], schema=SPLITS[split][0].arrow_schema)
         rel = f"data/{split}/train-00000-of-00001.parquet"
