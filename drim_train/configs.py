@@ -104,6 +104,13 @@ class DrimGRPOConfig(GRPOConfig):
     max_tool_calling_iterations: int | None = field(
         default=DEFAULT_MAX_TURNS, metadata={"help": "Turn limit: the most zoom rounds one rollout may make."}
     )
+    sync_tool_rounds: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Keep every rank generating until all ranks' rollouts are done zooming, so generations that "
+            "gather sharded weights meet. Unset: on under DeepSpeed ZeRO-3 and FSDP without vLLM, off otherwise."
+        },
+    )
 
     def __post_init__(self):
         _bf16_where_supported(self)

@@ -90,6 +90,16 @@ def sft_row(i: int) -> dict:
     }
 
 
+def direct_row(i: int) -> dict:
+    """An SFT row that answers from the global view, without zooming."""
+    row = sft_row(i)
+    messages = [
+        *row["messages"][:2],
+        message("assistant", f"<think>It is clear.</think>\n<answer>{row['answer']}</answer>"),
+    ]
+    return {**row, "messages": messages, "pattern": "direct", "zoom_boxes_px": [], "images": row["images"][:1]}
+
+
 def rl_row(i: int) -> dict:
     image, box, colour = scene(i)
     common = _common(i, colour, image, box)
@@ -101,13 +111,18 @@ def rl_row(i: int) -> dict:
 
 
 def write_version(
-    root: Path, n_sft: int = 8, n_rl: int = 8, schema_version: str = SCHEMA_VERSION, n_test: int = 0
+    root: Path,
+    n_sft: int = 8,
+    n_rl: int = 8,
+    schema_version: str = SCHEMA_VERSION,
+    n_test: int = 0,
+    make_sft=sft_row,
 ) -> Path:
     """OUT/<dataset>/v1 with one shard per split and a manifest, as drim-data writes them; test rows are RL rows
     numbered after the RL ones."""
     version = root / "synthetic" / "v1"
     shards = {}
-    makers = {"sft": (n_sft, sft_row, 0), "rl": (n_rl, rl_row, 0), "test": (n_test, rl_row, n_rl)}
+    makers = {"sft": (n_sft, make_sft, 0), "rl": (n_rl, rl_row, 0), "test": (n_test, rl_row, n_rl)}
     for split, (n, make, first) in makers.items():
         (version / "data" / split).mkdir(parents=True, exist_ok=True)
         rows = [make(first + i) for i in range(n)]

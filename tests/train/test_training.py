@@ -1,3 +1,4 @@
+import collections
 import types
 import warnings
 
@@ -108,7 +109,8 @@ def _fake_trainer(mask_over_turn: bool):
     trainer = object.__new__(grpo.ZoomGRPOTrainer)
     trainer.mask_over_turn = mask_over_turn
     trainer.model = types.SimpleNamespace(training=True)
-    trainer._metrics = {"train": {"zoom/over_turn_ratio": [], "zoom/truncated_ratio": []}, "eval": {}}
+    trainer.accelerator = types.SimpleNamespace(gather=lambda t: t, device="cpu")  # one process
+    trainer._metrics = {"train": collections.defaultdict(list), "eval": collections.defaultdict(list)}
     trainer.eos_token_ids, trainer._tokenizer = [9], types.SimpleNamespace(pad_token_id=0)
     return trainer
 
@@ -132,6 +134,8 @@ def test_over_turn_rollouts_carry_no_gradient(monkeypatch, mask):
         assert result[2] == tool_mask
     assert trainer._metrics["train"]["zoom/over_turn_ratio"] == [pytest.approx(1 / 4)]
     assert trainer._metrics["train"]["zoom/truncated_ratio"] == [pytest.approx(1 / 4)]
+    assert trainer._metrics["train"]["zoom/calls_per_rollout"] == [pytest.approx(3 / 4)]
+    assert trainer._metrics["train"]["zoom/invalid_call_rate"] == [1.0]  # no reply held a crop
 
 
 def test_trls_truncation_mask_is_refused_with_the_reason(tmp_path):
