@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from benchmarks.learnability import sft_config
 from drim_train import grpo, sft
-from drim_train.configs import DataModelArguments, DrimGRPOConfig, DrimSFTConfig
+from drim_train.configs import DataModelArguments, DrimGRPOConfig
 from drim_train.models import load_processor
 from drim_train.rewards import RedundancyPenalty, accuracy_reward
 from drim_train.tiny_model import build_tiny_model
@@ -232,22 +233,6 @@ class RecordingPenalty(RedundancyPenalty):
             repeated += any(iou(a, b) >= REPEAT_IOU for a, b in zip(boxes, boxes[1:], strict=False))
         self.log.append({"step": self.trainer_ref[0].state.global_step + 1, "wrong": wrong, "repeated": repeated})
         return rewards
-
-
-def sft_config(out: Path, steps: int, lr: float) -> DrimSFTConfig:
-    return DrimSFTConfig(
-        output_dir=str(out),
-        max_steps=steps,
-        per_device_train_batch_size=4,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=10,
-        disable_tqdm=True,
-        seed=0,
-    )
 
 
 def grpo_run(

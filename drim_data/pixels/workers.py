@@ -11,7 +11,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 
@@ -35,15 +35,26 @@ def ordered_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, pr
     else:  # Windows
         context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_setup)
+    yield from _windowed(pool, fn, items, workers)
+
+
+def threaded_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int) -> Iterator[Any]:
+    """`fn(item)` for each item, in order, on `threads` threads: for work that releases the GIL (reading files,
+    hashing, decoding), a few items in flight at a time."""
+    yield from _windowed(ThreadPoolExecutor(threads), fn, items, threads)
+
+
+def _windowed(pool: Executor, fn: Callable[[Any], Any], items: Iterable[Any], width: int) -> Iterator[Any]:
+    """Results in input order, at most 2 x `width` items submitted ahead; the pool is shut down when done."""
     try:
         in_flight: deque = deque()
         for item in items:
             in_flight.append(pool.submit(fn, item))
-            if len(in_flight) >= 2 * workers:
+            if len(in_flight) >= 2 * width:
                 yield in_flight.popleft().result()
         while in_flight:
             yield in_flight.popleft().result()
-    except BaseException:  # an interrupt or a fault: drop queued work instead of finishing it first
+    except BaseException:  # an interrupt, a fault or an abandoned generator: drop queued work, not finish it first
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

@@ -13,16 +13,14 @@ end of every run, from the input as it is.
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from drim_data.errors import DrimError
 from drim_data.pixels.annotations import Matched, match_annotations
 from drim_data.pixels.images import CheckedImage, ImageRejected, check_image, sha256
 from drim_data.pixels.sources import SOURCE_REASONS, SourceUnreadable, fetch, image_ref, read_image
-from drim_data.pixels.workers import cpu_count
+from drim_data.pixels.workers import cpu_count, threaded_map
 from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.inputs import Entry, list_input
 from schemas.tables import validate_table
@@ -69,7 +67,7 @@ def run(ctx: Context) -> StageStats:
 
     pending = [e for e in listing.entries if known.get(e.uri) != (e.size, e.stamp)]
     recorded = _recorded(con)
-    reads = _read_ahead(lambda e: _read(e, cfg.max_pixels, recorded), pending, cpu_count())
+    reads = threaded_map(lambda e: _read(e, cfg.max_pixels, recorded), pending, cpu_count())
     for read in ctx.track(reads, NAME, len(pending)):
         entry = read.entry
         con.begin()
@@ -125,22 +123,6 @@ def _recorded(con) -> Callable[[str], bool]:
             return cursor.execute("SELECT 1 FROM images WHERE image_id = ?", [image_id]).fetchone() is not None
 
     return recorded
-
-
-def _read_ahead(fn: Callable[[Entry], Read], entries: Iterable[Entry], threads: int) -> Iterator[Read]:
-    """`fn(entry)` for each entry, in order, a few at a time on `threads` threads (so a few files in memory)."""
-    with ThreadPoolExecutor(threads) as pool:
-        in_flight: deque = deque()
-        try:
-            for entry in entries:
-                in_flight.append(pool.submit(fn, entry))
-                if len(in_flight) >= 2 * threads:
-                    yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
-        finally:  # an interrupt or a fault: queued reads are dropped, not finished first
-            for future in in_flight:
-                future.cancel()
 
 
 def _record(ctx: Context, stats: StageStats, read: Read) -> str | None:
