@@ -33,7 +33,9 @@ def boat(x, y, side=20, **kw) -> Instance:
     return Instance("boat", (x, y, x + side, y + side), **kw)
 
 
-def facts(*instances, complete=(), image_id="a" * 64) -> ImageFacts:
+def facts(*instances, complete=None, image_id="a" * 64) -> ImageFacts:
+    """A scene; unless told otherwise, every class in it is boxed completely, as in a hand-made scene."""
+    complete = {i.label for i in instances} if complete is None else complete
     return ImageFacts(image_id, W, H, list(instances), frozenset(complete))
 
 
@@ -51,6 +53,17 @@ def ask(scene, kinds, cfg=ALL):
 def test_a_lone_instance_is_named_by_its_class():
     ship = Instance("ship", (500, 500, 520, 540), region_id="s")
     assert phrases(ship, facts(ship, boat(100, 100), boat(900, 700))) == ["the ship"]
+
+
+def test_a_class_not_boxed_completely_gets_no_description():
+    """An unboxed boat further left would make "the leftmost boat" wrong, and a second ship "the ship" ambiguous."""
+    left, right = boat(100, 480), boat(1800, 500)
+    ship = Instance("ship", (500, 500, 520, 540), region_id="s")
+    scene = facts(left, right, ship, complete=["ship"])
+    assert phrases(left, scene) == [] and phrases(ship, scene) == ["the ship"]
+    assert phrases(ship, facts(ship, complete=[])) == []
+    assert not any("boat" in q["question"] for q in ask(scene, ["relative_position", "colour", "compare_size"]))
+    assert "the leftmost boat" in phrases(left, facts(left, right, ship))
 
 
 def test_extreme_and_second_positions_need_a_clear_gap():
@@ -162,7 +175,7 @@ def test_counts_match_an_independent_count_and_only_for_complete_classes():
     rng = np.random.default_rng(1)
     boats = [boat(int(x), int(y)) for x, y in zip(rng.integers(50, 1900, 14), rng.integers(50, 900, 14), strict=True)]
     island = Instance("oil island", (900, 300, 1100, 500))
-    scene = facts(*boats, island, complete=["boat"])
+    scene = facts(*boats, island, complete=["boat", "oil island"])
     questions = ask(scene, ["count"])
     assert questions
     areas = {
@@ -186,7 +199,7 @@ def test_counts_match_an_independent_count_and_only_for_complete_classes():
         assert sorted(int(o) for o in q["options"] if o != str(truth)) == sorted(
             int(o) for o in q["options"] if abs(int(o) - truth) in (1, 2)
         )
-    assert ask(facts(*boats, island), ["count"]) == []  # boats are not boxed completely here
+    assert ask(facts(*boats, island, complete=["oil island"]), ["count"]) == []  # boats are not all boxed here
 
 
 def test_counts_skip_areas_with_an_instance_on_the_edge_or_an_unsure_box():
@@ -364,7 +377,7 @@ def scene_for(seed: int) -> ImageFacts:
     for _ in range(rng.randint(1, 3)):
         x, y = rng.randint(20, 1900), rng.randint(20, 900)
         found.append(Instance("ship", (x, y, x + 40, y + 60), colour="gray", colour_share=0.9, region_id=f"s{x}"))
-    return facts(*found, complete=["boat"], image_id=f"{seed:064x}")
+    return facts(*found, complete=["boat", "ship", "oil island"], image_id=f"{seed:064x}")
 
 
 def test_answer_letters_are_balanced_within_each_image_and_across_many():
@@ -409,7 +422,7 @@ def test_generate_measures_each_object_on_its_own_pixels(tmp_path):
     images.mkdir()
     Image.fromarray(rgb).save(images / "harbour.png")
     coco = {
-        "images": [{"id": 1, "file_name": "harbour.png", "width": 2000, "height": 1500, "complete_categories": []}],
+        "images": [{"id": 1, "file_name": "harbour.png", "width": 2000, "height": 1500, "complete_categories": ["boat"]}],
         "categories": [{"id": 1, "name": "boat"}],
         "annotations": [
             {"id": i, "image_id": 1, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}

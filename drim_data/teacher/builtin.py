@@ -162,6 +162,13 @@ def could_be_taken_for(other: Instance, target: Instance, cfg: GenerateConfig) -
     return max(length(other), length(target)) < cfg.length_ratio * min(length(other), length(target))
 
 
+def fully_boxed(label: str, facts: ImageFacts) -> bool:
+    """Whether every object of the class is boxed in this image: only then can a description be checked to pick
+    out one of them. (A look-alike class's boxed instances count against a description; one too small to be
+    boxed is too small to be taken for the target.)"""
+    return label in facts.complete
+
+
 def _known_colours(instance: Instance) -> set[str | None]:
     return {instance.colour, instance.recorded_colour} - {None} or {None}
 
@@ -187,6 +194,8 @@ def descriptions(
     """Every (cue, phrase, the object it leans on) that picks out `target` and no other instance of its class (or
     of a look-alike class, at a similar length), checked with margins against all of them."""
     noun = target.label
+    if not fully_boxed(noun, facts):
+        return []  # an object nobody boxed could fit any description as well
     others = [i for i in facts.instances if i is not target and could_be_taken_for(i, target, cfg)]
     if not others:
         return [("name", f"the {noun}", None)]
@@ -398,11 +407,10 @@ def _count(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Na
     return found[: cfg.per_image]
 
 
-def apart_on_both_axes(a: Instance, b: Instance, facts: ImageFacts, cfg: GenerateConfig) -> bool:
-    """Whether the boxes are clearly apart both across and up and down: then "left" and "below" can both be true."""
-    gx, gy = cfg.position_margin * facts.width, cfg.position_margin * facts.height
-    across = a.box[2] + gx <= b.box[0] or a.box[0] - gx >= b.box[2]
-    up_down = a.box[3] + gy <= b.box[1] or a.box[1] - gy >= b.box[3]
+def apart_on_both_axes(a: Instance, b: Instance) -> bool:
+    """Whether the boxes are apart both across and up and down, by any gap: then "left" and "below" are both true."""
+    across = a.box[2] <= b.box[0] or a.box[0] >= b.box[2]
+    up_down = a.box[3] <= b.box[1] or a.box[1] >= b.box[3]
     return across and up_down
 
 
@@ -465,7 +473,7 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
             )
             return Draft("relative_position", stem, where, [], "text", a.label, [a, b], [ref_a, ref_b])
         wrong = [OPPOSITE[where]]
-        if not apart_on_both_axes(a, b, facts, cfg):  # else the other axis's relation could be true as well
+        if not apart_on_both_axes(a, b):  # else the other axis's relation could be true as well
             wrong += [r for r in RELATIONS if r not in (where, OPPOSITE[where])]
         stem = f"Where is {ref_a} relative to {ref_b}?"
         return Draft("relative_position", stem, where, wrong, "text", a.label, [a, b], [ref_a, ref_b])
