@@ -33,6 +33,12 @@ def test_coco_boxes_are_xywh_keyed_by_file_name(tmp_path):
     assert boxes == {"sub/a.jpg": [Box("ship", 10, 20, 40, 60)], "b.png": []}  # an image without boxes: empty
 
 
+def test_a_coco_crowd_box_is_marked_as_one(tmp_path):
+    doc = {**COCO, "annotations": [*COCO["annotations"], {**COCO["annotations"][0], "iscrowd": 1}]}
+    single, crowd = load_annotations(coco(tmp_path, doc))["sub/a.jpg"]
+    assert json.loads(single.attributes) == {} and json.loads(crowd.attributes) == {"crowd": True}
+
+
 def test_yolo_boxes_are_normalised_until_the_size_is_known(tmp_path):
     (tmp_path / "classes.txt").write_text("car\nship\n")
     (tmp_path / "a.txt").write_text("1 0.5 0.5 0.2 0.1\n\n")

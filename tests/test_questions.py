@@ -76,6 +76,44 @@ def test_extreme_and_second_positions_need_a_clear_gap():
     assert not any("leftmost" in p for p in phrases(left, facts(left, middle, right, crowded)))
 
 
+def crowd(x1, y1, x2, y2, label="boat") -> Instance:
+    return Instance(label, (x1, y1, x2, y2), sure=False, crowd=True)
+
+
+def test_a_description_holds_against_whatever_a_crowd_box_hides():
+    """A marina of moored boats boxed as one crowd: the boat left of it is the leftmost; one right of its left edge
+    is not, though it is the leftmost boat boxed singly."""
+    left, right = boat(100, 480), boat(1800, 500)
+    marina = crowd(300, 100, 600, 300)
+    assert "the leftmost boat" in phrases(left, facts(left, right, marina))
+    inside_span = boat(400, 700)  # left of every single box, but the marina reaches further left
+    assert not any("leftmost" in p for p in phrases(inside_span, facts(inside_span, right, marina)))
+    assert "the leftmost boat" in phrases(inside_span, facts(inside_span, right))  # the crowd is what stops it
+    assert not any("bottom" in p for p in phrases(left, facts(left, right, crowd(0, 900, 2000, 1000))))
+
+
+def test_a_crowd_box_allows_no_size_or_colour_description_and_is_never_asked_about():
+    big = boat(100, 480, side=80, colour="red", colour_share=0.9)
+    small = boat(1800, 500, colour="white", colour_share=0.9)
+    assert {"the largest boat", "the red boat"} <= set(phrases(big, facts(big, small)))
+    found = phrases(big, facts(big, small, crowd(900, 100, 950, 150)))
+    assert "the largest boat" not in found and "the red boat" not in found  # the crowd may hide a bigger, red one
+    questions = ask(facts(big, small, crowd(900, 100, 950, 150)), ["colour", "relative_position", "compare_size"])
+    assert questions and all([900, 100, 950, 150] not in q["target_boxes"] for q in questions)
+
+
+def test_counts_skip_any_area_a_crowd_box_reaches_into():
+    row = [boat(x, 100) for x in (100, 300, 500)] + [boat(1500, 800), boat(1800, 800)]
+    asked = {q["question"].split("?")[0] for q in ask(facts(*row, complete=["boat"]), ["count"])}
+    assert any("left half" in q for q in asked) and any("right half" in q for q in asked)
+    with_marina = ask(facts(*row, crowd(1500, 550, 1700, 650), complete=["boat"]), ["count"])
+    stems = {q["question"].split("?")[0] for q in with_marina}
+    assert any("left half" in q for q in stems)  # the marina lies in the bottom-right quarter only
+    assert not any("right half" in q or "bottom half" in q or "bottom-right" in q for q in stems)
+    straddling = ask(facts(*row, crowd(900, 50, 1100, 150), complete=["boat"]), ["count"])
+    assert not any("left half" in q["question"] for q in straddling)
+
+
 def test_uniqueness_is_checked_against_every_instance_even_unsure_or_not_mined():
     target, other = boat(300, 400), boat(1500, 400)
     assert "the leftmost boat" in phrases(target, facts(target, other))
@@ -422,7 +460,9 @@ def test_generate_measures_each_object_on_its_own_pixels(tmp_path):
     images.mkdir()
     Image.fromarray(rgb).save(images / "harbour.png")
     coco = {
-        "images": [{"id": 1, "file_name": "harbour.png", "width": 2000, "height": 1500, "complete_categories": ["boat"]}],
+        "images": [
+            {"id": 1, "file_name": "harbour.png", "width": 2000, "height": 1500, "complete_categories": ["boat"]}
+        ],
         "categories": [{"id": 1, "name": "boat"}],
         "annotations": [
             {"id": i, "image_id": 1, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}

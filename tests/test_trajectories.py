@@ -20,7 +20,7 @@ from PIL import Image
 from drim_data.errors import Drop
 from drim_data.recipe import ExportConfig, IngestConfig, Recipe, TrajectoryConfig
 from drim_data.stages.export import split_of
-from drim_data.stages.narration import crop_colour
+from drim_data.stages.narration import crop_colour, instances_in
 from drim_data.stages.questions import Question
 from drim_data.stages.search import (
     MIN_GAIN,
@@ -31,6 +31,7 @@ from drim_data.stages.search import (
     centre,
     contains,
     detail,
+    distractors,
     gains,
     gains_detail,
     intersects,
@@ -192,6 +193,19 @@ def test_a_distractor_whose_look_would_show_the_target_is_passed_over():
     scene = Scene(W, H, [("boat", target), ("boat", beside), ("boat", further)], frozenset({"boat"}))
     zooms, pattern = plan(question("q", "colour", "boat", [list(target)]), scene, TrajectoryConfig(1.0), G, 5)
     assert pattern == "reflective" and zooms[0].subject == further
+
+
+def test_a_look_alike_inside_a_crowd_box_may_be_one_and_is_no_distractor():
+    target, boxed = (1000, 800, 1010, 810), (1600, 800, 1610, 810)
+    inside, outside = (300, 300, 310, 310), (1300, 500, 1310, 510)
+    scene = Scene(W, H, [("boat", target), ("boat", boxed)], frozenset({"boat"}), [inside, outside])
+    assert set(distractors(target, [target], scene, "boat")) == {boxed, inside, outside}
+    marina = [("boat", (250, 250, 400, 400))]
+    crowded = Scene(W, H, scene.annotations, scene.complete, scene.lookalikes, marina)
+    assert set(distractors(target, [target], crowded, "boat")) == {boxed, outside}
+    assert instances_in((0, 0, 1200, 1000), scene, "boat") == "1 boat"
+    assert instances_in((0, 0, 1200, 1000), crowded, "boat") == "at least 1 boat"  # the marina may hold more
+    assert instances_in((900, 700, 1200, 1000), crowded, "boat") == "1 boat"
 
 
 def test_reflective_searches_go_to_sft_items_in_their_share_however_few():

@@ -21,6 +21,12 @@ class AnnotationError(DrimError):
     pass
 
 
+# COCO's `iscrowd`: a group too dense to box singly, or an object the labeller could not call. It is never asked
+# about, but any description of its class must hold whatever it hides, and no count may include its area.
+CROWD = "crowd"
+SINGLE_SQL = "coalesce(attributes->>'crowd', 'false') <> 'true'"  # an annotation that is one object, not a crowd
+
+
 @dataclass(frozen=True)
 class Box:
     label: str
@@ -89,6 +95,8 @@ def _load_coco(source: AnnotationSource) -> dict[str, list[Box]]:
         attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
         if isinstance(ann.get("confidence"), str):
             attributes = {**attributes, "confidence": ann["confidence"]}
+        if ann.get("iscrowd"):
+            attributes = {**attributes, CROWD: True}
         boxes[files[ann["image_id"]]].append(Box(label, x, y, x + w, y + h, attributes=json.dumps(attributes)))
     return boxes
 
@@ -142,6 +150,8 @@ def column_boxes(value: object, names: list[str] | None, where: str) -> list[Box
         if label is None or label == "":
             raise AnnotationError(f"{at}: needs a category (or label)")
         attributes = obj.get("attributes") if isinstance(obj.get("attributes"), dict) else {}
+        if obj.get("iscrowd"):
+            attributes = {**attributes, CROWD: True}
         boxes.append(Box(str(label), x, y, x + w, y + h, attributes=json.dumps(attributes)))
     return boxes
 

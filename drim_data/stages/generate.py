@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from drim_data.errors import Drop
+from drim_data.pixels.annotations import CROWD
 from drim_data.pixels.images import min_side_in_global_view
 from drim_data.pixels.palette import colour_name, object_pixels
 from drim_data.recipe import ViewConfig, sha256_json, to_plain
@@ -34,7 +35,8 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "4"  # 4: relative position offers no relation that could be true as well
+VERSION = "5"  # 4: relative position offers no relation that could be true as well; 5: referents only of
+# classes boxed completely, and true whatever a crowd box of the class hides
 
 PENDING = """
 SELECT image_id, width, height FROM images
@@ -198,7 +200,8 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
     """Every named object of the image, measured on its full-resolution pixels, with the mined regions marked.
 
     Annotated boxes come with what the labeller recorded (colour, text, confidence); a sign's text is read again
-    by OCR. A region that matches no annotation (a proposal, or a teacher's box) joins with its own label.
+    by OCR. A crowd box joins as what it is, an area that may hold more of its class. A region that matches no
+    annotation (a proposal, or a teacher's box) joins with its own label.
     """
     pixels = np.asarray(image)
     regions = con.execute(
@@ -212,6 +215,9 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
     ).fetchall():
         attrs = json.loads(attributes) if attributes else {}
         box = (x1, y1, x2, y2)
+        if attrs.get(CROWD):
+            instances.append(Instance(label, box, sure=False, crowd=True))
+            continue
         mined = (
             max(0, math.floor(x1)),
             max(0, math.floor(y1)),

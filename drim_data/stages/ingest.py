@@ -28,8 +28,8 @@ from drim_data.stages.inputs import Entry, list_input
 from schemas.tables import validate_table
 
 NAME = "ingest"
-VERSION = "3"  # 2: content identity across renames; annotations matched by path under the images folder;
-# 3: images by reference (URI, size, hash), from folders, URLs and datasets
+VERSION = "4"  # 2: content identity across renames; annotations matched by path under the images folder;
+# 3: images by reference (URI, size, hash), from folders, URLs and datasets; 4: COCO crowd boxes marked
 
 # Drops that the listing decides, and those settled from the whole folder: both are recorded afresh every run.
 LISTING_REASONS = ("unsupported_extension", "dangling_symlink", "symlink_loop", "unreadable_folder")

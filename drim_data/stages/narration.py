@@ -19,6 +19,7 @@ from drim_data.pixels.measure import measure
 from drim_data.pixels.ocr import squeezed
 from drim_data.pixels.palette import colour_name, object_pixels
 from drim_data.stages.search import Scene, Zoom, centre, contains, detail
+from schemas.geometry import intersects
 from schemas.tool import GRID
 
 SAMPLE = 4096  # pixels of a crop its colour is named on
@@ -120,9 +121,10 @@ def own_colour(image: Image.Image, box) -> tuple[str, float]:
 
 
 def instances_in(box, scene: Scene, label: str) -> str:
-    """How many annotated instances of the class have their centre in the view, said as exactly as is known."""
+    """How many annotated instances of the class have their centre in the view, said as exactly as is known: a
+    crowd box in view may hide more."""
     n = sum(contains(box, (*centre(b), *centre(b))) for b in scene.instances(label))
-    exact = scene.is_complete(label)
+    exact = scene.is_complete(label) and not any(intersects(box, b) for b in scene.crowd_boxes(label))
     if n == 0:
         return f"no {plural(label)}" if exact else f"no {label} I can identify"
     return f"{n} {plural(label, n)}" if exact else f"at least {n} {plural(label, n)}"

@@ -56,9 +56,13 @@ class Scene:
     annotations: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
     complete: frozenset[str] = frozenset()
     lookalikes: list[tuple[float, float, float, float]] = field(default_factory=list)  # unlabelled mined regions
+    crowds: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)  # not boxed singly
 
     def instances(self, label: str) -> list[tuple[float, float, float, float]]:
         return [box for name, box in self.annotations if name.lower() == label.lower()]
+
+    def crowd_boxes(self, label: str) -> list[tuple[float, float, float, float]]:
+        return [box for name, box in self.crowds if name.lower() == label.lower()]
 
     def is_complete(self, label: str) -> bool:
         return label.lower() in {c.lower() for c in self.complete}
@@ -358,10 +362,11 @@ def union(boxes: list[Box]) -> tuple[float, float, float, float]:
 
 def distractors(anchor: Box, targets: list[Box], scene: Scene, label: str) -> list[tuple[float, ...]]:
     """Other instances of the targets' class (or, where every instance is boxed, unlabelled look-alike regions,
-    which then cannot be one), nearest to `anchor` first: what a search could mistake for the target."""
+    which then cannot be one, unless a crowd box of the class holds them), nearest to `anchor` first: what a search
+    could mistake for the target."""
     found = [b for b in scene.instances(label) if not any(intersects(b, t) or b == t for t in targets)]
     if scene.is_complete(label):
-        boxed = scene.instances(label) + list(targets)
+        boxed = scene.instances(label) + list(targets) + scene.crowd_boxes(label)
         found += [r for r in scene.lookalikes if not any(intersects(r, b) for b in boxed)]
     tx, ty = centre(anchor)
     return sorted(found, key=lambda b: (math.dist(centre(b), (tx, ty)), tuple(b)))

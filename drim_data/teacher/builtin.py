@@ -5,8 +5,10 @@ that picks out one of them and can be checked on the boxes and pixels: an extrem
 the nearest to another named object ("the boat nearest the oil island"), a clearly different size ("the largest
 boat"), a colour no other instance has ("the red ship"), or the person who has it ("the leftmost person's bag").
 Uniqueness is checked against every instance of the class, with margins, and only boxes the labeller was sure of
-are asked about or leaned on. An unlabelled proposal is never asked about: without a name it can only point with
-coordinates.
+are asked about or leaned on. So a referent is only ever of a class the image boxes completely; a crowd box (COCO's
+`iscrowd`: a marina of moored boats, a shape the labeller could not call) may hide instances anywhere inside it, and
+a description must hold against all of them. An unlabelled proposal is never asked about: without a name it can
+only point with coordinates.
 
 Question types follow V* Bench, HR-Bench and MME-RealWorld: colour (measured on the object's own pixels), count (of
 a class boxed completely, in an area named by the image's halves or a named object), relative position between two
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import difflib
+import math
 import random
 from dataclasses import dataclass, field, replace
 
@@ -57,6 +60,7 @@ class Instance:
     ocr_text: str | None = None  # what OCR read on it at full resolution, None when OCR did not run
     region_id: str | None = None  # set when mining kept it as a target: small, not at the border, needs a zoom
     small: bool = True  # too small to resolve in the model's global view
+    crowd: bool = False  # a crowd box: an area that may hold instances of the class, none of them boxed
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -169,6 +173,20 @@ def fully_boxed(label: str, facts: ImageFacts) -> bool:
     return label in facts.complete
 
 
+def stand_ins(crowd: Instance, cfg: GenerateConfig, facts: ImageFacts) -> list[Instance]:
+    """A crowd box as one-pixel instances on a grid half the position margin apart, over the whole box: whatever
+    it hides lies within a quarter margin of one of them on each axis, so a description that holds against all of
+    them, with its margins, holds against what the crowd hides."""
+    step = cfg.position_margin * min(facts.width, facts.height) / 2
+    x1, y1, x2, y2 = crowd.box
+    nx, ny = (max(1, math.ceil((hi - lo) / step)) for lo, hi in ((x1, x2), (y1, y2)))
+    return [
+        Instance(crowd.label, (x, y, x + 1, y + 1), sure=False, crowd=True)
+        for x in np.linspace(x1, x2 - 1, nx + 1).tolist()
+        for y in np.linspace(y1, y2 - 1, ny + 1).tolist()
+    ]
+
+
 def _known_colours(instance: Instance) -> set[str | None]:
     return {instance.colour, instance.recorded_colour} - {None} or {None}
 
@@ -197,6 +215,8 @@ def descriptions(
     if not fully_boxed(noun, facts):
         return []  # an object nobody boxed could fit any description as well
     others = [i for i in facts.instances if i is not target and could_be_taken_for(i, target, cfg)]
+    crowded = any(o.crowd for o in others)  # what a crowd hides has no known size or colour
+    others = [p for o in others for p in (stand_ins(o, cfg, facts) if o.crowd else [o])]
     if not others:
         return [("name", f"the {noun}", None)]
     found = []
@@ -229,7 +249,7 @@ def descriptions(
                 phrase = ORDINALS[len(ahead)](noun, end) if clear and len(ahead) < len(ORDINALS) else None
                 if phrase and (not suffix or (axis, phrase, None) not in found):  # "topmost in the top half": no
                     found.append((axis, phrase + suffix, leans_on[0] if leans_on else None))
-    if "size" not in avoid and not any(cut_off(i, facts) for i in [target, *others]):
+    if "size" not in avoid and not crowded and not any(cut_off(i, facts) for i in [target, *others]):
         areas = [o.area for o in others]
         if target.area >= cfg.size_ratio * max(areas):
             found.append(("size", f"the largest {noun}", None))
@@ -237,7 +257,7 @@ def descriptions(
             found.append(("size", f"the smallest {noun}", None))
     colour = asked_colour(target, cfg)
     alike = {colour, *confusions(colour)[:3]} if colour else set()  # the colour and its nearest look-alikes
-    if "colour" not in avoid and colour and all(not alike & _known_colours(o) for o in others):
+    if "colour" not in avoid and colour and not crowded and all(not alike & _known_colours(o) for o in others):
         found.append(("colour", f"the {noun} in {colour}" if noun in PEOPLE else f"the {colour} {noun}", None))
     if "relation" not in avoid and anchors:
         margin = cfg.position_margin * max(facts.width, facts.height)
@@ -377,11 +397,12 @@ def plural_of(label: str) -> str:
 def _count(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
     found = []
     for label in sorted(facts.complete):
-        same = [i for i in facts.instances if i.label == label]
+        same = [i for i in facts.instances if i.label == label and not i.crowd]
+        hidden = [p for i in facts.instances if i.label == label and i.crowd for p in stand_ins(i, cfg, facts)]
         for area, inside in _areas(facts, cfg, rng, names, label):
             verdicts = [inside(i) for i in same]
-            if None in verdicts:
-                continue  # an instance on the boundary: the count is not clear
+            if None in verdicts or any(inside(p) is not False for p in hidden):
+                continue  # an instance on the boundary, or a crowd that reaches in: the count is not clear
             counted = [i for i, v in zip(same, verdicts, strict=True) if v]
             if not cfg.min_count <= len(counted) <= cfg.max_count or any(not i.sure for i in counted):
                 continue  # an uncertain box could be miscounted
