@@ -345,8 +345,8 @@ def test_a_long_text_is_asked_by_its_first_or_last_word_where_that_word_lies():
     assert first["referent"] == ["the first word of the inscription"]
     (fx1, _, fx2, _), (lx1, _, lx2, _) = first["target_boxes"][0], last["target_boxes"][0]
     per_char = 800 / len(band.text)
-    assert fx1 == 1000 and fx2 == round(1000 + 7 * per_char)  # "KOMMET" and a letter's margin
-    assert lx2 == 1800 and lx1 == round(1000 + (len(band.text) - 4) * per_char)
+    assert fx1 == 1000 and fx2 == round(1000 + (6 + 1 + 0.3 * 6) * per_char)  # "KOMMET" and its slack
+    assert lx2 == 1800 and lx1 == round(1000 + (len(band.text) - 3 - 1 - 0.3 * 3) * per_char)
     short = Instance("sign", (400, 400, 700, 420), text="EINGANG", ocr_text="EINGANG", region_id="s")
     (q,) = ask(facts(short), ["text"])
     assert q["answer"] == "EINGANG" and q["target_boxes"] == [[400, 400, 700, 420]]

@@ -536,15 +536,20 @@ def text_confirmed(instance: Instance, cfg: GenerateConfig) -> bool:
     )
 
 
+WORD_SLACK = 0.3
+
+
 def word_box(instance: Instance, first: bool) -> tuple[float, float, float, float]:
     """Where a one-line text's first (or last) word lies in its box, taking letters and spaces as equally wide,
-    widened by a letter on each side: the part of the text a zoom must show."""
+    widened on each side by `WORD_SLACK` of its own length and a letter: the part of the text a zoom must show.
+    (In a real font an M is twice an I and a space narrower than either: a box cut to the count can cut the word.)"""
     text = instance.text
     x1, y1, x2, y2 = instance.box
     per_char = (x2 - x1) / len(text)
     word = text.split()[0 if first else -1]
     start = text.index(word) if first else text.rindex(word)
-    left, right = x1 + (start - 1) * per_char, x1 + (start + len(word) + 1) * per_char
+    slack = 1 + WORD_SLACK * len(word)
+    left, right = x1 + (start - slack) * per_char, x1 + (start + len(word) + slack) * per_char
     return max(x1, left), y1, min(x2, right), y2
 
 
