@@ -72,7 +72,7 @@ def test_extreme_and_second_positions_need_a_clear_gap():
     assert "the leftmost boat" in phrases(left, scene)
     assert "the second boat from the left" in phrases(middle, scene)
     assert "the rightmost boat" in phrases(right, scene) and "the leftmost boat" not in phrases(right, scene)
-    crowded = boat(130, 900)  # centre 30 px right of the leftmost one: 1.5% of the width, under the 3% margin
+    crowded = boat(130, 900)  # centre 30 px right of the leftmost one: 1.5% of the width, under the 2% margin
     assert not any("leftmost" in p for p in phrases(left, facts(left, middle, right, crowded)))
 
 
