@@ -5,6 +5,7 @@ import collections
 import json
 import random
 import re
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -130,6 +131,17 @@ def test_area_scoped_positions():
     assert "the boat in the bottom half of the image" in phrases(c, scene)
     on_edge = boat(700, 490)  # centred on the halfway line: top or bottom is not clear
     assert not any("top half" in p or "bottom half" in p for p in phrases(c, facts(a, b, c, on_edge)))
+
+
+def test_the_name_of_an_object_leaned_on_never_nests():
+    """"The boat above the bottommost ship in the right half of the image" is unique and unreadable: an object that
+    another description leans on is named by its class, an extreme or its size, never by an area or a relation."""
+    target, lower, right_low, right_high = boat(300, 300), boat(600, 800), boat(1500, 900), boat(1700, 100)
+    scene = facts(target, lower, right_low, right_high, Instance("oil island", (200, 600, 300, 700)))
+    scoped = [p for _, p, _ in descriptions(target, scene, ALL)]
+    assert any("of the image" in p for p in scoped) and any("island" in p for p in scoped)
+    alone = [p for _, p, _ in descriptions(target, scene, ALL, anchors=False)]
+    assert alone and not any("of the image" in p or "island" in p for p in alone)
 
 
 def test_nearest_a_named_object_needs_a_clear_margin():
@@ -274,6 +286,19 @@ def test_relative_position_is_asked_only_when_clear_on_one_axis():
     assert relation(touching, island, facts(touching, island), ALL) is None
     below = Instance("ship", (1090, 800, 1110, 840), region_id="s")
     assert relation(below, island, facts(below, island), ALL) == "below"
+
+
+def test_relative_position_is_not_asked_when_every_instance_stands_the_same_way():
+    """Bags ride on people at the foot of the steps, the statue stands high: "below" needs no bag found."""
+    bags = [Instance("bag", (x, 900, x + 20, 920), region_id=f"b{x}") for x in (200, 700, 1200)]
+    statue = Instance("statue", (900, 100, 1100, 400), small=False)
+    kinds = ["relative_position"]
+    assert ask(facts(*bags, statue), kinds) == []
+    high = Instance("bag", (1600, 150, 1620, 170), region_id="high")  # one on the balcony beside the statue
+    asked = ask(facts(*bags, high, statue), kinds)
+    assert asked and all(q["label"] == "bag" for q in asked)
+    tiny_statue = replace(statue, small=True, region_id="s")  # the statue itself must be found: worth asking
+    assert ask(facts(*bags, tiny_statue), kinds)
 
 
 def test_relative_position_offers_no_other_relation_that_could_be_true():

@@ -5,6 +5,7 @@ Items are built on the real harbour photo with its hand-labelled boxes; nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -20,7 +21,7 @@ from PIL import Image
 from drim_data.errors import Drop
 from drim_data.recipe import ExportConfig, IngestConfig, Recipe, TrajectoryConfig
 from drim_data.stages.export import split_of
-from drim_data.stages.narration import crop_colour, instances_in
+from drim_data.stages.narration import Narrator, crop_colour, instances_in, own_colour
 from drim_data.stages.questions import Question
 from drim_data.stages.search import (
     MIN_GAIN,
@@ -54,15 +55,12 @@ def harbour() -> tuple[Image.Image, Scene]:
     coco = json.loads((DEMO_ANNOTATIONS / "labelled.coco.json").read_text())
     (info,) = [i for i in coco["images"] if i["file_name"] == SHIPS.name]
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    annotations = [
-        (
-            names[a["category_id"]],
-            (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]),
-        )
-        for a in coco["annotations"]
-        if a["image_id"] == info["id"]
-    ]
-    scene = Scene(W, H, annotations, frozenset(info["complete_categories"]))
+    single, crowds = [], []
+    for a in coco["annotations"]:
+        if a["image_id"] == info["id"]:
+            x, y, w, h = a["bbox"]
+            (crowds if a.get("iscrowd") else single).append((names[a["category_id"]], (x, y, x + w, y + h)))
+    scene = Scene(W, H, single, frozenset(info["complete_categories"]), crowds=crowds)
     return Image.open(SHIPS).convert("RGB"), scene
 
 
@@ -154,7 +152,7 @@ def test_searches_reach_the_target_off_centre_with_real_detail_gains(harbour):
             assert len(zooms) == 2 and steps[1][1] == detail(zooms[0].box)  # the fine zoom refines the coarse one
             assert iou(zooms[0].box, zooms[1].box) < 0.8
         n += 1
-    assert n == 3 * 23
+    assert n == 3 * len(scene.instances("boat"))  # every boat, three items each: none is dropped
     assert len(positions) >= 6  # the offset moves with the item: the target is not always in one spot
 
 
@@ -183,7 +181,7 @@ def test_reflective_items_look_at_a_real_distractor_that_is_not_the_target(harbo
         assert contains(miss.box, miss.subject) and not intersects(miss.box, target)
         assert contains(rest[-1].box, target) and not contains(rest[0].box, miss.subject)
         n += 1
-    assert n == 23
+    assert n == len(boats)
 
 
 def test_a_distractor_whose_look_would_show_the_target_is_passed_over():
@@ -343,6 +341,22 @@ def test_think_text_states_what_each_crop_shows(harbour):
             checked += 1
         assert str(item.answer) in thinks[-1]
     assert checked >= 5
+
+
+def test_a_colour_is_said_only_where_its_measurement_can_be_trusted(harbour):
+    image, scene = harbour
+    ships = [[round(v) for v in b] for b in boxes_of(scene, "ship")]
+    ship = next(s for s in ships if own_colour(image, s)[1] >= 0.6)
+    item = question("s", "colour", "ship", [ship])
+    measured = own_colour(image, ship)[0]
+    unsure = next(s for s in ships if own_colour(image, s)[1] < 0.6)  # a hull that blends with the water
+    assert "%" not in Narrator(item, scene, image, 0.5, 24).describe(unsure, 1.0)
+    said = Narrator(item, scene, image, 0.5, 24).describe(ship, 1.0)
+    assert said.startswith(f"{measured} (")
+    disagreeing = dataclasses.replace(scene, colours={tuple(ship): "pink" if measured != "pink" else "navy"})
+    assert measured not in Narrator(item, disagreeing, image, 0.5, 24).describe(ship, 1.0)
+    agreeing = dataclasses.replace(scene, colours={tuple(ship): measured})
+    assert Narrator(item, agreeing, image, 0.5, 24).describe(ship, 1.0) == said
 
 
 def test_too_small_is_said_only_when_it_is(harbour):

@@ -23,6 +23,7 @@ from schemas.geometry import intersects
 from schemas.tool import GRID
 
 SAMPLE = 4096  # pixels of a crop its colour is named on
+SAID_COLOUR_SHARE = 0.6  # an object's colour is said only when this share of its own pixels carry it
 ASPECT = {
     "colour": "its colour",
     "count": "one {label} from the next",
@@ -327,7 +328,12 @@ class Narrator:
         return f"{said}: it reads {chosen}. The answer is {chosen}."
 
     def describe(self, box, scale: float) -> str:
+        """Its colour, where the measurement can be trusted (most of its pixels, and the labeller's colour if one
+        was recorded: a thin conifer's box is mostly the pale wall behind it), and its size at this zoom."""
         colour, share = own_colour(self.image, box)
+        recorded = self.scene.colours.get(tuple(round(v) for v in box))
+        if share < SAID_COLOUR_SHARE or recorded not in (None, colour):
+            return f"{size_in(box, scale)} at this zoom"
         return f"{colour} ({share:.0%} of its pixels) and {size_in(box, scale)} at this zoom"
 
     def size_compare(self, seen, target) -> str:

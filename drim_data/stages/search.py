@@ -57,6 +57,7 @@ class Scene:
     complete: frozenset[str] = frozenset()
     lookalikes: list[tuple[float, float, float, float]] = field(default_factory=list)  # unlabelled mined regions
     crowds: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)  # not boxed singly
+    colours: dict[tuple[int, ...], str] = field(default_factory=dict)  # what the labeller recorded, by rounded box
 
     def instances(self, label: str) -> list[tuple[float, float, float, float]]:
         return [box for name, box in self.annotations if name.lower() == label.lower()]

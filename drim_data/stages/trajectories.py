@@ -131,14 +131,17 @@ def conversation(item: Question, steps: list[dict], final: str, quality: int) ->
 
 
 def scene_of(con, image_id: str, width: int, height: int) -> Scene:
-    """The image's annotated instances, the classes it boxes completely, and its unlabelled mined regions."""
-    annotations, crowds = [], []
-    for label, single, *box in con.execute(
-        f"SELECT label, {SINGLE_SQL}, x1, y1, x2, y2 FROM annotations WHERE image_id = ? "
+    """The image's annotated instances (and the colours their labeller recorded), the classes it boxes completely,
+    its crowd boxes and its unlabelled mined regions."""
+    annotations, crowds, colours = [], [], {}
+    for label, single, colour, *box in con.execute(
+        f"SELECT label, {SINGLE_SQL}, attributes->>'colour', x1, y1, x2, y2 FROM annotations WHERE image_id = ? "
         "ORDER BY x1, y1, x2, y2, label",
         [image_id],
     ).fetchall():
         (annotations if single else crowds).append((label, tuple(box)))
+        if colour:
+            colours[tuple(round(v) for v in box)] = colour
     complete = {
         r[0] for r in con.execute("SELECT label FROM complete_categories WHERE image_id = ?", [image_id]).fetchall()
     }
@@ -149,7 +152,7 @@ def scene_of(con, image_id: str, width: int, height: int) -> Scene:
             [image_id, GENERIC],
         ).fetchall()
     ]
-    return Scene(width, height, annotations, frozenset(complete), lookalikes, crowds)
+    return Scene(width, height, annotations, frozenset(complete), lookalikes, crowds, colours)
 
 
 def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:

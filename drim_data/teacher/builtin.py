@@ -210,7 +210,8 @@ def descriptions(
     anchors: bool = True,
 ) -> list[tuple[str, str, Instance | None]]:
     """Every (cue, phrase, the object it leans on) that picks out `target` and no other instance of its class (or
-    of a look-alike class, at a similar length), checked with margins against all of them."""
+    of a look-alike class, at a similar length), checked with margins against all of them. Without `anchors`, the
+    name of an object another description leans on: no relation and no area, so no name nests more than once."""
     noun = target.label
     if not fully_boxed(noun, facts):
         return []  # an object nobody boxed could fit any description as well
@@ -220,7 +221,7 @@ def descriptions(
     if not others:
         return [("name", f"the {noun}", None)]
     found = []
-    scopes = image_areas(facts, cfg, whole=True)
+    scopes = image_areas(facts, cfg, whole=True)[: None if anchors else 1]
     for anchor in facts.instances if anchors and "relation" not in avoid else []:
         if anchor.label != noun and anchor.sure and anchor.label != GENERIC:
             named = descriptions(anchor, facts, cfg, anchors=False)
@@ -474,12 +475,36 @@ def _pair_questions(targets: list[Instance], partners, ask, cfg: GenerateConfig,
     return found
 
 
+def search_needed(a: Instance, b: Instance, where: str, facts: ImageFacts, cfg: GenerateConfig) -> bool:
+    """Whether answering takes finding an object too small to see in the view: one whose class has no other
+    instance, or another that stands differently to the other object. "Where is the second bag from the right
+    relative to the statue?" is answered "below" by anyone who knows bags are carried on the steps."""
+
+    def depends_on(target: Instance, where_peer) -> bool:
+        peers = [i for i in facts.instances if i is not target and i.label == target.label and not i.crowd]
+        return target.small and (not peers or any(where_peer(p) != where for p in peers))
+
+    def side(x: Instance, y: Instance) -> str | None:  # where x is from y along the question's axis alone
+        k, gap = (
+            (0, cfg.position_margin * facts.width)
+            if where in ("left", "right")
+            else (1, cfg.position_margin * facts.height)
+        )
+        if x.box[k + 2] + gap <= y.box[k]:
+            return "left" if k == 0 else "above"
+        if x.box[k] - gap >= y.box[k + 2]:
+            return "right" if k == 0 else "below"
+        return None
+
+    return depends_on(a, lambda p: side(p, b)) or depends_on(b, lambda p: side(a, p))
+
+
 def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
     others = [i for i in facts.instances if i.sure and i.label != GENERIC]
 
     def ask(a: Instance, b: Instance) -> Draft | None:
         where = relation(a, b, facts, cfg)
-        if not where:
+        if not where or not search_needed(a, b, where, facts, cfg):
             return None
         axis = frozenset({"horizontal" if where in ("left", "right") else "vertical"})  # names do not give it away
         ref_a = names.pick(a, rng, avoid=axis, not_anchor=b)
