@@ -19,6 +19,7 @@ from PIL import Image
 from drim_data.pixels.ocr import read_text
 from drim_data.pixels.palette import colour_name, object_pixels
 from schemas.answers import LETTERS, normalise_text
+from schemas.tool import global_view_scale
 
 FINDABLE_PX = 6  # a target whose shorter side spans fewer view pixels (under half a 14 px vision patch) is not found
 # A question names its objects ("the leftmost boat", "the ships left of the oil island"), so answering it from the
@@ -95,6 +96,13 @@ def _count(view: Image.Image, boxes: list) -> str | None:
             if gap < SEPARABLE_PX:
                 parent[root(j)] = root(i)
     return str(len({root(i) for i in range(len(found))}))
+
+
+def identifiable_in_view(box, width: int, height: int, max_pixels: int) -> bool:
+    """Whether an object of the original image can be recognised as its class in the global view: what the
+    generator asks about must fail this for at least one of a question's objects, or the solver answers it."""
+    scale = global_view_scale(width, height, max_pixels)
+    return _identifiable(tuple(v * scale for v in box))
 
 
 def _identifiable(box: tuple[float, float, float, float]) -> bool:

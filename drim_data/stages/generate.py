@@ -20,6 +20,7 @@ from drim_data.errors import Drop
 from drim_data.pixels.annotations import CROWD
 from drim_data.pixels.images import min_side_in_global_view
 from drim_data.pixels.palette import colour_name, object_pixels
+from drim_data.pixels.solver import identifiable_in_view
 from drim_data.recipe import ViewConfig, sha256_json, to_plain
 from drim_data.stages.contract import Context, StageStats
 from drim_data.teacher.builtin import GENERIC, ImageFacts, Instance, centre_grid
@@ -253,7 +254,8 @@ def _instance(
         ocr_text=ocr_reading(image, box) if text and rid and read_text is not None else None,
         region_id=rid,
         small=view.min_resolvable_px <= 0
-        or min_side_in_global_view([box], image.width, image.height, view.max_pixels) < view.min_resolvable_px,
+        or min_side_in_global_view([box], image.width, image.height, view.max_pixels) < view.min_resolvable_px
+        and not identifiable_in_view(box, image.width, image.height, view.max_pixels),
     )
 
 

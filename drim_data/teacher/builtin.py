@@ -59,7 +59,7 @@ class Instance:
     text: str | None = None  # what the labeller read on it (attributes.text)
     ocr_text: str | None = None  # what OCR read on it at full resolution, None when OCR did not run
     region_id: str | None = None  # set when mining kept it as a target: small, not at the border, needs a zoom
-    small: bool = True  # too small to resolve in the model's global view
+    small: bool = True  # too small to resolve in the model's global view, or to recognise there as its class
     crowd: bool = False  # a crowd box: an area that may hold instances of the class, none of them boxed
 
     @property
