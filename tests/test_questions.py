@@ -18,6 +18,7 @@ from drim_data.teacher.builtin import (
     BuiltinTeacher,
     ImageFacts,
     Instance,
+    anchor_name,
     colour_distractors,
     descriptions,
     relation,
@@ -134,7 +135,7 @@ def test_area_scoped_positions():
 
 
 def test_the_name_of_an_object_leaned_on_never_nests():
-    """"The boat above the bottommost ship in the right half of the image" is unique and unreadable: an object that
+    """ "The boat above the bottommost ship in the right half of the image" is unique and unreadable: an object that
     another description leans on is named by its class, an extreme or its size, never by an area or a relation."""
     target, lower, right_low, right_high = boat(300, 300), boat(600, 800), boat(1500, 900), boat(1700, 100)
     scene = facts(target, lower, right_low, right_high, Instance("oil island", (200, 600, 300, 700)))
@@ -142,6 +143,18 @@ def test_the_name_of_an_object_leaned_on_never_nests():
     assert any("of the image" in p for p in scoped) and any("island" in p for p in scoped)
     alone = [p for _, p, _ in descriptions(target, scene, ALL, anchors=False)]
     assert alone and not any("of the image" in p or "island" in p for p in alone)
+    assert anchor_name(target, scene, ALL, frozenset()) == "the leftmost boat"
+    assert anchor_name(target, scene, ALL, frozenset({"horizontal"})) in (None, "the second boat from the top")
+    counts = ask(facts(target, lower, right_low, right_high, Instance("oil island", (200, 600, 300, 700))), ["count"])
+    assert counts and not any(q["question"].count(" the ") > 3 for q in counts)
+
+
+def test_the_only_two_of_a_class_are_never_placed_against_each_other():
+    """ "Is the lion head nearest the right door left or right of the one nearest the left door?" says it."""
+    heads = [Instance("lion head", (x, 500, x + 20, 520), region_id=f"h{x}") for x in (300, 1500)]
+    assert ask(facts(*heads), ["relative_position"]) == []
+    third = Instance("lion head", (1700, 100, 1720, 120), region_id="h3")
+    assert ask(facts(*heads, third), ["relative_position"])
 
 
 def test_nearest_a_named_object_needs_a_clear_margin():
@@ -380,8 +393,10 @@ def test_a_long_text_is_asked_by_its_first_or_last_word_where_that_word_lies():
 def test_a_thing_a_person_has_is_named_by_its_person():
     left, right = Instance("person", (200, 300, 300, 600)), Instance("person", (1500, 300, 1600, 600))
     bags = [Instance("bag", (210, 400, 240, 440)), Instance("bag", (1510, 400, 1540, 440))]
-    found = phrases(bags[0], facts(left, right, *bags), avoid=frozenset({"horizontal", "vertical"}))
+    found = phrases(bags[0], facts(left, right, *bags), avoid=frozenset({"vertical"}))
     assert "the leftmost person's bag" in found
+    across = phrases(bags[0], facts(left, right, *bags), avoid=frozenset({"horizontal"}))
+    assert not any("leftmost" in p for p in across)  # asked left or right, its person's name must not say
     between = Instance("bag", (1490, 400, 1530, 440))
     crowd = facts(left, right, Instance("person", (1450, 300, 1520, 600)), bags[0], between)
     assert not any("person's" in p for p in phrases(between, crowd))  # half in two people's boxes: whose?
@@ -523,7 +538,8 @@ def test_text_is_not_asked_without_ocr(monkeypatch, tmp_path):
         "g",
         load_recipe(write_recipe(tmp_path, tmp_path)).view,
     )
-    assert sign.text == "EINGANG" and sign.ocr_text is None and sign.small
+    assert sign.text == "EINGANG" and sign.ocr_text is None
+    assert ask(facts(sign), ["text"]) == []
 
 
 def test_bundled_recipes_ask_named_questions_of_several_types(tmp_path):

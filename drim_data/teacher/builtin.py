@@ -43,6 +43,7 @@ EDGE_PX = 2  # a box this close to the image's edge may be cut off by it
 PEOPLE = frozenset({"person", "man", "woman", "child"})  # they carry things, and are described by what they wear
 CARRIED_SHARE = 0.6  # a thing is a person's when this share of its box lies within theirs
 RELATIONS = ("left", "right", "above", "below")
+AXES = frozenset({"horizontal", "vertical"})
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
@@ -224,8 +225,8 @@ def descriptions(
     scopes = image_areas(facts, cfg, whole=True)[: None if anchors else 1]
     for anchor in facts.instances if anchors and "relation" not in avoid else []:
         if anchor.label != noun and anchor.sure and anchor.label != GENERIC:
-            named = descriptions(anchor, facts, cfg, anchors=False)
-            scopes += [(*side, anchor) for side in anchor_sides(anchor, named[0][1], facts, cfg)] if named else []
+            named = anchor_name(anchor, facts, cfg, avoid)
+            scopes += [(*side, anchor) for side in anchor_sides(anchor, named, facts, cfg)] if named else []
     for scope, axes, inside, *leans_on in scopes:
         if axes & avoid or inside(target) is not True:
             continue
@@ -268,15 +269,22 @@ def descriptions(
             near = _gap(target, anchor)
             rest = min(_gap(o, anchor) for o in others)
             if near <= cfg.nearest_ratio * rest and rest - near >= margin:
-                named = descriptions(anchor, facts, cfg, anchors=False)
+                named = anchor_name(anchor, facts, cfg, avoid)
                 if named:
-                    found.append(("relation", f"the {noun} nearest {named[0][1]}", anchor))
+                    found.append(("relation", f"the {noun} nearest {named}", anchor))
         for carrier in facts.instances:
             if carrier.label in PEOPLE and carrier.sure and carries(carrier, target, others, facts):
-                named = descriptions(carrier, facts, cfg, anchors=False)
+                named = anchor_name(carrier, facts, cfg, avoid)
                 if named:
-                    found.append(("relation", f"{named[0][1]}'s {noun}", carrier))
+                    found.append(("relation", f"{named}'s {noun}", carrier))
     return found
+
+
+def anchor_name(anchor: Instance, facts: ImageFacts, cfg: GenerateConfig, avoid: frozenset[str]) -> str | None:
+    """The simplest name of an object another phrase leans on ("the oil island", "the leftmost door"): never nested,
+    and never on the axis the question asks about ("nearest the rightmost door" would say "right")."""
+    named = descriptions(anchor, facts, cfg, avoid & AXES, anchors=False)
+    return min((phrase for _, phrase, _ in named), key=lambda p: len(p.split()), default=None)
 
 
 def _inside_share(inner: Instance, outer: Instance) -> float:
@@ -377,13 +385,13 @@ def _colour(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: N
     return found
 
 
-def _areas(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names, label: str) -> list[tuple]:
+def _areas(facts: ImageFacts, cfg: GenerateConfig, label: str) -> list[tuple]:
     """(name, test) for the areas a count of `label` can be asked about: the image's halves and quarters, and the
     sides of each named object of another class."""
     areas = image_areas(facts, cfg)
     for anchor in facts.instances:
         if anchor.label != label and anchor.sure and anchor.label != GENERIC:
-            named = names.pick(anchor, rng)
+            named = anchor_name(anchor, facts, cfg, frozenset())
             areas += anchor_sides(anchor, named, facts, cfg) if named else []
     return [(name, test) for name, _, test in areas]
 
@@ -400,7 +408,7 @@ def _count(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Na
     for label in sorted(facts.complete):
         same = [i for i in facts.instances if i.label == label and not i.crowd]
         hidden = [p for i in facts.instances if i.label == label and i.crowd for p in stand_ins(i, cfg, facts)]
-        for area, inside in _areas(facts, cfg, rng, names, label):
+        for area, inside in _areas(facts, cfg, label):
             verdicts = [inside(i) for i in same]
             if None in verdicts or any(inside(p) is not False for p in hidden):
                 continue  # an instance on the boundary, or a crowd that reaches in: the count is not clear
@@ -499,12 +507,17 @@ def search_needed(a: Instance, b: Instance, where: str, facts: ImageFacts, cfg: 
     return depends_on(a, lambda p: side(p, b)) or depends_on(b, lambda p: side(a, p))
 
 
+def just_two(a: Instance, b: Instance, facts: ImageFacts) -> bool:
+    """Whether `a` and `b` are the only two of their class: then telling them apart already says which is where."""
+    return a.label == b.label and sum(i.label == a.label for i in facts.instances) == 2
+
+
 def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
     others = [i for i in facts.instances if i.sure and i.label != GENERIC]
 
     def ask(a: Instance, b: Instance) -> Draft | None:
         where = relation(a, b, facts, cfg)
-        if not where or not search_needed(a, b, where, facts, cfg):
+        if not where or not search_needed(a, b, where, facts, cfg) or just_two(a, b, facts):
             return None
         axis = frozenset({"horizontal" if where in ("left", "right") else "vertical"})  # names do not give it away
         ref_a = names.pick(a, rng, avoid=axis, not_anchor=b)
