@@ -519,9 +519,11 @@ def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Rando
         where = relation(a, b, facts, cfg)
         if not where or not search_needed(a, b, where, facts, cfg) or just_two(a, b, facts):
             return None
-        axis = frozenset({"horizontal" if where in ("left", "right") else "vertical"})  # names do not give it away
-        ref_a = names.pick(a, rng, avoid=axis, not_anchor=b)
-        ref_b = names.pick(b, rng, avoid=axis, not_anchor=a)
+        # names do not give it away: none speaks of the question's axis, and none leans on a third object, whose
+        # place in the view would tell where "the boat nearest the island" is without finding the boat
+        avoid = frozenset({"horizontal" if where in ("left", "right") else "vertical", "relation"})
+        ref_a = names.pick(a, rng, avoid=avoid, not_anchor=b)
+        ref_b = names.pick(b, rng, avoid=avoid, not_anchor=a)
         if not ref_a or not ref_b or ref_a == ref_b:
             return None
         if rng.random() < cfg.short_answer_share:
