@@ -101,11 +101,18 @@ def _load_coco(source: AnnotationSource) -> dict[str, list[Box]]:
     return boxes
 
 
+def declared_complete(labels: set[str], declared: list[str]) -> set[str]:
+    """Which of an image's classes a source declares boxed completely; "*" declares every class it boxes, as COCO
+    does of its own categories (with crowd boxes where instances are too many to box singly)."""
+    return set(labels) if "*" in declared else set(labels) & set(declared)
+
+
 def complete_categories(source: AnnotationSource) -> dict[str, list[str]]:
     """Per image (keyed as `load_annotations` keys it), the classes whose every instance is boxed: the source's
-    `complete` list, plus a COCO image's own `complete_categories`. Only these may be counted."""
+    `complete` list, plus a COCO image's own `complete_categories`. Only these may be named or counted."""
     found = {
-        key: sorted({b.label for b in boxes} & set(source.complete)) for key, boxes in load_annotations(source).items()
+        key: sorted(declared_complete({b.label for b in boxes}, source.complete))
+        for key, boxes in load_annotations(source).items()
     }
     if source.format == "coco":
         doc = json.loads(source.path.read_text())
@@ -116,7 +123,7 @@ def complete_categories(source: AnnotationSource) -> dict[str, list[str]]:
                     f"{source.path}: image {im.get('id')}: complete_categories must be a list of names"
                 )
             key = _relative(im["file_name"])
-            found[key] = sorted(set(found.get(key, [])) | set(listed) | set(source.complete))
+            found[key] = sorted(set(found.get(key, [])) | set(listed) | set(source.complete) - {"*"})
     return found
 
 

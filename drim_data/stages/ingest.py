@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from drim_data.errors import DrimError
-from drim_data.pixels.annotations import Matched, match_annotations
+from drim_data.pixels.annotations import Matched, declared_complete, match_annotations
 from drim_data.pixels.images import CheckedImage, ImageRejected, check_image, sha256
 from drim_data.pixels.sources import SOURCE_REASONS, SourceUnreadable, fetch, image_ref, read_image
 from drim_data.pixels.workers import cpu_count
@@ -54,7 +54,7 @@ def run(ctx: Context) -> StageStats:
     for name, boxes in listing.boxes.items():  # a dataset's own column
         matched.boxes.setdefault(name, []).extend(boxes)
         matched.entries.setdefault(name, []).append(boxes[0][0])
-        complete = {box.label for _, box in boxes} & set(cfg.dataset.complete)
+        complete = declared_complete({box.label for _, box in boxes}, cfg.dataset.complete)
         if complete:
             matched.complete.setdefault(name, set()).update(complete)
 
