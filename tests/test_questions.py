@@ -171,10 +171,11 @@ def test_sides_of_a_named_object_scope_a_description():
     island = Instance("oil island", (1000, 400, 1200, 600))
     west, east, far_east = boat(500, 480), boat(1400, 300), boat(1800, 700)
     scene = facts(west, east, far_east, island)
-    assert "the boat left of the oil island" in phrases(west, scene)
-    assert "the leftmost boat right of the oil island" in phrases(east, scene)
+    assert "the boat further left than the oil island" in phrases(west, scene)
+    assert "the leftmost boat further right than the oil island" in phrases(east, scene)
     on_edge = boat(1010, 900)  # centred just inside the island's left edge: left of it or not is not clear
-    assert "the boat left of the oil island" not in phrases(west, facts(west, east, far_east, island, on_edge))
+    edged = facts(west, east, far_east, island, on_edge)
+    assert "the boat further left than the oil island" not in phrases(west, edged)
 
 
 def test_size_and_colour_descriptions():
@@ -250,10 +251,10 @@ def test_counts_match_an_independent_count_and_only_for_complete_classes():
         "in the top-right quarter of the image": lambda x, y: x > W / 2 and y < H / 2,
         "in the bottom-left quarter of the image": lambda x, y: x < W / 2 and y > H / 2,
         "in the bottom-right quarter of the image": lambda x, y: x > W / 2 and y > H / 2,
-        "left of the oil island": lambda x, y: x < 900,
-        "right of the oil island": lambda x, y: x > 1100,
-        "above the oil island": lambda x, y: y < 300,
-        "below the oil island": lambda x, y: y > 500,
+        "further left than the oil island": lambda x, y: x < 900,
+        "further right than the oil island": lambda x, y: x > 1100,
+        "higher up than the oil island": lambda x, y: y < 300,
+        "lower down than the oil island": lambda x, y: y > 500,
     }
     for q in questions:
         area = re.search(r"How many boats are there (.+?)\?", q["question"]).group(1)

@@ -132,15 +132,16 @@ def image_areas(facts: ImageFacts, cfg: GenerateConfig, whole: bool = False) -> 
 
 
 def anchor_sides(anchor: Instance, named: str, facts: ImageFacts, cfg: GenerateConfig) -> list[tuple]:
-    """(name, axes, test) for the four sides of a named object, tested like `image_areas`."""
+    """(name, axes, test) for the four sides of a named object, tested like `image_areas`: each a half of the image,
+    worded as one ("further left than the door"): "left of the door" reads as beside it, "below" as under it."""
     mx, my = cfg.position_margin * facts.width, cfg.position_margin * facts.height
     x1, y1, x2, y2 = anchor.box
     H, V = frozenset({"horizontal"}), frozenset({"vertical"})
     return [
-        (f"left of {named}", H, lambda i: _side(i.centre[0], x1, mx, True)),
-        (f"right of {named}", H, lambda i: _side(i.centre[0], x2, mx, False)),
-        (f"above {named}", V, lambda i: _side(i.centre[1], y1, my, True)),
-        (f"below {named}", V, lambda i: _side(i.centre[1], y2, my, False)),
+        (f"further left than {named}", H, lambda i: _side(i.centre[0], x1, mx, True)),
+        (f"further right than {named}", H, lambda i: _side(i.centre[0], x2, mx, False)),
+        (f"higher up than {named}", V, lambda i: _side(i.centre[1], y1, my, True)),
+        (f"lower down than {named}", V, lambda i: _side(i.centre[1], y2, my, False)),
     ]
 
 
