@@ -97,6 +97,7 @@ EXTREMES = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom"
 ORDINALS = (
     lambda noun, end: f"the {EXTREMES[end]} {noun}",
     lambda noun, end: f"the second {noun} from the {end}",
+    lambda noun, end: f"the third {noun} from the {end}",
 )
 
 
