@@ -75,7 +75,8 @@ def test_extreme_and_second_positions_need_a_clear_gap():
     assert "the second boat from the left" in phrases(middle, scene)
     row = [boat(x, 500) for x in (100, 600, 1100, 1600)]
     assert "the third boat from the left" in phrases(row[2], facts(*row))
-    assert not any("from the left" in p for p in phrases(row[3], facts(*row, boat(1900, 500))))  # fourth: no
+    fourth = phrases(row[3], facts(*row, boat(1900, 500)))
+    assert not any(p.endswith("from the left") for p in fourth)  # counting to three, no further
     assert "the rightmost boat" in phrases(right, scene) and "the leftmost boat" not in phrases(right, scene)
     crowded = boat(130, 900)  # centre 30 px right of the leftmost one: 1.5% of the width, under the 2% margin
     assert not any("leftmost" in p for p in phrases(left, facts(left, middle, right, crowded)))
