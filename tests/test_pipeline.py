@@ -11,7 +11,7 @@ from PIL import Image
 from drim_data.errors import DrimError
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
-from tests.conftest import DEMO_IMAGES, NEON, SHIPS, query, write_recipe
+from tests.conftest import DEMO_IMAGES, HARBOUR, NEON, query, write_recipe
 from tests.test_images import BAD_CRC_PNG, REAL_JPEG, png_header_only
 
 
@@ -83,8 +83,8 @@ def test_removing_an_input_image_removes_its_items(tmp_path, small_images):
     recipe = load_recipe(write_recipe(tmp_path, small_images))
     first = run_pipeline(recipe)
     ids_before = query(recipe.db, "SELECT count(DISTINCT image_id) FROM files WHERE status = 'ok'")
-    (removed,) = query(recipe.db, f"SELECT image_id FROM images WHERE uri LIKE '%{SHIPS.name}'")[0]
-    (small_images / SHIPS.name).unlink()
+    (removed,) = query(recipe.db, f"SELECT image_id FROM images WHERE uri LIKE '%{HARBOUR.name}'")[0]
+    (small_images / HARBOUR.name).unlink()
     second = run_pipeline(recipe)
     assert ids_before == [(3,)] and second.export.version == 2
     manifest = json.loads((second.export.path / "manifest.json").read_text())

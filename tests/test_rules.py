@@ -14,7 +14,7 @@ from drim_data.recipe import load_recipe
 from drim_data.stages.ground import MERGE_IOU
 from drim_data.teacher.boxes import Frame
 from schemas.geometry import centre_grid, distance, iou, pixels_to_grid
-from tests.conftest import NEON, SHIPS, query, write_recipe
+from tests.conftest import HARBOUR, NEON, SHIPS, query, write_recipe
 from tests.openai_server import FakeOpenAI, Reply
 from tests.test_teacher_stages import KEY_ENV, SECRET, competent_teacher, teacher_recipe
 
@@ -27,7 +27,7 @@ def generated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("generated")
     images = folder / "images"
     images.mkdir()
-    for src in (NEON, SHIPS):
+    for src in (NEON, HARBOUR):
         shutil.copy(src, images / src.name)
     recipe = load_recipe(write_recipe(folder, images))
     run_pipeline(recipe, until="generate")
