@@ -208,7 +208,7 @@ def test_a_retried_item_keeps_no_old_drop(tmp_path, small_images, api_key):
         first = query(recipe.db, "SELECT item_id, reason FROM drops WHERE stage = 'generate'")
         failing["on"] = False
         run_pipeline(recipe, until="generate")
-    harbour = query(recipe.db, f"SELECT image_id FROM files WHERE path LIKE '%{SHIPS.name}'")[0][0]
+    harbour = query(recipe.db, f"SELECT image_id FROM files WHERE path LIKE '%{HARBOUR.name}'")[0][0]
     assert [reason for item, reason in first if item == harbour] == ["teacher_http_500"]
     assert query(recipe.db, f"SELECT count(*) FROM questions WHERE image_id = '{harbour}'")[0][0] > 0
     assert query(recipe.db, "SELECT item_id, reason FROM drops WHERE reason LIKE 'teacher_%'") == []
