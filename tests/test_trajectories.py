@@ -45,7 +45,7 @@ from drim_data.stages.trajectories import build, judge
 from schemas.tool import ZOOM, global_view_scale, grid_to_pixels, iou
 from tests.conftest import DEMO_ANNOTATIONS, REPO, SHIPS
 
-VIEW_PIXELS = 1003520  # the demo's global view
+VIEW_PIXELS = 1003520  # a 1M-pixel view, Qwen's default
 W, H = 2001, 1749  # the harbour photo
 G = global_view_scale(W, H, VIEW_PIXELS)
 
