@@ -328,8 +328,9 @@ def test_relative_position_is_not_asked_when_every_instance_stands_the_same_way(
     high = Instance("bag", (1600, 150, 1620, 170), region_id="high")  # one on the balcony beside the statue
     asked = ask(facts(*bags, high, statue), kinds)
     assert asked and all(q["label"] == "bag" for q in asked)
-    tiny_statue = replace(statue, small=True, region_id="s")  # the statue itself must be found: worth asking
-    assert ask(facts(*bags, tiny_statue), kinds)
+    tiny_statue = replace(statue, small=True, region_id="s")  # the statue itself must be found...
+    assert ask(facts(*bags, high, tiny_statue), kinds)
+    assert ask(facts(*bags, tiny_statue), kinds) == []  # ... but every bag stands below it: no search for it either
 
 
 def test_relative_position_offers_no_other_relation_that_could_be_true():

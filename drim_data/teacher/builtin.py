@@ -487,8 +487,10 @@ def _pair_questions(targets: list[Instance], partners, ask, cfg: GenerateConfig,
 
 def search_needed(a: Instance, b: Instance, where: str, facts: ImageFacts, cfg: GenerateConfig) -> bool:
     """Whether answering takes finding an object too small to see in the view: one whose class has no other
-    instance, or another that stands differently to the other object. "Where is the second bag from the right
-    relative to the statue?" is answered "below" by anyone who knows bags are carried on the steps."""
+    instance, or another that stands differently to the other object; and whether the answer is not simply where
+    the one class stands to the other. "Where is the second bag from the right relative to the statue?" is answered
+    "below" by anyone who knows bags are carried on the steps, and "Is the leftmost person above or below the
+    cross?" by anyone who knows people stand on the steps, whichever the cross."""
 
     def depends_on(target: Instance, where_peer) -> bool:
         peers = [i for i in facts.instances if i is not target and i.label == target.label and not i.crowd]
@@ -506,7 +508,9 @@ def search_needed(a: Instance, b: Instance, where: str, facts: ImageFacts, cfg: 
             return "right" if k == 0 else "below"
         return None
 
-    return depends_on(a, lambda p: side(p, b)) or depends_on(b, lambda p: side(a, p))
+    kinds = [[i for i in facts.instances if i.label == x.label and not i.crowd] for x in (a, b)]
+    class_wide = len(kinds[0]) + len(kinds[1]) > 2 and all(side(x, y) == where for x in kinds[0] for y in kinds[1])
+    return not class_wide and (depends_on(a, lambda p: side(p, b)) or depends_on(b, lambda p: side(a, p)))
 
 
 def just_two(a: Instance, b: Instance, facts: ImageFacts) -> bool:
