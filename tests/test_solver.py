@@ -71,7 +71,8 @@ def test_large_targets_are_answered_and_tiny_ones_are_not(demo_images):
         item, answer = colour_item(big, big_box)
         large.append(is_correct(item.checker, blind_answer(view_of(big), item), answer))
         item, answer = colour_item(image, box)
-        if min(box[2] - box[0], box[3] - box[1]) * view.width / image.width < solver.FINDABLE_PX:
+        s = view.width / image.width
+        if not solver._findable(tuple(v * s for v in box)):
             tiny_total += 1
             tiny += is_correct(item.checker, blind_answer(view, item), answer)
     assert len(large) >= 60 and sum(large) >= 0.9 * len(large), sum(large)
@@ -138,7 +139,8 @@ def test_size_comparison_when_both_objects_are_found():
     assert compare([(300, 1000, 450, 1060), (2000, 1100, 2090, 1160)]) == "longer"  # 50 vs 30 px in the view
     assert compare([(2000, 1100, 2090, 1160), (300, 1000, 450, 1060)]) == "shorter"
     assert compare([(300, 1000, 336, 1024), (2000, 1100, 2090, 1160)]) == "shorter"  # a 12x8 px speck beside a hull
-    assert compare([(300, 1000, 330, 1015), (2000, 1100, 2090, 1160)]) is None  # 10x5 px: not found
+    assert compare([(300, 1000, 354, 1015), (2000, 1100, 2090, 1160)]) == "shorter"  # an 18x5 px hull: seen
+    assert compare([(300, 1000, 315, 1015), (2000, 1100, 2090, 1160)]) is None  # 5x5 px: not found
 
 
 def test_text_is_read_from_the_view():

@@ -21,12 +21,14 @@ from drim_data.pixels.palette import colour_name, object_pixels
 from schemas.answers import LETTERS, normalise_text
 from schemas.tool import global_view_scale
 
-FINDABLE_PX = 6  # a target whose shorter side spans fewer view pixels (under half a 14 px vision patch) is not found
+FINDABLE_PX = 6  # a target of fewer view pixels than a square this wide (under half a 14 px vision patch) is not
+# found; nor is one under `THIN_PX` across, however long
 # A question names its objects ("the leftmost boat", "the ships left of the oil island"), so answering it from the
 # view takes recognising each as its class there: an area of at least one 14 px vision patch. Told where the
 # object is, the solver still needs to see it as a boat to know it has found the leftmost boat.
 IDENTIFIABLE_PX = 14
 SEPARABLE_PX = 2  # instances closer than this in the view merge into one blob
+THIN_PX = 3
 TEXT_MARGIN = 0.25  # OCR reads the text's box widened by this share of its height on every side
 MIN_TEXT_MATCH = 0.6  # an option is picked only when the reading is at least this similar to it
 RELATIONS = {
@@ -65,7 +67,9 @@ def _in_view(box: list[int], view: Image.Image, item: BlindItem) -> tuple[float,
 
 
 def _findable(box: tuple[float, float, float, float]) -> bool:
-    return min(box[2] - box[0], box[3] - box[1]) >= FINDABLE_PX
+    """Whether the view shows the object at all: by its area, so an 18x5 px hull is seen as a 6x6 px blob is."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    return min(w, h) >= THIN_PX and w * h >= FINDABLE_PX**2
 
 
 def _colour(view: Image.Image, boxes: list) -> str | None:
