@@ -106,6 +106,9 @@ def test_violations_name_each_broken_rule():
     flat = zoom([420, 400, 620, 600], "fine", target)  # a little tighter, same detail
     assert "no_detail_gain" in violations([good[0], flat], G, 5)
     assert "no_detail_gain" in violations([zoom([0, 0, 1000, 1000], "coarse", target)], G, 5)
+    assert "zoom_is_the_whole_view" in violations([zoom([0, 0, 1000, 1000], "coarse", target)], G, 5)
+    assert "zoom_is_the_whole_view" in violations([zoom([100, 0, 1000, 600], "coarse", target)], G, 5)
+    assert "zoom_is_the_whole_view" not in violations([zoom([300, 0, 1000, 700], "coarse", target)], G, 5)
     centred = zoom([450, 411, 560, 515], "direct", target)
     assert "zoom_centred_on_target" in violations([centred], G, 5)
     assert "zoom_misses_target" in violations([zoom([0, 0, 200, 200], "coarse", target)], G, 5)
