@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from drim_data.pipeline import run_pipeline  # noqa: E402
 from drim_data.recipe import load_recipe  # noqa: E402
 from schemas.manifest import ManifestError, verify_version  # noqa: E402
-from tests.conftest import NEON, SHIPS, query, write_recipe  # noqa: E402
+from tests.conftest import HARBOUR, NEON, query, write_recipe  # noqa: E402
 from tests.openai_server import FakeOpenAI  # noqa: E402
 from tests.test_resume import shard_hashes  # noqa: E402
 from tests.test_runner import KEY_ENV, LENIENT, _lenient_teacher  # noqa: E402
@@ -82,7 +82,7 @@ def main() -> None:
         tmp = Path(tmp)
         images = tmp / "images"
         images.mkdir()
-        for src in (NEON, SHIPS):
+        for src in (NEON, HARBOUR):
             shutil.copy(src, images / src.name)
         for path in args.paths:
             started = time.perf_counter()

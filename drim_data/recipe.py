@@ -95,8 +95,9 @@ class GenerateConfig:
     min_colour_share: float = 0.6  # a colour is asked only when this share of the object's own pixels carry it
     min_colour_side_px: int = 12  # ... and only of objects at least this wide and tall at full resolution
     # referents and relations need clear margins: this share of the image's side between the target and the next
-    # instance ("the leftmost"), between two objects ("left of"), and from a count's area boundary
-    position_margin: float = 0.03
+    # instance ("the leftmost"), between two objects ("left of"), and from a count's area boundary; 0.02 of a
+    # 1M-pixel view is about 20 px, a gap the eye sees without measuring
+    position_margin: float = 0.02
     size_ratio: float = 1.5  # "the largest" is at least this many times the area of the next largest
     length_ratio: float = 1.5  # "longer" is at least this many times the other's length: a box drawn by hand on a
     # blurred 15 px hull is good to a pixel or two at each end

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from drim_data.pixels.annotations import AnnotationError, Box, load_annotations
+from drim_data.pixels.annotations import AnnotationError, Box, complete_categories, load_annotations
 from drim_data.recipe import AnnotationSource
 from tests.conftest import DEMO_ANNOTATIONS
 
@@ -31,6 +31,27 @@ def test_voc_reads_the_real_forest_file():
 def test_coco_boxes_are_xywh_keyed_by_file_name(tmp_path):
     boxes = load_annotations(coco(tmp_path, COCO))
     assert boxes == {"sub/a.jpg": [Box("ship", 10, 20, 40, 60)], "b.png": []}  # an image without boxes: empty
+
+
+def test_a_source_may_declare_every_class_it_boxes_complete(tmp_path):
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "complete_categories": ["tank"]}, {"id": 2, "file_name": "b.jpg"}],
+        "categories": [{"id": 7, "name": "ship"}, {"id": 8, "name": "boat"}],
+        "annotations": [
+            {"image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]},
+            {"image_id": 2, "category_id": 8, "bbox": [1, 1, 5, 5]},
+        ],
+    }
+    every = AnnotationSource("coco", coco(tmp_path, doc).path, complete=["*"])
+    assert complete_categories(every) == {"a.jpg": ["ship", "tank"], "b.jpg": ["boat"]}
+    some = AnnotationSource("coco", every.path, complete=["boat"])
+    assert complete_categories(some) == {"a.jpg": ["boat", "tank"], "b.jpg": ["boat"]}
+
+
+def test_a_coco_crowd_box_is_marked_as_one(tmp_path):
+    doc = {**COCO, "annotations": [*COCO["annotations"], {**COCO["annotations"][0], "iscrowd": 1}]}
+    single, crowd = load_annotations(coco(tmp_path, doc))["sub/a.jpg"]
+    assert json.loads(single.attributes) == {} and json.loads(crowd.attributes) == {"crowd": True}
 
 
 def test_yolo_boxes_are_normalised_until_the_size_is_known(tmp_path):

@@ -80,6 +80,18 @@ def test_every_annotation_box_is_kept_or_dropped_with_its_reason(tmp_path, fmt):
     assert query(recipe.db, "SELECT count(*) FROM regions WHERE source = 'proposal'") == [(0,)]
 
 
+def test_a_crowd_box_is_never_a_region(tmp_path):
+    """A marina boxed as one crowd holds many boats: it can be no question's target."""
+    source = write_annotations(tmp_path / "ann", "coco", boxes=BOXES[:2])
+    doc = json.loads((tmp_path / "ann" / "ann.json").read_text())
+    doc["annotations"][1]["iscrowd"] = 1
+    (tmp_path / "ann" / "ann.json").write_text(json.dumps(doc))
+    recipe = harbour(tmp_path, source)
+    run_pipeline(recipe, until="mine")
+    assert query(recipe.db, "SELECT x1, y1 FROM regions") == [(600, 400)]
+    assert query(recipe.db, "SELECT count(*) FROM annotations") == [(2,)]  # kept: it tells what a region may hide
+
+
 def test_an_empty_annotation_set_leaves_the_image_to_the_proposer(tmp_path):
     recipe = harbour(tmp_path, write_annotations(tmp_path / "ann", "coco", boxes=[]))
     run_pipeline(recipe, until="mine")

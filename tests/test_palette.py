@@ -147,5 +147,5 @@ def test_hand_labelled_ship_and_emblem_colours():
     images = {f: np.asarray(Image.open(DEMO_IMAGES / f).convert("RGB")) for f in {f for f, _, _ in objects}}
     named = [(colour_name(object_pixels(images[f], box))[0], colour) for f, box, colour in objects]
     agree = sum(a == b for a, b in named)
-    assert len(named) == 17 and agree >= 13, named
+    assert len(named) >= 17 and agree >= 0.7 * len(named), named  # 14 of 19 when written
     assert all(a == b or b in confusions(a)[:3] or a in confusions(b)[:3] for a, b in named), named  # neighbours

@@ -11,7 +11,7 @@ from PIL import Image
 from drim_data.errors import DrimError
 from drim_data.pipeline import run_pipeline
 from drim_data.recipe import load_recipe
-from tests.conftest import DEMO_IMAGES, NEON, SHIPS, query, write_recipe
+from tests.conftest import DEMO_IMAGES, HARBOUR, NEON, query, write_recipe
 from tests.test_images import BAD_CRC_PNG, REAL_JPEG, png_header_only
 
 
@@ -41,7 +41,7 @@ def test_bad_inputs_are_quarantined_and_the_run_goes_on(tmp_path, small_images):
         "zz_copy_of_forest.png": "duplicate",
         # the class-named boxes of the demo photos this folder lacks
         "labelled.coco.json#opensfm_berlin_01.jpg": "unmatched_annotation",
-        "labelled.coco.json#planet_shipsnet_scene_3.jpg": "unmatched_annotation",
+        "labelled.coco.json#planet_shipsnet_scene_2.jpg": "unmatched_annotation",
     }
     assert query(recipe.db, "SELECT count(*) FROM images") == [(2,)]
     assert result.export.written and sum(result.export.rows.values()) > 0
@@ -79,12 +79,12 @@ def test_the_view_setting_is_read_from_mining_on(tmp_path, small_images):
 
 
 def test_removing_an_input_image_removes_its_items(tmp_path, small_images):
-    shutil.copy(DEMO_IMAGES / "planet_shipsnet_scene_3.jpg", small_images)  # a second image with named objects
+    shutil.copy(DEMO_IMAGES / "opensfm_berlin_01.jpg", small_images)  # a second image with named objects
     recipe = load_recipe(write_recipe(tmp_path, small_images))
     first = run_pipeline(recipe)
     ids_before = query(recipe.db, "SELECT count(DISTINCT image_id) FROM files WHERE status = 'ok'")
-    (removed,) = query(recipe.db, f"SELECT image_id FROM images WHERE uri LIKE '%{SHIPS.name}'")[0]
-    (small_images / SHIPS.name).unlink()
+    (removed,) = query(recipe.db, f"SELECT image_id FROM images WHERE uri LIKE '%{HARBOUR.name}'")[0]
+    (small_images / HARBOUR.name).unlink()
     second = run_pipeline(recipe)
     assert ids_before == [(3,)] and second.export.version == 2
     manifest = json.loads((second.export.path / "manifest.json").read_text())

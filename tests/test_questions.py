@@ -5,6 +5,7 @@ import collections
 import json
 import random
 import re
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
@@ -17,6 +18,7 @@ from drim_data.teacher.builtin import (
     BuiltinTeacher,
     ImageFacts,
     Instance,
+    anchor_name,
     colour_distractors,
     descriptions,
     relation,
@@ -33,7 +35,9 @@ def boat(x, y, side=20, **kw) -> Instance:
     return Instance("boat", (x, y, x + side, y + side), **kw)
 
 
-def facts(*instances, complete=(), image_id="a" * 64) -> ImageFacts:
+def facts(*instances, complete=None, image_id="a" * 64) -> ImageFacts:
+    """A scene; unless told otherwise, every class in it is boxed completely, as in a hand-made scene."""
+    complete = {i.label for i in instances} if complete is None else complete
     return ImageFacts(image_id, W, H, list(instances), frozenset(complete))
 
 
@@ -53,14 +57,67 @@ def test_a_lone_instance_is_named_by_its_class():
     assert phrases(ship, facts(ship, boat(100, 100), boat(900, 700))) == ["the ship"]
 
 
+def test_a_class_not_boxed_completely_gets_no_description():
+    """An unboxed boat further left would make "the leftmost boat" wrong, and a second ship "the ship" ambiguous."""
+    left, right = boat(100, 480), boat(1800, 500)
+    ship = Instance("ship", (500, 500, 520, 540), region_id="s")
+    scene = facts(left, right, ship, complete=["ship"])
+    assert phrases(left, scene) == [] and phrases(ship, scene) == ["the ship"]
+    assert phrases(ship, facts(ship, complete=[])) == []
+    assert not any("boat" in q["question"] for q in ask(scene, ["relative_position", "colour", "compare_size"]))
+    assert "the leftmost boat" in phrases(left, facts(left, right, ship))
+
+
 def test_extreme_and_second_positions_need_a_clear_gap():
     left, middle, right = boat(100, 480), boat(900, 490), boat(1800, 500)
     scene = facts(left, middle, right)
     assert "the leftmost boat" in phrases(left, scene)
     assert "the second boat from the left" in phrases(middle, scene)
+    row = [boat(x, 500) for x in (100, 600, 1100, 1600)]
+    assert "the third boat from the left" in phrases(row[2], facts(*row))
+    fourth = phrases(row[3], facts(*row, boat(1900, 500)))
+    assert not any(p.endswith("from the left") for p in fourth)  # counting to three, no further
     assert "the rightmost boat" in phrases(right, scene) and "the leftmost boat" not in phrases(right, scene)
-    crowded = boat(130, 900)  # centre 30 px right of the leftmost one: 1.5% of the width, under the 3% margin
+    crowded = boat(130, 900)  # centre 30 px right of the leftmost one: 1.5% of the width, under the 2% margin
     assert not any("leftmost" in p for p in phrases(left, facts(left, middle, right, crowded)))
+
+
+def crowd(x1, y1, x2, y2, label="boat") -> Instance:
+    return Instance(label, (x1, y1, x2, y2), sure=False, crowd=True)
+
+
+def test_a_description_holds_against_whatever_a_crowd_box_hides():
+    """A marina of moored boats boxed as one crowd: the boat left of it is the leftmost; one right of its left edge
+    is not, though it is the leftmost boat boxed singly."""
+    left, right = boat(100, 480), boat(1800, 500)
+    marina = crowd(300, 100, 600, 300)
+    assert "the leftmost boat" in phrases(left, facts(left, right, marina))
+    inside_span = boat(400, 700)  # left of every single box, but the marina reaches further left
+    assert not any("leftmost" in p for p in phrases(inside_span, facts(inside_span, right, marina)))
+    assert "the leftmost boat" in phrases(inside_span, facts(inside_span, right))  # the crowd is what stops it
+    assert not any("bottom" in p for p in phrases(left, facts(left, right, crowd(0, 900, 2000, 1000))))
+
+
+def test_a_crowd_box_allows_no_size_or_colour_description_and_is_never_asked_about():
+    big = boat(100, 480, side=80, colour="red", colour_share=0.9)
+    small = boat(1800, 500, colour="white", colour_share=0.9)
+    assert {"the largest boat", "the red boat"} <= set(phrases(big, facts(big, small)))
+    found = phrases(big, facts(big, small, crowd(900, 100, 950, 150)))
+    assert "the largest boat" not in found and "the red boat" not in found  # the crowd may hide a bigger, red one
+    questions = ask(facts(big, small, crowd(900, 100, 950, 150)), ["colour", "relative_position", "compare_size"])
+    assert questions and all([900, 100, 950, 150] not in q["target_boxes"] for q in questions)
+
+
+def test_counts_skip_any_area_a_crowd_box_reaches_into():
+    row = [boat(x, 100) for x in (100, 300, 500)] + [boat(1500, 800), boat(1800, 800)]
+    asked = {q["question"].split("?")[0] for q in ask(facts(*row, complete=["boat"]), ["count"])}
+    assert any("left half" in q for q in asked) and any("right half" in q for q in asked)
+    with_marina = ask(facts(*row, crowd(1500, 550, 1700, 650), complete=["boat"]), ["count"])
+    stems = {q["question"].split("?")[0] for q in with_marina}
+    assert any("left half" in q for q in stems)  # the marina lies in the bottom-right quarter only
+    assert not any("right half" in q or "bottom half" in q or "bottom-right" in q for q in stems)
+    straddling = ask(facts(*row, crowd(900, 50, 1100, 150), complete=["boat"]), ["count"])
+    assert not any("left half" in q["question"] for q in straddling)
 
 
 def test_uniqueness_is_checked_against_every_instance_even_unsure_or_not_mined():
@@ -81,6 +138,29 @@ def test_area_scoped_positions():
     assert not any("top half" in p or "bottom half" in p for p in phrases(c, facts(a, b, c, on_edge)))
 
 
+def test_the_name_of_an_object_leaned_on_never_nests():
+    """ "The boat above the bottommost ship in the right half of the image" is unique and unreadable: an object that
+    another description leans on is named by its class, an extreme or its size, never by an area or a relation."""
+    target, lower, right_low, right_high = boat(300, 300), boat(600, 800), boat(1500, 900), boat(1700, 100)
+    scene = facts(target, lower, right_low, right_high, Instance("oil island", (200, 600, 300, 700)))
+    scoped = [p for _, p, _ in descriptions(target, scene, ALL)]
+    assert any("of the image" in p for p in scoped) and any("island" in p for p in scoped)
+    alone = [p for _, p, _ in descriptions(target, scene, ALL, anchors=False)]
+    assert alone and not any("of the image" in p or "island" in p for p in alone)
+    assert anchor_name(target, scene, ALL, frozenset()) == "the leftmost boat"
+    assert anchor_name(target, scene, ALL, frozenset({"horizontal"})) in (None, "the second boat from the top")
+    counts = ask(facts(target, lower, right_low, right_high, Instance("oil island", (200, 600, 300, 700))), ["count"])
+    assert counts and not any(q["question"].count(" the ") > 3 for q in counts)
+
+
+def test_the_only_two_of_a_class_are_never_placed_against_each_other():
+    """ "Is the lion head nearest the right door left or right of the one nearest the left door?" says it."""
+    heads = [Instance("lion head", (x, 500, x + 20, 520), region_id=f"h{x}") for x in (300, 1500)]
+    assert ask(facts(*heads), ["relative_position"]) == []
+    third = Instance("lion head", (1700, 100, 1720, 120), region_id="h3")
+    assert ask(facts(*heads, third), ["relative_position"])
+
+
 def test_nearest_a_named_object_needs_a_clear_margin():
     island = Instance("oil island", (1000, 400, 1200, 600), region_id=None)
     near, far = boat(1250, 480), boat(300, 100)
@@ -95,10 +175,11 @@ def test_sides_of_a_named_object_scope_a_description():
     island = Instance("oil island", (1000, 400, 1200, 600))
     west, east, far_east = boat(500, 480), boat(1400, 300), boat(1800, 700)
     scene = facts(west, east, far_east, island)
-    assert "the boat left of the oil island" in phrases(west, scene)
-    assert "the leftmost boat right of the oil island" in phrases(east, scene)
+    assert "the boat further left than the oil island" in phrases(west, scene)
+    assert "the leftmost boat further right than the oil island" in phrases(east, scene)
     on_edge = boat(1010, 900)  # centred just inside the island's left edge: left of it or not is not clear
-    assert "the boat left of the oil island" not in phrases(west, facts(west, east, far_east, island, on_edge))
+    edged = facts(west, east, far_east, island, on_edge)
+    assert "the boat further left than the oil island" not in phrases(west, edged)
 
 
 def test_size_and_colour_descriptions():
@@ -162,7 +243,7 @@ def test_counts_match_an_independent_count_and_only_for_complete_classes():
     rng = np.random.default_rng(1)
     boats = [boat(int(x), int(y)) for x, y in zip(rng.integers(50, 1900, 14), rng.integers(50, 900, 14), strict=True)]
     island = Instance("oil island", (900, 300, 1100, 500))
-    scene = facts(*boats, island, complete=["boat"])
+    scene = facts(*boats, island, complete=["boat", "oil island"])
     questions = ask(scene, ["count"])
     assert questions
     areas = {
@@ -174,10 +255,10 @@ def test_counts_match_an_independent_count_and_only_for_complete_classes():
         "in the top-right quarter of the image": lambda x, y: x > W / 2 and y < H / 2,
         "in the bottom-left quarter of the image": lambda x, y: x < W / 2 and y > H / 2,
         "in the bottom-right quarter of the image": lambda x, y: x > W / 2 and y > H / 2,
-        "left of the oil island": lambda x, y: x < 900,
-        "right of the oil island": lambda x, y: x > 1100,
-        "above the oil island": lambda x, y: y < 300,
-        "below the oil island": lambda x, y: y > 500,
+        "further left than the oil island": lambda x, y: x < 900,
+        "further right than the oil island": lambda x, y: x > 1100,
+        "higher up than the oil island": lambda x, y: y < 300,
+        "lower down than the oil island": lambda x, y: y > 500,
     }
     for q in questions:
         area = re.search(r"How many boats are there (.+?)\?", q["question"]).group(1)
@@ -186,7 +267,7 @@ def test_counts_match_an_independent_count_and_only_for_complete_classes():
         assert sorted(int(o) for o in q["options"] if o != str(truth)) == sorted(
             int(o) for o in q["options"] if abs(int(o) - truth) in (1, 2)
         )
-    assert ask(facts(*boats, island), ["count"]) == []  # boats are not boxed completely here
+    assert ask(facts(*boats, island, complete=["oil island"]), ["count"]) == []  # boats are not all boxed here
 
 
 def test_counts_skip_areas_with_an_instance_on_the_edge_or_an_unsure_box():
@@ -223,6 +304,33 @@ def test_relative_position_is_asked_only_when_clear_on_one_axis():
     assert relation(touching, island, facts(touching, island), ALL) is None
     below = Instance("ship", (1090, 800, 1110, 840), region_id="s")
     assert relation(below, island, facts(below, island), ALL) == "below"
+
+
+def test_relative_position_names_lean_on_no_third_object():
+    """ "The boat nearest the island" is found by finding the island: its place in the view gives the answer."""
+    rng, asked = np.random.default_rng(3), []
+    for _ in range(20):
+        island = Instance("oil island", (900, 400, 1000, 480), small=False)
+        boats = [
+            boat(int(x), int(y)) for x, y in zip(rng.integers(50, 1900, 6), rng.integers(50, 900, 6), strict=True)
+        ]
+        scene = facts(*boats, Instance("ship", (1400, 490, 1430, 510), region_id="s"), island)
+        asked += [r for q in ask(scene, ["relative_position"]) for r in q["referent"]]
+    assert len(asked) >= 20 and not any("nearest" in r or "'s" in r for r in asked)
+
+
+def test_relative_position_is_not_asked_when_every_instance_stands_the_same_way():
+    """Bags ride on people at the foot of the steps, the statue stands high: "below" needs no bag found."""
+    bags = [Instance("bag", (x, 900, x + 20, 920), region_id=f"b{x}") for x in (200, 700, 1200)]
+    statue = Instance("statue", (900, 100, 1100, 400), small=False)
+    kinds = ["relative_position"]
+    assert ask(facts(*bags, statue), kinds) == []
+    high = Instance("bag", (1600, 150, 1620, 170), region_id="high")  # one on the balcony beside the statue
+    asked = ask(facts(*bags, high, statue), kinds)
+    assert asked and all(q["label"] == "bag" for q in asked)
+    tiny_statue = replace(statue, small=True, region_id="s")  # the statue itself must be found...
+    assert ask(facts(*bags, high, tiny_statue), kinds)
+    assert ask(facts(*bags, tiny_statue), kinds) == []  # ... but every bag stands below it: no search for it either
 
 
 def test_relative_position_offers_no_other_relation_that_could_be_true():
@@ -297,8 +405,8 @@ def test_a_long_text_is_asked_by_its_first_or_last_word_where_that_word_lies():
     assert first["referent"] == ["the first word of the inscription"]
     (fx1, _, fx2, _), (lx1, _, lx2, _) = first["target_boxes"][0], last["target_boxes"][0]
     per_char = 800 / len(band.text)
-    assert fx1 == 1000 and fx2 == round(1000 + 7 * per_char)  # "KOMMET" and a letter's margin
-    assert lx2 == 1800 and lx1 == round(1000 + (len(band.text) - 4) * per_char)
+    assert fx1 == 1000 and fx2 == round(1000 + (6 + 1 + 0.3 * 6) * per_char)  # "KOMMET" and its slack
+    assert lx2 == 1800 and lx1 == round(1000 + (len(band.text) - 3 - 1 - 0.3 * 3) * per_char)
     short = Instance("sign", (400, 400, 700, 420), text="EINGANG", ocr_text="EINGANG", region_id="s")
     (q,) = ask(facts(short), ["text"])
     assert q["answer"] == "EINGANG" and q["target_boxes"] == [[400, 400, 700, 420]]
@@ -307,8 +415,10 @@ def test_a_long_text_is_asked_by_its_first_or_last_word_where_that_word_lies():
 def test_a_thing_a_person_has_is_named_by_its_person():
     left, right = Instance("person", (200, 300, 300, 600)), Instance("person", (1500, 300, 1600, 600))
     bags = [Instance("bag", (210, 400, 240, 440)), Instance("bag", (1510, 400, 1540, 440))]
-    found = phrases(bags[0], facts(left, right, *bags), avoid=frozenset({"horizontal", "vertical"}))
+    found = phrases(bags[0], facts(left, right, *bags), avoid=frozenset({"vertical"}))
     assert "the leftmost person's bag" in found
+    across = phrases(bags[0], facts(left, right, *bags), avoid=frozenset({"horizontal"}))
+    assert not any("leftmost" in p for p in across)  # asked left or right, its person's name must not say
     between = Instance("bag", (1490, 400, 1530, 440))
     crowd = facts(left, right, Instance("person", (1450, 300, 1520, 600)), bags[0], between)
     assert not any("person's" in p for p in phrases(between, crowd))  # half in two people's boxes: whose?
@@ -367,7 +477,7 @@ def scene_for(seed: int) -> ImageFacts:
     for _ in range(rng.randint(1, 3)):
         x, y = rng.randint(20, 1900), rng.randint(20, 900)
         found.append(Instance("ship", (x, y, x + 40, y + 60), colour="gray", colour_share=0.9, region_id=f"s{x}"))
-    return facts(*found, complete=["boat"], image_id=f"{seed:064x}")
+    return facts(*found, complete=["boat", "ship", "oil island"], image_id=f"{seed:064x}")
 
 
 def test_answer_letters_are_balanced_within_each_image_and_across_many():
@@ -412,7 +522,9 @@ def test_generate_measures_each_object_on_its_own_pixels(tmp_path):
     images.mkdir()
     Image.fromarray(rgb).save(images / "harbour.png")
     coco = {
-        "images": [{"id": 1, "file_name": "harbour.png", "width": 2000, "height": 1500, "complete_categories": []}],
+        "images": [
+            {"id": 1, "file_name": "harbour.png", "width": 2000, "height": 1500, "complete_categories": ["boat"]}
+        ],
         "categories": [{"id": 1, "name": "boat"}],
         "annotations": [
             {"id": i, "image_id": 1, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
@@ -447,7 +559,8 @@ def test_text_is_not_asked_without_ocr(monkeypatch, tmp_path):
         "g",
         load_recipe(write_recipe(tmp_path, tmp_path)).view,
     )
-    assert sign.text == "EINGANG" and sign.ocr_text is None and sign.small
+    assert sign.text == "EINGANG" and sign.ocr_text is None
+    assert ask(facts(sign), ["text"]) == []
 
 
 def test_a_region_is_measured_on_its_own_crop_even_past_the_image_edge(tmp_path):
@@ -473,7 +586,6 @@ def test_bundled_recipes_ask_named_questions_of_several_types(tmp_path):
         rows = query(
             tmp_path / name / "state.duckdb", "SELECT question_type, question, referent, label FROM questions"
         )
-        assert "relative_position" in {t for t, *_ in rows}
         types |= {t for t, *_ in rows}
         for _, question, referents, label in rows:
             assert not COORDINATES.search(question) and label != "object"

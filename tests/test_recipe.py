@@ -35,7 +35,7 @@ def test_demo_recipe_loads_with_paths_relative_to_the_file():
     assert r.dataset == "drim-demo"
     assert Path(r.ingest.images).is_dir() and Path(r.ingest.images).name == "images"
     assert r.ingest.annotations[0].format == "voc"
-    assert r.view.max_pixels == 1003520
+    assert r.view.max_pixels == 262144
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from drim_data.recipe import load_recipe
 from drim_data.stages.ground import MERGE_IOU
 from drim_data.teacher.boxes import Frame
 from schemas.geometry import centre_grid, distance, iou, pixels_to_grid
-from tests.conftest import NEON, SHIPS, query, write_recipe
+from tests.conftest import HARBOUR, NEON, SHIPS, query, write_recipe
 from tests.openai_server import FakeOpenAI, Reply
 from tests.test_teacher_stages import KEY_ENV, SECRET, competent_teacher, teacher_recipe
 
@@ -27,7 +27,7 @@ def generated(tmp_path_factory):
     folder = tmp_path_factory.mktemp("generated")
     images = folder / "images"
     images.mkdir()
-    for src in (NEON, SHIPS):
+    for src in (NEON, HARBOUR):
         shutil.copy(src, images / src.name)
     recipe = load_recipe(write_recipe(folder, images))
     run_pipeline(recipe, until="generate")
@@ -208,7 +208,7 @@ def test_a_retried_item_keeps_no_old_drop(tmp_path, small_images, api_key):
         first = query(recipe.db, "SELECT item_id, reason FROM drops WHERE stage = 'generate'")
         failing["on"] = False
         run_pipeline(recipe, until="generate")
-    harbour = query(recipe.db, f"SELECT image_id FROM files WHERE path LIKE '%{SHIPS.name}'")[0][0]
+    harbour = query(recipe.db, f"SELECT image_id FROM files WHERE path LIKE '%{HARBOUR.name}'")[0][0]
     assert [reason for item, reason in first if item == harbour] == ["teacher_http_500"]
     assert query(recipe.db, f"SELECT count(*) FROM questions WHERE image_id = '{harbour}'")[0][0] > 0
     assert query(recipe.db, "SELECT item_id, reason FROM drops WHERE reason LIKE 'teacher_%'") == []

@@ -49,11 +49,11 @@ def _state(db: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def clean_shards(tmp_path_factory) -> dict[str, str]:
-    from tests.conftest import NEON, SHIPS
+    from tests.conftest import HARBOUR, NEON
 
     folder = tmp_path_factory.mktemp("clean")
     (folder / "images").mkdir()
-    for src in (NEON, SHIPS):
+    for src in (NEON, HARBOUR):
         (folder / "images" / src.name).write_bytes(src.read_bytes())
     return shard_hashes(run_pipeline(load_recipe(write_recipe(folder, folder / "images"))).export.path)
 

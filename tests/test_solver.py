@@ -40,7 +40,7 @@ def labelled(kinds=("ship", "boat")):
     files = {i["id"]: i["file_name"] for i in coco["images"]}
     names = {c["id"]: c["name"] for c in coco["categories"]}
     for a in coco["annotations"]:
-        if names[a["category_id"]] in kinds:
+        if names[a["category_id"]] in kinds and not a.get("iscrowd"):
             x, y, w, h = a["bbox"]
             yield files[a["image_id"]], (x, y, x + w, y + h)
 
@@ -71,10 +71,11 @@ def test_large_targets_are_answered_and_tiny_ones_are_not(demo_images):
         item, answer = colour_item(big, big_box)
         large.append(is_correct(item.checker, blind_answer(view_of(big), item), answer))
         item, answer = colour_item(image, box)
-        if min(box[2] - box[0], box[3] - box[1]) * view.width / image.width < solver.FINDABLE_PX:
+        s = view.width / image.width
+        if not solver._findable(tuple(v * s for v in box)):
             tiny_total += 1
             tiny += is_correct(item.checker, blind_answer(view, item), answer)
-    assert len(large) == 63 and sum(large) >= 0.9 * len(large), sum(large)  # 63 of 63 when written
+    assert len(large) >= 60 and sum(large) >= 0.9 * len(large), sum(large)
     assert tiny_total >= 25 and tiny == 0
 
 
@@ -130,14 +131,16 @@ def test_a_long_thin_hull_is_recognised_by_its_area_not_its_narrow_side():
         assert blind_answer(view_of(scene_with([box, island])), item) == expected
 
 
-def test_size_comparison_only_when_both_objects_are_recognised():
+def test_size_comparison_when_both_objects_are_found():
     def compare(boxes):
         item = BlindItem("compare_size", "ship", [list(b) for b in boxes], 3000, 3000, [], "text")
         return blind_answer(view_of(scene_with(boxes)), item)
 
     assert compare([(300, 1000, 450, 1060), (2000, 1100, 2090, 1160)]) == "longer"  # 50 vs 30 px in the view
     assert compare([(2000, 1100, 2090, 1160), (300, 1000, 450, 1060)]) == "shorter"
-    assert compare([(300, 1000, 330, 1015), (2000, 1100, 2090, 1160)]) is None  # 10x5 px: not recognised
+    assert compare([(300, 1000, 336, 1024), (2000, 1100, 2090, 1160)]) == "shorter"  # a 12x8 px speck beside a hull
+    assert compare([(300, 1000, 354, 1015), (2000, 1100, 2090, 1160)]) == "shorter"  # an 18x5 px hull: seen
+    assert compare([(300, 1000, 315, 1015), (2000, 1100, 2090, 1160)]) is None  # 5x5 px: not found
 
 
 def test_text_is_read_from_the_view():
@@ -163,9 +166,10 @@ def verified_harbour(tmp_path_factory):
     folder = tmp_path_factory.mktemp("blind")
     images = folder / "images"
     images.mkdir()
-    (images / SHIPS.name).write_bytes(SHIPS.read_bytes())
-    # the class-named boxes of the harbour, seen at 4 MP: more of them are found, not all are resolved
-    recipe = load_recipe(write_recipe(folder, images, view={"max_pixels": 4_000_000}))
+    for scene in (SHIPS, DEMO_IMAGES / "planet_shipsnet_scene_3.jpg"):
+        (images / scene.name).write_bytes(scene.read_bytes())
+    # the class-named boxes of the two harbours at 2 MP: some are seen well enough to answer, some are not
+    recipe = load_recipe(write_recipe(folder, images, view={"max_pixels": 2_000_000}))
     run_pipeline(recipe, until="verify")
     return recipe
 
@@ -177,10 +181,10 @@ def test_verify_drops_what_the_blind_solver_answers(verified_harbour):
         "v.reason, i.uri FROM questions q JOIN verdicts v USING (question_id) JOIN images i USING (image_id) "
         "WHERE v.reason IS DISTINCT FROM 'visible_without_zoom'",
     )
-    image = decode(Path(rows[0][-1]).read_bytes())  # the image, by its reference
-    view = global_view(image, global_view_size(image.width, image.height, verified_harbour.view.max_pixels))
     solved = {True: 0, False: 0}
-    for qtype, options, answer, checker, label, targets, width, height, reason, _ in rows:
+    for qtype, options, answer, checker, label, targets, width, height, reason, uri in rows:
+        image = decode(Path(uri).read_bytes())  # the image, by its reference
+        view = global_view(image, global_view_size(image.width, image.height, verified_harbour.view.max_pixels))
         item = BlindItem(qtype, label, json.loads(targets), width, height, json.loads(options), checker)
         correct = is_correct(checker, blind_answer(view, item), answer)
         assert correct == (reason == "solvable_without_zoom"), (qtype, answer, reason)

@@ -19,7 +19,6 @@ from tests.conftest import DEMO_IMAGES, NEON, SHIPS, query, write_recipe
 from tests.test_ingest import crop
 
 SHIPS_3 = DEMO_IMAGES / "planet_shipsnet_scene_3.jpg"
-BERLIN = DEMO_IMAGES / "opensfm_berlin_01.jpg"
 
 
 @pytest.fixture
@@ -156,18 +155,16 @@ def test_an_input_that_cannot_be_used_stops_the_run(tmp_path, ingest_settings, m
 def test_a_deleted_and_a_modified_source_are_dropped_where_they_are_read_and_the_run_goes_on(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
-    for photo in (SHIPS, SHIPS_3, BERLIN):  # all three have named objects, so generate reads each of them
-        shutil.copy(photo, images)
+    for src in (SHIPS, SHIPS_3, NEON):  # each has named objects, so generate reads its pixels
+        shutil.copy(src, images)
     ids = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in images.iterdir()}
-    recipe = load_recipe(
-        write_recipe(tmp_path, images, generate={"per_image": 2, "question_types": ["relative_position"]})
-    )
+    recipe = load_recipe(write_recipe(tmp_path, images))
 
     def track(items, stage, total):
         """Between ingest and the first stage that reads pixels, one file goes and another is rewritten."""
-        if stage == "generate" and (images / SHIPS_3.name).exists():
-            (images / SHIPS_3.name).unlink()
-            with open(images / BERLIN.name, "ab") as f:
+        if stage == "generate" and (images / SHIPS.name).exists():
+            (images / SHIPS.name).unlink()
+            with open(images / NEON.name, "ab") as f:
                 f.write(b"\0" * 16)
         yield from items
 
@@ -175,9 +172,9 @@ def test_a_deleted_and_a_modified_source_are_dropped_where_they_are_read_and_the
     drops = {
         i: (r, d) for i, r, d in query(recipe.db, "SELECT item_id, reason, detail FROM drops WHERE stage = 'generate'")
     }
-    assert drops[ids[SHIPS_3.name]][0] == "source_missing" and SHIPS_3.name in drops[ids[SHIPS_3.name]][1]
-    assert drops[ids[BERLIN.name]][0] == "source_changed"
-    assert exported_images(result.export.path) == {ids[SHIPS.name]}  # the rest go on
+    assert drops[ids[SHIPS.name]][0] == "source_missing" and SHIPS.name in drops[ids[SHIPS.name]][1]
+    assert drops[ids[NEON.name]][0] == "source_changed"
+    assert exported_images(result.export.path) == {ids[SHIPS_3.name]}  # the rest go on
 
 
 def test_a_source_gone_before_export_leaves_its_rows_out_until_it_is_back(tmp_path):

@@ -5,6 +5,7 @@ Items are built on the real harbour photo with its hand-labelled boxes; nothing 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -20,7 +21,7 @@ from PIL import Image
 from drim_data.errors import Drop
 from drim_data.recipe import ExportConfig, IngestConfig, Recipe, TrajectoryConfig
 from drim_data.stages.export import split_of
-from drim_data.stages.narration import crop_colour
+from drim_data.stages.narration import Narrator, crop_colour, instances_in, own_colour
 from drim_data.stages.questions import Question
 from drim_data.stages.search import (
     MIN_GAIN,
@@ -31,6 +32,7 @@ from drim_data.stages.search import (
     centre,
     contains,
     detail,
+    distractors,
     gains,
     gains_detail,
     intersects,
@@ -43,7 +45,7 @@ from drim_data.stages.trajectories import build, judge
 from schemas.tool import ZOOM, global_view_scale, grid_to_pixels, iou
 from tests.conftest import DEMO_ANNOTATIONS, REPO, SHIPS
 
-VIEW_PIXELS = 1003520  # the demo's global view
+VIEW_PIXELS = 1003520  # a 1M-pixel view, Qwen's default
 W, H = 2001, 1749  # the harbour photo
 G = global_view_scale(W, H, VIEW_PIXELS)
 
@@ -53,15 +55,12 @@ def harbour() -> tuple[Image.Image, Scene]:
     coco = json.loads((DEMO_ANNOTATIONS / "labelled.coco.json").read_text())
     (info,) = [i for i in coco["images"] if i["file_name"] == SHIPS.name]
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    annotations = [
-        (
-            names[a["category_id"]],
-            (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]),
-        )
-        for a in coco["annotations"]
-        if a["image_id"] == info["id"]
-    ]
-    scene = Scene(W, H, annotations, frozenset(info["complete_categories"]))
+    single, crowds = [], []
+    for a in coco["annotations"]:
+        if a["image_id"] == info["id"]:
+            x, y, w, h = a["bbox"]
+            (crowds if a.get("iscrowd") else single).append((names[a["category_id"]], (x, y, x + w, y + h)))
+    scene = Scene(W, H, single, frozenset(info["complete_categories"]), crowds=crowds)
     return Image.open(SHIPS).convert("RGB"), scene
 
 
@@ -107,6 +106,9 @@ def test_violations_name_each_broken_rule():
     flat = zoom([420, 400, 620, 600], "fine", target)  # a little tighter, same detail
     assert "no_detail_gain" in violations([good[0], flat], G, 5)
     assert "no_detail_gain" in violations([zoom([0, 0, 1000, 1000], "coarse", target)], G, 5)
+    assert "zoom_is_the_whole_view" in violations([zoom([0, 0, 1000, 1000], "coarse", target)], G, 5)
+    assert "zoom_is_the_whole_view" in violations([zoom([100, 0, 1000, 600], "coarse", target)], G, 5)
+    assert "zoom_is_the_whole_view" not in violations([zoom([300, 0, 1000, 700], "coarse", target)], G, 5)
     centred = zoom([450, 411, 560, 515], "direct", target)
     assert "zoom_centred_on_target" in violations([centred], G, 5)
     assert "zoom_misses_target" in violations([zoom([0, 0, 200, 200], "coarse", target)], G, 5)
@@ -153,7 +155,7 @@ def test_searches_reach_the_target_off_centre_with_real_detail_gains(harbour):
             assert len(zooms) == 2 and steps[1][1] == detail(zooms[0].box)  # the fine zoom refines the coarse one
             assert iou(zooms[0].box, zooms[1].box) < 0.8
         n += 1
-    assert n == 3 * 23
+    assert n == 3 * len(scene.instances("boat"))  # every boat, three items each: none is dropped
     assert len(positions) >= 6  # the offset moves with the item: the target is not always in one spot
 
 
@@ -182,7 +184,7 @@ def test_reflective_items_look_at_a_real_distractor_that_is_not_the_target(harbo
         assert contains(miss.box, miss.subject) and not intersects(miss.box, target)
         assert contains(rest[-1].box, target) and not contains(rest[0].box, miss.subject)
         n += 1
-    assert n == 23
+    assert n == len(boats)
 
 
 def test_a_distractor_whose_look_would_show_the_target_is_passed_over():
@@ -192,6 +194,19 @@ def test_a_distractor_whose_look_would_show_the_target_is_passed_over():
     scene = Scene(W, H, [("boat", target), ("boat", beside), ("boat", further)], frozenset({"boat"}))
     zooms, pattern = plan(question("q", "colour", "boat", [list(target)]), scene, TrajectoryConfig(1.0), G, 5)
     assert pattern == "reflective" and zooms[0].subject == further
+
+
+def test_a_look_alike_inside_a_crowd_box_may_be_one_and_is_no_distractor():
+    target, boxed = (1000, 800, 1010, 810), (1600, 800, 1610, 810)
+    inside, outside = (300, 300, 310, 310), (1300, 500, 1310, 510)
+    scene = Scene(W, H, [("boat", target), ("boat", boxed)], frozenset({"boat"}), [inside, outside])
+    assert set(distractors(target, [target], scene, "boat")) == {boxed, inside, outside}
+    marina = [("boat", (250, 250, 400, 400))]
+    crowded = Scene(W, H, scene.annotations, scene.complete, scene.lookalikes, marina)
+    assert set(distractors(target, [target], crowded, "boat")) == {boxed, outside}
+    assert instances_in((0, 0, 1200, 1000), scene, "boat") == "1 boat"
+    assert instances_in((0, 0, 1200, 1000), crowded, "boat") == "at least 1 boat"  # the marina may hold more
+    assert instances_in((900, 700, 1200, 1000), crowded, "boat") == "1 boat"
 
 
 def test_reflective_searches_go_to_sft_items_in_their_share_however_few():
@@ -329,6 +344,22 @@ def test_think_text_states_what_each_crop_shows(harbour):
             checked += 1
         assert str(item.answer) in thinks[-1]
     assert checked >= 5
+
+
+def test_a_colour_is_said_only_where_its_measurement_can_be_trusted(harbour):
+    image, scene = harbour
+    ships = [[round(v) for v in b] for b in boxes_of(scene, "ship")]
+    ship = next(s for s in ships if own_colour(image, s)[1] >= 0.6)
+    item = question("s", "colour", "ship", [ship])
+    measured = own_colour(image, ship)[0]
+    unsure = next(s for s in ships if own_colour(image, s)[1] < 0.6)  # a hull that blends with the water
+    assert "%" not in Narrator(item, scene, image, 0.5, 24).describe(unsure, 1.0)
+    said = Narrator(item, scene, image, 0.5, 24).describe(ship, 1.0)
+    assert said.startswith(f"{measured} (")
+    disagreeing = dataclasses.replace(scene, colours={tuple(ship): "pink" if measured != "pink" else "navy"})
+    assert measured not in Narrator(item, disagreeing, image, 0.5, 24).describe(ship, 1.0)
+    agreeing = dataclasses.replace(scene, colours={tuple(ship): measured})
+    assert Narrator(item, agreeing, image, 0.5, 24).describe(ship, 1.0) == said
 
 
 def test_too_small_is_said_only_when_it_is(harbour):

@@ -109,11 +109,12 @@ def test_a_tampered_version_is_refused_everywhere(demo_version, tmp_path, tamper
 
 
 def test_versions_lists_parent_hash_counts_and_difference(demo_version, tmp_path):
-    # A second version of the demo: the same database, its recipe now with sources and another split share.
+    # A second version of the demo: the same database, its recipe now with sources and another split share (most
+    # of its few items move to RL).
     shutil.copy(demo_version.parents[2] / "state.duckdb", tmp_path / "state.duckdb")
     settings = demo_settings()
     path = write_recipe(
-        tmp_path, DEMO_IMAGES, **{**settings, "export": {**settings["export"], "rl_share": 0.3}}, sources=SOURCES
+        tmp_path, DEMO_IMAGES, **{**settings, "export": {**settings["export"], "rl_share": 0.95}}, sources=SOURCES
     )
     result = run_pipeline(load_recipe(path))
     v2 = result.export.path

@@ -21,6 +21,12 @@ class AnnotationError(DrimError):
     pass
 
 
+# COCO's `iscrowd`: a group too dense to box singly, or an object the labeller could not call. It is never asked
+# about, but any description of its class must hold whatever it hides, and no count may include its area.
+CROWD = "crowd"
+SINGLE_SQL = "coalesce(attributes->>'crowd', 'false') <> 'true'"  # an annotation that is one object, not a crowd
+
+
 @dataclass(frozen=True)
 class Box:
     label: str
@@ -89,15 +95,24 @@ def _load_coco(source: AnnotationSource) -> dict[str, list[Box]]:
         attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
         if isinstance(ann.get("confidence"), str):
             attributes = {**attributes, "confidence": ann["confidence"]}
+        if ann.get("iscrowd"):
+            attributes = {**attributes, CROWD: True}
         boxes[files[ann["image_id"]]].append(Box(label, x, y, x + w, y + h, attributes=json.dumps(attributes)))
     return boxes
 
 
+def declared_complete(labels: set[str], declared: list[str]) -> set[str]:
+    """Which of an image's classes a source declares boxed completely; "*" declares every class it boxes, as COCO
+    does of its own categories (with crowd boxes where instances are too many to box singly)."""
+    return set(labels) if "*" in declared else set(labels) & set(declared)
+
+
 def complete_categories(source: AnnotationSource) -> dict[str, list[str]]:
     """Per image (keyed as `load_annotations` keys it), the classes whose every instance is boxed: the source's
-    `complete` list, plus a COCO image's own `complete_categories`. Only these may be counted."""
+    `complete` list, plus a COCO image's own `complete_categories`. Only these may be named or counted."""
     found = {
-        key: sorted({b.label for b in boxes} & set(source.complete)) for key, boxes in load_annotations(source).items()
+        key: sorted(declared_complete({b.label for b in boxes}, source.complete))
+        for key, boxes in load_annotations(source).items()
     }
     if source.format == "coco":
         doc = json.loads(source.path.read_text())
@@ -108,7 +123,7 @@ def complete_categories(source: AnnotationSource) -> dict[str, list[str]]:
                     f"{source.path}: image {im.get('id')}: complete_categories must be a list of names"
                 )
             key = _relative(im["file_name"])
-            found[key] = sorted(set(found.get(key, [])) | set(listed) | set(source.complete))
+            found[key] = sorted(set(found.get(key, [])) | set(listed) | set(source.complete) - {"*"})
     return found
 
 
@@ -142,6 +157,8 @@ def column_boxes(value: object, names: list[str] | None, where: str) -> list[Box
         if label is None or label == "":
             raise AnnotationError(f"{at}: needs a category (or label)")
         attributes = obj.get("attributes") if isinstance(obj.get("attributes"), dict) else {}
+        if obj.get("iscrowd"):
+            attributes = {**attributes, CROWD: True}
         boxes.append(Box(str(label), x, y, x + w, y + h, attributes=json.dumps(attributes)))
     return boxes
 

@@ -19,13 +19,16 @@ from PIL import Image
 from drim_data.pixels.ocr import read_text
 from drim_data.pixels.palette import colour_name, object_pixels
 from schemas.answers import LETTERS, normalise_text
+from schemas.tool import global_view_scale
 
-FINDABLE_PX = 6  # a target whose shorter side spans fewer view pixels (under half a 14 px vision patch) is not found
+FINDABLE_PX = 6  # a target of fewer view pixels than a square this wide (under half a 14 px vision patch) is not
+# found; nor is one under `THIN_PX` across, however long
 # A question names its objects ("the leftmost boat", "the ships left of the oil island"), so answering it from the
 # view takes recognising each as its class there: an area of at least one 14 px vision patch. Told where the
 # object is, the solver still needs to see it as a boat to know it has found the leftmost boat.
 IDENTIFIABLE_PX = 14
 SEPARABLE_PX = 2  # instances closer than this in the view merge into one blob
+THIN_PX = 3
 TEXT_MARGIN = 0.25  # OCR reads the text's box widened by this share of its height on every side
 MIN_TEXT_MATCH = 0.6  # an option is picked only when the reading is at least this similar to it
 RELATIONS = {
@@ -64,7 +67,9 @@ def _in_view(box: list[int], view: Image.Image, item: BlindItem) -> tuple[float,
 
 
 def _findable(box: tuple[float, float, float, float]) -> bool:
-    return min(box[2] - box[0], box[3] - box[1]) >= FINDABLE_PX
+    """Whether the view shows the object at all: by its area, so an 18x5 px hull is seen as a 6x6 px blob is."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    return min(w, h) >= THIN_PX and w * h >= FINDABLE_PX**2
 
 
 def _colour(view: Image.Image, boxes: list) -> str | None:
@@ -97,6 +102,13 @@ def _count(view: Image.Image, boxes: list) -> str | None:
     return str(len({root(i) for i in range(len(found))}))
 
 
+def identifiable_in_view(box, width: int, height: int, max_pixels: int) -> bool:
+    """Whether an object of the original image can be recognised as its class in the global view: what the
+    generator asks about must fail this for at least one of a question's objects, or the solver answers it."""
+    scale = global_view_scale(width, height, max_pixels)
+    return _identifiable(tuple(v * scale for v in box))
+
+
 def _identifiable(box: tuple[float, float, float, float]) -> bool:
     """Whether an object spans enough view pixels to be recognised as its class: a patch's worth of area (a long
     thin hull counts by its area, not its narrow side)."""
@@ -114,9 +126,9 @@ def _relation(view: Image.Image, boxes: list) -> str | None:
 
 
 def _compare_size(view: Image.Image, boxes: list) -> str | None:
-    """Whether the first object is longer than the second, from their longer sides in the view; both must be
-    recognised there, or which is which is not known."""
-    if len(boxes) < 2 or not all(_identifiable(b) for b in boxes[:2]):
+    """Whether the first object is longer than the second, from their longer sides in the view. Both need only be
+    found there: a question asks it only at a clear ratio, so a hull beside a speck is told without a zoom."""
+    if len(boxes) < 2 or not all(_findable(b) for b in boxes[:2]):
         return None
     a, b = (max(x[2] - x[0], x[3] - x[1]) for x in boxes[:2])
     return "longer" if a > b else "shorter"

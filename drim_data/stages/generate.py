@@ -17,8 +17,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from drim_data.errors import Drop
+from drim_data.pixels.annotations import CROWD
 from drim_data.pixels.images import min_side_in_global_view
 from drim_data.pixels.palette import colour_name, object_pixels
+from drim_data.pixels.solver import identifiable_in_view
 from drim_data.recipe import ViewConfig, sha256_json, to_plain
 from drim_data.stages.contract import Context, StageStats
 from drim_data.teacher.builtin import GENERIC, ImageFacts, Instance, centre_grid
@@ -34,7 +36,8 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "4"  # 4: relative position offers no relation that could be true as well
+VERSION = "5"  # 4: relative position offers no relation that could be true as well; 5: referents only of
+# classes boxed completely, and true whatever a crowd box of the class hides
 
 PENDING = """
 SELECT image_id, width, height FROM images
@@ -198,7 +201,8 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
     """Every named object of the image, measured on its full-resolution pixels, with the mined regions marked.
 
     Annotated boxes come with what the labeller recorded (colour, text, confidence); a sign's text is read again
-    by OCR. A region that matches no annotation (a proposal, or a teacher's box) joins with its own label.
+    by OCR. A crowd box joins as what it is, an area that may hold more of its class. A region that matches no
+    annotation (a proposal, or a teacher's box) joins with its own label.
     """
     regions = con.execute(
         "SELECT region_id, label, x1, y1, x2, y2 FROM regions WHERE image_id = ? ORDER BY region_id", [image_id]
@@ -211,6 +215,9 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
     ).fetchall():
         attrs = json.loads(attributes) if attributes else {}
         box = (x1, y1, x2, y2)
+        if attrs.get(CROWD):
+            instances.append(Instance(label, box, sure=False, crowd=True))
+            continue
         mined = (
             max(0, math.floor(x1)),
             max(0, math.floor(y1)),
@@ -244,7 +251,8 @@ def _instance(image: Image.Image, label: str, box: tuple, attrs: dict, rid: str 
         ocr_text=ocr_reading(image, box) if text and rid and read_text is not None else None,
         region_id=rid,
         small=view.min_resolvable_px <= 0
-        or min_side_in_global_view([box], image.width, image.height, view.max_pixels) < view.min_resolvable_px,
+        or min_side_in_global_view([box], image.width, image.height, view.max_pixels) < view.min_resolvable_px
+        and not identifiable_in_view(box, image.width, image.height, view.max_pixels),
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drim_data.errors import DrimError
-from drim_data.pixels.annotations import Matched, match_annotations
+from drim_data.pixels.annotations import Matched, declared_complete, match_annotations
 from drim_data.pixels.images import CheckedImage, ImageRejected, check_image, sha256
 from drim_data.pixels.sources import SOURCE_REASONS, SourceUnreadable, fetch, image_ref, read_image
 from drim_data.pixels.workers import cpu_count, threaded_map
@@ -26,8 +26,8 @@ from drim_data.stages.inputs import Entry, list_input
 from schemas.tables import validate_table
 
 NAME = "ingest"
-VERSION = "3"  # 2: content identity across renames; annotations matched by path under the images folder;
-# 3: images by reference (URI, size, hash), from folders, URLs and datasets
+VERSION = "4"  # 2: content identity across renames; annotations matched by path under the images folder;
+# 3: images by reference (URI, size, hash), from folders, URLs and datasets; 4: COCO crowd boxes marked
 
 # Drops that the listing decides, and those settled from the whole folder: both are recorded afresh every run.
 LISTING_REASONS = ("unsupported_extension", "dangling_symlink", "symlink_loop", "unreadable_folder")
@@ -52,7 +52,7 @@ def run(ctx: Context) -> StageStats:
     for name, boxes in listing.boxes.items():  # a dataset's own column
         matched.boxes.setdefault(name, []).extend(boxes)
         matched.entries.setdefault(name, []).append(boxes[0][0])
-        complete = {box.label for _, box in boxes} & set(cfg.dataset.complete)
+        complete = declared_complete({box.label for _, box in boxes}, cfg.dataset.complete)
         if complete:
             matched.complete.setdefault(name, set()).update(complete)
 

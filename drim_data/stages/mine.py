@@ -14,6 +14,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pyarrow as pa
 
 from drim_data.errors import DrimError
+from drim_data.pixels.annotations import SINGLE_SQL
 from drim_data.pixels.candidates import Job, Mined, mine_image
 from drim_data.pixels.sources import image_ref
 from drim_data.pixels.workers import cpu_count, ordered_map
@@ -21,7 +22,7 @@ from drim_data.stages.contract import Context, StageStats
 from schemas.tables import validate_table
 
 NAME = "mine"
-VERSION = "3"
+VERSION = "4"  # 4: a crowd box is never a region
 
 PENDING = """
 SELECT i.image_id FROM images i
@@ -29,9 +30,9 @@ WHERE i.image_id IN (SELECT image_id FROM files WHERE status = 'ok')
   AND i.image_id NOT IN (SELECT item_id FROM done WHERE stage = 'mine')
 ORDER BY i.image_id
 """
-ANNOTATIONS = """
+ANNOTATIONS = f"""
 SELECT image_id, label, x1, y1, x2, y2 FROM annotations
-WHERE image_id NOT IN (SELECT item_id FROM done WHERE stage = 'mine')
+WHERE image_id NOT IN (SELECT item_id FROM done WHERE stage = 'mine') AND {SINGLE_SQL}
 ORDER BY image_id, x1, y1, x2, y2, label
 """
 BATCH_IMAGES = 32  # images written per transaction ...

@@ -19,9 +19,11 @@ from drim_data.pixels.measure import measure
 from drim_data.pixels.ocr import squeezed
 from drim_data.pixels.palette import colour_name, object_pixels
 from drim_data.stages.search import Scene, Zoom, centre, contains, detail
+from schemas.geometry import intersects
 from schemas.tool import GRID
 
 SAMPLE = 4096  # pixels of a crop its colour is named on
+SAID_COLOUR_SHARE = 0.6  # an object's colour is said only when this share of its own pixels carry it
 ASPECT = {
     "colour": "its colour",
     "count": "one {label} from the next",
@@ -120,9 +122,10 @@ def own_colour(image: Image.Image, box) -> tuple[str, float]:
 
 
 def instances_in(box, scene: Scene, label: str) -> str:
-    """How many annotated instances of the class have their centre in the view, said as exactly as is known."""
+    """How many annotated instances of the class have their centre in the view, said as exactly as is known: a
+    crowd box in view may hide more."""
     n = sum(contains(box, (*centre(b), *centre(b))) for b in scene.instances(label))
-    exact = scene.is_complete(label)
+    exact = scene.is_complete(label) and not any(intersects(box, b) for b in scene.crowd_boxes(label))
     if n == 0:
         return f"no {plural(label)}" if exact else f"no {label} I can identify"
     return f"{n} {plural(label, n)}" if exact else f"at least {n} {plural(label, n)}"
@@ -325,7 +328,12 @@ class Narrator:
         return f"{said}: it reads {chosen}. The answer is {chosen}."
 
     def describe(self, box, scale: float) -> str:
+        """Its colour, where the measurement can be trusted (most of its pixels, and the labeller's colour if one
+        was recorded: a thin conifer's box is mostly the pale wall behind it), and its size at this zoom."""
         colour, share = own_colour(self.image, box)
+        recorded = self.scene.colours.get(tuple(round(v) for v in box))
+        if share < SAID_COLOUR_SHARE or recorded not in (None, colour):
+            return f"{size_in(box, scale)} at this zoom"
         return f"{colour} ({share:.0%} of its pixels) and {size_in(box, scale)} at this zoom"
 
     def size_compare(self, seen, target) -> str:

@@ -24,6 +24,7 @@ from schemas.tool import ZOOM, ZoomError
 MIN_GAIN = 1.5  # a zoom shows its region at least this many times the detail of the view it refines ...
 NATIVE = 1.0  # ... or reaches the original resolution (one output pixel per original pixel) from below it
 MAX_PAIR_IOU = 0.8  # consecutive zooms overlapping this much show the same thing twice
+MAX_ZOOM_SHARE = 0.5  # a zoom covers at most this share of the image: one over most of it is no zoom at all
 MIN_OFFSET = 0.12  # a first look at a region keeps the object this share of the box's side off its centre
 OFFSETS = (0.27, 0.33, 0.67, 0.73)  # where in the first box the object's centre lands, by a hash of the item
 MARGIN = 0.06  # the object stays this share of the box's side inside its edges
@@ -56,9 +57,14 @@ class Scene:
     annotations: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)
     complete: frozenset[str] = frozenset()
     lookalikes: list[tuple[float, float, float, float]] = field(default_factory=list)  # unlabelled mined regions
+    crowds: list[tuple[str, tuple[float, float, float, float]]] = field(default_factory=list)  # not boxed singly
+    colours: dict[tuple[int, ...], str] = field(default_factory=dict)  # what the labeller recorded, by rounded box
 
     def instances(self, label: str) -> list[tuple[float, float, float, float]]:
         return [box for name, box in self.annotations if name.lower() == label.lower()]
+
+    def crowd_boxes(self, label: str) -> list[tuple[float, float, float, float]]:
+        return [box for name, box in self.crowds if name.lower() == label.lower()]
 
     def is_complete(self, label: str) -> bool:
         return label.lower() in {c.lower() for c in self.complete}
@@ -143,6 +149,8 @@ def violations(zooms: list[Zoom], view_scale: float, max_turns: int, sizes: list
         last_look = z.role != "miss" and (i + 1 == len(zooms) or zooms[i + 1].target != z.target)
         if last_look and now < z.need:
             found.append("not_enough_detail")
+        if (z.grid[2] - z.grid[0]) * (z.grid[3] - z.grid[1]) > MAX_ZOOM_SHARE * GRID * GRID:
+            found.append("zoom_is_the_whole_view")
         if i and list(z.grid) == list(zooms[i - 1].grid):
             found.append("identical_zooms")
         elif i and iou(z.box, zooms[i - 1].box) >= MAX_PAIR_IOU:
@@ -358,10 +366,11 @@ def union(boxes: list[Box]) -> tuple[float, float, float, float]:
 
 def distractors(anchor: Box, targets: list[Box], scene: Scene, label: str) -> list[tuple[float, ...]]:
     """Other instances of the targets' class (or, where every instance is boxed, unlabelled look-alike regions,
-    which then cannot be one), nearest to `anchor` first: what a search could mistake for the target."""
+    which then cannot be one, unless a crowd box of the class holds them), nearest to `anchor` first: what a search
+    could mistake for the target."""
     found = [b for b in scene.instances(label) if not any(intersects(b, t) or b == t for t in targets)]
     if scene.is_complete(label):
-        boxed = scene.instances(label) + list(targets)
+        boxed = scene.instances(label) + list(targets) + scene.crowd_boxes(label)
         found += [r for r in scene.lookalikes if not any(intersects(r, b) for b in boxed)]
     tx, ty = centre(anchor)
     return sorted(found, key=lambda b: (math.dist(centre(b), (tx, ty)), tuple(b)))

@@ -15,6 +15,7 @@ import math
 from PIL import Image
 
 from drim_data.errors import Drop
+from drim_data.pixels.annotations import SINGLE_SQL
 from drim_data.pixels.candidates import GENERIC
 from drim_data.pixels.images import encode_jpeg, sha256
 from drim_data.recipe import Recipe, hash_share, sha256_json
@@ -39,7 +40,7 @@ from schemas.tool import (
 )
 
 NAME = "trajectories"
-VERSION = "2"
+VERSION = "3"  # 3: a look-alike region inside a crowd box may be one of the class
 
 PENDING = f"""
 SELECT {COLUMNS}
@@ -130,14 +131,17 @@ def conversation(item: Question, steps: list[dict], final: str, quality: int) ->
 
 
 def scene_of(con, image_id: str, width: int, height: int) -> Scene:
-    """The image's annotated instances, the classes it boxes completely, and its unlabelled mined regions."""
-    annotations = [
-        (label, tuple(box))
-        for label, *box in con.execute(
-            "SELECT label, x1, y1, x2, y2 FROM annotations WHERE image_id = ? ORDER BY x1, y1, x2, y2, label",
-            [image_id],
-        ).fetchall()
-    ]
+    """The image's annotated instances (and the colours their labeller recorded), the classes it boxes completely,
+    its crowd boxes and its unlabelled mined regions."""
+    annotations, crowds, colours = [], [], {}
+    for label, single, colour, *box in con.execute(
+        f"SELECT label, {SINGLE_SQL}, attributes->>'colour', x1, y1, x2, y2 FROM annotations WHERE image_id = ? "
+        "ORDER BY x1, y1, x2, y2, label",
+        [image_id],
+    ).fetchall():
+        (annotations if single else crowds).append((label, tuple(box)))
+        if colour:
+            colours[tuple(round(v) for v in box)] = colour
     complete = {
         r[0] for r in con.execute("SELECT label FROM complete_categories WHERE image_id = ?", [image_id]).fetchall()
     }
@@ -148,7 +152,7 @@ def scene_of(con, image_id: str, width: int, height: int) -> Scene:
             [image_id, GENERIC],
         ).fetchall()
     ]
-    return Scene(width, height, annotations, frozenset(complete), lookalikes)
+    return Scene(width, height, annotations, frozenset(complete), lookalikes, crowds, colours)
 
 
 def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:

@@ -5,8 +5,10 @@ that picks out one of them and can be checked on the boxes and pixels: an extrem
 the nearest to another named object ("the boat nearest the oil island"), a clearly different size ("the largest
 boat"), a colour no other instance has ("the red ship"), or the person who has it ("the leftmost person's bag").
 Uniqueness is checked against every instance of the class, with margins, and only boxes the labeller was sure of
-are asked about or leaned on. An unlabelled proposal is never asked about: without a name it can only point with
-coordinates.
+are asked about or leaned on. So a referent is only ever of a class the image boxes completely; a crowd box (COCO's
+`iscrowd`: a marina of moored boats, a shape the labeller could not call) may hide instances anywhere inside it, and
+a description must hold against all of them. An unlabelled proposal is never asked about: without a name it can
+only point with coordinates.
 
 Question types follow V* Bench, HR-Bench and MME-RealWorld: colour (measured on the object's own pixels), count (of
 a class boxed completely, in an area named by the image's halves or a named object), relative position between two
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import difflib
+import math
 import random
 from dataclasses import dataclass, field, replace
 
@@ -40,6 +43,7 @@ EDGE_PX = 2  # a box this close to the image's edge may be cut off by it
 PEOPLE = frozenset({"person", "man", "woman", "child"})  # they carry things, and are described by what they wear
 CARRIED_SHARE = 0.6  # a thing is a person's when this share of its box lies within theirs
 RELATIONS = ("left", "right", "above", "below")
+AXES = frozenset({"horizontal", "vertical"})
 OPPOSITE = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
 
@@ -56,7 +60,8 @@ class Instance:
     text: str | None = None  # what the labeller read on it (attributes.text)
     ocr_text: str | None = None  # what OCR read on it at full resolution, None when OCR did not run
     region_id: str | None = None  # set when mining kept it as a target: small, not at the border, needs a zoom
-    small: bool = True  # too small to resolve in the model's global view
+    small: bool = True  # too small to resolve in the model's global view, or to recognise there as its class
+    crowd: bool = False  # a crowd box: an area that may hold instances of the class, none of them boxed
 
     @property
     def centre(self) -> tuple[float, float]:
@@ -92,6 +97,7 @@ EXTREMES = {"left": "leftmost", "right": "rightmost", "top": "topmost", "bottom"
 ORDINALS = (
     lambda noun, end: f"the {EXTREMES[end]} {noun}",
     lambda noun, end: f"the second {noun} from the {end}",
+    lambda noun, end: f"the third {noun} from the {end}",
 )
 
 
@@ -127,15 +133,16 @@ def image_areas(facts: ImageFacts, cfg: GenerateConfig, whole: bool = False) -> 
 
 
 def anchor_sides(anchor: Instance, named: str, facts: ImageFacts, cfg: GenerateConfig) -> list[tuple]:
-    """(name, axes, test) for the four sides of a named object, tested like `image_areas`."""
+    """(name, axes, test) for the four sides of a named object, tested like `image_areas`: each a half of the image,
+    worded as one ("further left than the door"): "left of the door" reads as beside it, "below" as under it."""
     mx, my = cfg.position_margin * facts.width, cfg.position_margin * facts.height
     x1, y1, x2, y2 = anchor.box
     H, V = frozenset({"horizontal"}), frozenset({"vertical"})
     return [
-        (f"left of {named}", H, lambda i: _side(i.centre[0], x1, mx, True)),
-        (f"right of {named}", H, lambda i: _side(i.centre[0], x2, mx, False)),
-        (f"above {named}", V, lambda i: _side(i.centre[1], y1, my, True)),
-        (f"below {named}", V, lambda i: _side(i.centre[1], y2, my, False)),
+        (f"further left than {named}", H, lambda i: _side(i.centre[0], x1, mx, True)),
+        (f"further right than {named}", H, lambda i: _side(i.centre[0], x2, mx, False)),
+        (f"higher up than {named}", V, lambda i: _side(i.centre[1], y1, my, True)),
+        (f"lower down than {named}", V, lambda i: _side(i.centre[1], y2, my, False)),
     ]
 
 
@@ -162,6 +169,27 @@ def could_be_taken_for(other: Instance, target: Instance, cfg: GenerateConfig) -
     return max(length(other), length(target)) < cfg.length_ratio * min(length(other), length(target))
 
 
+def fully_boxed(label: str, facts: ImageFacts) -> bool:
+    """Whether every object of the class is boxed in this image: only then can a description be checked to pick
+    out one of them. (A look-alike class's boxed instances count against a description; one too small to be
+    boxed is too small to be taken for the target.)"""
+    return label in facts.complete
+
+
+def stand_ins(crowd: Instance, cfg: GenerateConfig, facts: ImageFacts) -> list[Instance]:
+    """A crowd box as one-pixel instances on a grid half the position margin apart, over the whole box: whatever
+    it hides lies within a quarter margin of one of them on each axis, so a description that holds against all of
+    them, with its margins, holds against what the crowd hides."""
+    step = cfg.position_margin * min(facts.width, facts.height) / 2
+    x1, y1, x2, y2 = crowd.box
+    nx, ny = (max(1, math.ceil((hi - lo) / step)) for lo, hi in ((x1, x2), (y1, y2)))
+    return [
+        Instance(crowd.label, (x, y, x + 1, y + 1), sure=False, crowd=True)
+        for x in np.linspace(x1, x2 - 1, nx + 1).tolist()
+        for y in np.linspace(y1, y2 - 1, ny + 1).tolist()
+    ]
+
+
 def _known_colours(instance: Instance) -> set[str | None]:
     return {instance.colour, instance.recorded_colour} - {None} or {None}
 
@@ -185,17 +213,22 @@ def descriptions(
     anchors: bool = True,
 ) -> list[tuple[str, str, Instance | None]]:
     """Every (cue, phrase, the object it leans on) that picks out `target` and no other instance of its class (or
-    of a look-alike class, at a similar length), checked with margins against all of them."""
+    of a look-alike class, at a similar length), checked with margins against all of them. Without `anchors`, the
+    name of an object another description leans on: no relation and no area, so no name nests more than once."""
     noun = target.label
+    if not fully_boxed(noun, facts):
+        return []  # an object nobody boxed could fit any description as well
     others = [i for i in facts.instances if i is not target and could_be_taken_for(i, target, cfg)]
+    crowded = any(o.crowd for o in others)  # what a crowd hides has no known size or colour
+    others = [p for o in others for p in (stand_ins(o, cfg, facts) if o.crowd else [o])]
     if not others:
         return [("name", f"the {noun}", None)]
     found = []
-    scopes = image_areas(facts, cfg, whole=True)
+    scopes = image_areas(facts, cfg, whole=True)[: None if anchors else 1]
     for anchor in facts.instances if anchors and "relation" not in avoid else []:
         if anchor.label != noun and anchor.sure and anchor.label != GENERIC:
-            named = descriptions(anchor, facts, cfg, anchors=False)
-            scopes += [(*side, anchor) for side in anchor_sides(anchor, named[0][1], facts, cfg)] if named else []
+            named = anchor_name(anchor, facts, cfg, avoid)
+            scopes += [(*side, anchor) for side in anchor_sides(anchor, named, facts, cfg)] if named else []
     for scope, axes, inside, *leans_on in scopes:
         if axes & avoid or inside(target) is not True:
             continue
@@ -220,7 +253,7 @@ def descriptions(
                 phrase = ORDINALS[len(ahead)](noun, end) if clear and len(ahead) < len(ORDINALS) else None
                 if phrase and (not suffix or (axis, phrase, None) not in found):  # "topmost in the top half": no
                     found.append((axis, phrase + suffix, leans_on[0] if leans_on else None))
-    if "size" not in avoid and not any(cut_off(i, facts) for i in [target, *others]):
+    if "size" not in avoid and not crowded and not any(cut_off(i, facts) for i in [target, *others]):
         areas = [o.area for o in others]
         if target.area >= cfg.size_ratio * max(areas):
             found.append(("size", f"the largest {noun}", None))
@@ -228,7 +261,7 @@ def descriptions(
             found.append(("size", f"the smallest {noun}", None))
     colour = asked_colour(target, cfg)
     alike = {colour, *confusions(colour)[:3]} if colour else set()  # the colour and its nearest look-alikes
-    if "colour" not in avoid and colour and all(not alike & _known_colours(o) for o in others):
+    if "colour" not in avoid and colour and not crowded and all(not alike & _known_colours(o) for o in others):
         found.append(("colour", f"the {noun} in {colour}" if noun in PEOPLE else f"the {colour} {noun}", None))
     if "relation" not in avoid and anchors:
         margin = cfg.position_margin * max(facts.width, facts.height)
@@ -238,15 +271,22 @@ def descriptions(
             near = _gap(target, anchor)
             rest = min(_gap(o, anchor) for o in others)
             if near <= cfg.nearest_ratio * rest and rest - near >= margin:
-                named = descriptions(anchor, facts, cfg, anchors=False)
+                named = anchor_name(anchor, facts, cfg, avoid)
                 if named:
-                    found.append(("relation", f"the {noun} nearest {named[0][1]}", anchor))
+                    found.append(("relation", f"the {noun} nearest {named}", anchor))
         for carrier in facts.instances:
             if carrier.label in PEOPLE and carrier.sure and carries(carrier, target, others, facts):
-                named = descriptions(carrier, facts, cfg, anchors=False)
+                named = anchor_name(carrier, facts, cfg, avoid)
                 if named:
-                    found.append(("relation", f"{named[0][1]}'s {noun}", carrier))
+                    found.append(("relation", f"{named}'s {noun}", carrier))
     return found
+
+
+def anchor_name(anchor: Instance, facts: ImageFacts, cfg: GenerateConfig, avoid: frozenset[str]) -> str | None:
+    """The simplest name of an object another phrase leans on ("the oil island", "the leftmost door"): never nested,
+    and never on the axis the question asks about ("nearest the rightmost door" would say "right")."""
+    named = descriptions(anchor, facts, cfg, avoid & AXES, anchors=False)
+    return min((phrase for _, phrase, _ in named), key=lambda p: len(p.split()), default=None)
 
 
 def _inside_share(inner: Instance, outer: Instance) -> float:
@@ -347,13 +387,13 @@ def _colour(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: N
     return found
 
 
-def _areas(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names, label: str) -> list[tuple]:
+def _areas(facts: ImageFacts, cfg: GenerateConfig, label: str) -> list[tuple]:
     """(name, test) for the areas a count of `label` can be asked about: the image's halves and quarters, and the
     sides of each named object of another class."""
     areas = image_areas(facts, cfg)
     for anchor in facts.instances:
         if anchor.label != label and anchor.sure and anchor.label != GENERIC:
-            named = names.pick(anchor, rng)
+            named = anchor_name(anchor, facts, cfg, frozenset())
             areas += anchor_sides(anchor, named, facts, cfg) if named else []
     return [(name, test) for name, _, test in areas]
 
@@ -368,11 +408,12 @@ def plural_of(label: str) -> str:
 def _count(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
     found = []
     for label in sorted(facts.complete):
-        same = [i for i in facts.instances if i.label == label]
-        for area, inside in _areas(facts, cfg, rng, names, label):
+        same = [i for i in facts.instances if i.label == label and not i.crowd]
+        hidden = [p for i in facts.instances if i.label == label and i.crowd for p in stand_ins(i, cfg, facts)]
+        for area, inside in _areas(facts, cfg, label):
             verdicts = [inside(i) for i in same]
-            if None in verdicts:
-                continue  # an instance on the boundary: the count is not clear
+            if None in verdicts or any(inside(p) is not False for p in hidden):
+                continue  # an instance on the boundary, or a crowd that reaches in: the count is not clear
             counted = [i for i, v in zip(same, verdicts, strict=True) if v]
             if not cfg.min_count <= len(counted) <= cfg.max_count or any(not i.sure for i in counted):
                 continue  # an uncertain box could be miscounted
@@ -444,16 +485,51 @@ def _pair_questions(targets: list[Instance], partners, ask, cfg: GenerateConfig,
     return found
 
 
+def search_needed(a: Instance, b: Instance, where: str, facts: ImageFacts, cfg: GenerateConfig) -> bool:
+    """Whether answering takes finding an object too small to see in the view: one whose class has no other
+    instance, or another that stands differently to the other object; and whether the answer is not simply where
+    the one class stands to the other. "Where is the second bag from the right relative to the statue?" is answered
+    "below" by anyone who knows bags are carried on the steps, and "Is the leftmost person above or below the
+    cross?" by anyone who knows people stand on the steps, whichever the cross."""
+
+    def depends_on(target: Instance, where_peer) -> bool:
+        peers = [i for i in facts.instances if i is not target and i.label == target.label and not i.crowd]
+        return target.small and (not peers or any(where_peer(p) != where for p in peers))
+
+    def side(x: Instance, y: Instance) -> str | None:  # where x is from y along the question's axis alone
+        k, gap = (
+            (0, cfg.position_margin * facts.width)
+            if where in ("left", "right")
+            else (1, cfg.position_margin * facts.height)
+        )
+        if x.box[k + 2] + gap <= y.box[k]:
+            return "left" if k == 0 else "above"
+        if x.box[k] - gap >= y.box[k + 2]:
+            return "right" if k == 0 else "below"
+        return None
+
+    kinds = [[i for i in facts.instances if i.label == x.label and not i.crowd] for x in (a, b)]
+    class_wide = len(kinds[0]) + len(kinds[1]) > 2 and all(side(x, y) == where for x in kinds[0] for y in kinds[1])
+    return not class_wide and (depends_on(a, lambda p: side(p, b)) or depends_on(b, lambda p: side(a, p)))
+
+
+def just_two(a: Instance, b: Instance, facts: ImageFacts) -> bool:
+    """Whether `a` and `b` are the only two of their class: then telling them apart already says which is where."""
+    return a.label == b.label and sum(i.label == a.label for i in facts.instances) == 2
+
+
 def _relative_position(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
     others = [i for i in facts.instances if i.sure and i.label != GENERIC]
 
     def ask(a: Instance, b: Instance) -> Draft | None:
         where = relation(a, b, facts, cfg)
-        if not where:
+        if not where or not search_needed(a, b, where, facts, cfg) or just_two(a, b, facts):
             return None
-        axis = frozenset({"horizontal" if where in ("left", "right") else "vertical"})  # names do not give it away
-        ref_a = names.pick(a, rng, avoid=axis, not_anchor=b)
-        ref_b = names.pick(b, rng, avoid=axis, not_anchor=a)
+        # names do not give it away: none speaks of the question's axis, and none leans on a third object, whose
+        # place in the view would tell where "the boat nearest the island" is without finding the boat
+        avoid = frozenset({"horizontal" if where in ("left", "right") else "vertical", "relation"})
+        ref_a = names.pick(a, rng, avoid=avoid, not_anchor=b)
+        ref_b = names.pick(b, rng, avoid=avoid, not_anchor=a)
         if not ref_a or not ref_b or ref_a == ref_b:
             return None
         if rng.random() < cfg.short_answer_share:
@@ -506,15 +582,20 @@ def text_confirmed(instance: Instance, cfg: GenerateConfig) -> bool:
     )
 
 
+WORD_SLACK = 0.3
+
+
 def word_box(instance: Instance, first: bool) -> tuple[float, float, float, float]:
     """Where a one-line text's first (or last) word lies in its box, taking letters and spaces as equally wide,
-    widened by a letter on each side: the part of the text a zoom must show."""
+    widened on each side by `WORD_SLACK` of its own length and a letter: the part of the text a zoom must show.
+    (In a real font an M is twice an I and a space narrower than either: a box cut to the count can cut the word.)"""
     text = instance.text
     x1, y1, x2, y2 = instance.box
     per_char = (x2 - x1) / len(text)
     word = text.split()[0 if first else -1]
     start = text.index(word) if first else text.rindex(word)
-    left, right = x1 + (start - 1) * per_char, x1 + (start + len(word) + 1) * per_char
+    slack = 1 + WORD_SLACK * len(word)
+    left, right = x1 + (start - slack) * per_char, x1 + (start + len(word) + slack) * per_char
     return max(x1, left), y1, min(x2, right), y2
 
 
