@@ -94,6 +94,9 @@ class GenerateConfig:
     short_answer_share: float = 0.3  # the rest are multiple choice
     min_colour_share: float = 0.6  # a colour is asked only when this share of the object's own pixels carry it
     min_colour_side_px: int = 12  # ... and only of objects at least this wide and tall at full resolution
+    # ... and only of objects whose labeller recorded a colour (attributes.colour): a window or a carved panel has
+    # no colour anyone would name, a hull or a bag has
+    colour_labelled_only: bool = True
     # referents and relations need clear margins: this share of the image's side between the target and the next
     # instance ("the leftmost"), between two objects ("left of"), and from a count's area boundary; 0.02 of a
     # 1M-pixel view is about 20 px, a gap the eye sees without measuring

@@ -26,7 +26,7 @@ from drim_data.teacher.builtin import (
 from tests.conftest import query, write_recipe
 
 W, H = 2000, 1000
-ALL = GenerateConfig(short_answer_share=0.0)
+ALL = GenerateConfig(short_answer_share=0.0, colour_labelled_only=False)
 COORDINATES = re.compile(r"\d+\s*,\s*\d+|\(\s*\d+|\[\s*\d+|grid")
 
 
@@ -225,6 +225,9 @@ def test_colour_is_the_measured_one_and_must_agree_with_the_labeller():
     assert len(ask(facts(agreed), ["colour"])) == 1
     speck = Instance("ship", (500, 500, 510, 540), colour="red", colour_share=0.9, region_id="s")  # 10 px wide
     assert ask(facts(speck), ["colour"]) == []
+    labelled_only = GenerateConfig(short_answer_share=0.0)  # the default: a colour the labeller named
+    assert ask(facts(ship), ["colour"], labelled_only) == []
+    assert len(ask(facts(agreed), ["colour"], labelled_only)) == 1
 
 
 def test_colour_distractors_are_near_but_clearly_other_colours():
@@ -538,7 +541,7 @@ def test_generate_measures_each_object_on_its_own_pixels(tmp_path):
         images,
         annotations=False,
         ingest={"annotations": [{"format": "coco", "path": str(tmp_path / "boats.json")}]},
-        generate={"question_types": ["colour"], "short_answer_share": 1.0},
+        generate={"question_types": ["colour"], "short_answer_share": 1.0, "colour_labelled_only": False},
     )
     run_pipeline(load_recipe(recipe), until="generate")
     found = dict(query(tmp_path / "state.duckdb", "SELECT referent, answer FROM questions"))

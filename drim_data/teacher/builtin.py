@@ -200,7 +200,7 @@ def asked_colour(instance: Instance, cfg: GenerateConfig) -> str | None:
         return None
     if min(instance.box[2] - instance.box[0], instance.box[3] - instance.box[1]) < cfg.min_colour_side_px:
         return None  # a few pixels blend with their surround: the measured colour is not the one a person sees
-    if instance.recorded_colour is not None and instance.recorded_colour != instance.colour:
+    if instance.recorded_colour != instance.colour and (instance.recorded_colour or cfg.colour_labelled_only):
         return None
     return instance.colour
 
