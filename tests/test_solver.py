@@ -131,7 +131,7 @@ def test_a_long_thin_hull_is_recognised_by_its_area_not_its_narrow_side():
         assert blind_answer(view_of(scene_with([box, island])), item) == expected
 
 
-def test_size_comparison_when_both_objects_are_found():
+def test_size_comparison_when_either_object_is_found():
     def compare(boxes):
         item = BlindItem("compare_size", "ship", [list(b) for b in boxes], 3000, 3000, [], "text")
         return blind_answer(view_of(scene_with(boxes)), item)
@@ -140,7 +140,8 @@ def test_size_comparison_when_both_objects_are_found():
     assert compare([(2000, 1100, 2090, 1160), (300, 1000, 450, 1060)]) == "shorter"
     assert compare([(300, 1000, 336, 1024), (2000, 1100, 2090, 1160)]) == "shorter"  # a 12x8 px speck beside a hull
     assert compare([(300, 1000, 354, 1015), (2000, 1100, 2090, 1160)]) == "shorter"  # an 18x5 px hull: seen
-    assert compare([(300, 1000, 315, 1015), (2000, 1100, 2090, 1160)]) is None  # 5x5 px: not found
+    assert compare([(300, 1000, 315, 1015), (2000, 1100, 2090, 1160)]) == "shorter"  # a hull beside nothing to see
+    assert compare([(300, 1000, 315, 1015), (2000, 1100, 2012, 1112)]) is None  # 5x5 and 4x4 px: neither is found
 
 
 def test_text_is_read_from_the_view():

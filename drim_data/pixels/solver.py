@@ -126,9 +126,10 @@ def _relation(view: Image.Image, boxes: list) -> str | None:
 
 
 def _compare_size(view: Image.Image, boxes: list) -> str | None:
-    """Whether the first object is longer than the second, from their longer sides in the view. Both need only be
-    found there: a question asks it only at a clear ratio, so a hull beside a speck is told without a zoom."""
-    if len(boxes) < 2 or not all(_findable(b) for b in boxes[:2]):
+    """Whether the first object is longer than the second, from their longer sides in the view. One of them need
+    only be found there: a question asks it only at a clear ratio, so a hull beside a speck, or beside a spot that
+    shows nothing, is told without a zoom."""
+    if len(boxes) < 2 or not any(_findable(b) for b in boxes[:2]):
         return None
     a, b = (max(x[2] - x[0], x[3] - x[1]) for x in boxes[:2])
     return "longer" if a > b else "shorter"
