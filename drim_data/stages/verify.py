@@ -25,7 +25,7 @@ from schemas.tables import validate_table
 from schemas.tool import min_side_in_global_view
 
 NAME = "verify"
-VERSION = "1"
+VERSION = "2"  # 2: the blind solver finds objects by their area and compares sizes when either is found
 
 PENDING = f"""
 SELECT {COLUMNS}
