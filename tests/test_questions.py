@@ -273,6 +273,17 @@ def test_counts_match_an_independent_count_and_only_for_complete_classes():
     assert ask(facts(*boats, island, complete=["oil island"]), ["count"]) == []  # boats are not all boxed here
 
 
+def test_an_object_across_an_area_line_is_on_both_sides():
+    """A band whose centre lies left of the tree but which runs past it is not "further left than the tree"."""
+    tree = Instance("tree", (1500, 600, 1540, 700), small=False)
+    short = [Instance("inscription", (x, 100, x + 60, 120), region_id=f"i{x}") for x in (200, 700)]
+    band = Instance("inscription", (900, 300, 1800, 320), region_id="band")  # centre 1350, left of the tree
+    stems = {q["question"].split("?")[0] for q in ask(facts(*short, tree), ["count"])}
+    assert "How many inscriptions are there further left than the tree" in stems
+    stems = {q["question"].split("?")[0] for q in ask(facts(*short, band, tree), ["count"])}
+    assert "How many inscriptions are there further left than the tree" not in stems
+
+
 def test_counts_skip_areas_with_an_instance_on_the_edge_or_an_unsure_box():
     row = [boat(x, 100) for x in (100, 300, 500)]
     scene = facts(*row, complete=["boat"])

@@ -36,8 +36,9 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "5"  # 4: relative position offers no relation that could be true as well; 5: referents only of
-# classes boxed completely, and true whatever a crowd box of the class hides
+VERSION = "6"  # 4: relative position offers no relation that could be true as well; 5: referents only of
+# classes boxed completely, and true whatever a crowd box of the class hides; 6: an object across an area line is
+# on both sides of it
 
 PENDING = """
 SELECT image_id, width, height FROM images

@@ -101,9 +101,11 @@ ORDINALS = (
 )
 
 
-def _side(value: float, cut: float, margin: float, before: bool) -> bool | None:
-    """Whether `value` lies before (or after) `cut`; None when it is within `margin` of it, too close to call."""
-    if abs(value - cut) < margin:
+def _side(instance: Instance, axis: int, cut: float, margin: float, before: bool) -> bool | None:
+    """Whether the object's centre lies before (or after) `cut` on the axis (0 across, 1 up and down); None when
+    it is within `margin` of it, or its box straddles the line: too close to call, or on both sides."""
+    value = instance.centre[axis]
+    if abs(value - cut) < margin or instance.box[axis] < cut < instance.box[axis + 2]:
         return None
     return value < cut if before else value > cut
 
@@ -116,16 +118,16 @@ def image_areas(facts: ImageFacts, cfg: GenerateConfig, whole: bool = False) -> 
     H, V = frozenset({"horizontal"}), frozenset({"vertical"})
     areas = [("", frozenset(), lambda i: True)] if whole else []
     areas += [
-        ("in the left half of the image", H, lambda i: _side(i.centre[0], w / 2, mx, True)),
-        ("in the right half of the image", H, lambda i: _side(i.centre[0], w / 2, mx, False)),
-        ("in the top half of the image", V, lambda i: _side(i.centre[1], h / 2, my, True)),
-        ("in the bottom half of the image", V, lambda i: _side(i.centre[1], h / 2, my, False)),
+        ("in the left half of the image", H, lambda i: _side(i, 0, w / 2, mx, True)),
+        ("in the right half of the image", H, lambda i: _side(i, 0, w / 2, mx, False)),
+        ("in the top half of the image", V, lambda i: _side(i, 1, h / 2, my, True)),
+        ("in the bottom half of the image", V, lambda i: _side(i, 1, h / 2, my, False)),
     ]
     for vertical, top in (("top", True), ("bottom", False)):
         for horizontal, left in (("left", True), ("right", False)):
 
             def quarter(i: Instance, top: bool = top, left: bool = left) -> bool | None:
-                x, y = _side(i.centre[0], w / 2, mx, left), _side(i.centre[1], h / 2, my, top)
+                x, y = _side(i, 0, w / 2, mx, left), _side(i, 1, h / 2, my, top)
                 return None if x is None or y is None else x and y
 
             areas.append((f"in the {vertical}-{horizontal} quarter of the image", H | V, quarter))
@@ -139,10 +141,10 @@ def anchor_sides(anchor: Instance, named: str, facts: ImageFacts, cfg: GenerateC
     x1, y1, x2, y2 = anchor.box
     H, V = frozenset({"horizontal"}), frozenset({"vertical"})
     return [
-        (f"further left than {named}", H, lambda i: _side(i.centre[0], x1, mx, True)),
-        (f"further right than {named}", H, lambda i: _side(i.centre[0], x2, mx, False)),
-        (f"higher up than {named}", V, lambda i: _side(i.centre[1], y1, my, True)),
-        (f"lower down than {named}", V, lambda i: _side(i.centre[1], y2, my, False)),
+        (f"further left than {named}", H, lambda i: _side(i, 0, x1, mx, True)),
+        (f"further right than {named}", H, lambda i: _side(i, 0, x2, mx, False)),
+        (f"higher up than {named}", V, lambda i: _side(i, 1, y1, my, True)),
+        (f"lower down than {named}", V, lambda i: _side(i, 1, y2, my, False)),
     ]
 
 
