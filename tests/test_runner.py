@@ -149,14 +149,14 @@ def _sigint_when(recipe: Path, marker: str, delay: float, env: dict) -> int:
 
 
 @pytest.mark.parametrize(
-    ("path", "marker", "delay"), [("builtin", "stage trajectories:", 0.0), ("model", "stage verify:", 0.8)]
+    ("path", "marker", "delay"), [("builtin", "stage trajectories:", 0.0), ("model", "stage verify:", 0.3)]
 )
 def test_ctrl_c_stops_cleanly_and_the_rerun_matches_a_clean_run(tmp_path, small_images, path, marker, delay):
     sections = {}
     if path == "model":
         endpoint = {"api_key_env": KEY_ENV, "model": "t", "max_in_flight": 4}
         sections = {"teacher": {"stages": ["verification"], "endpoint": endpoint, "verification": LENIENT}}
-    with FakeOpenAI(_lenient_teacher, latency=0.2) as server:
+    with FakeOpenAI(_lenient_teacher, latency=0.5) as server:  # slow enough that the signal finds calls in flight
         if path == "model":
             sections["teacher"]["endpoint"]["base_url"] = server.base_url
         clean = run_pipeline_with_key(write_recipe(tmp_path / "clean", small_images, **sections))

@@ -169,8 +169,8 @@ def verified_harbour(tmp_path_factory):
     images.mkdir()
     for scene in (SHIPS, DEMO_IMAGES / "planet_shipsnet_scene_3.jpg"):
         (images / scene.name).write_bytes(scene.read_bytes())
-    # the class-named boxes of the two harbours at 2 MP: some are seen well enough to answer, some are not
-    recipe = load_recipe(write_recipe(folder, images, view={"max_pixels": 2_000_000}))
+    # the class-named boxes of the two harbours at 1 MP: some are seen well enough to answer, some are not
+    recipe = load_recipe(write_recipe(folder, images, view={"max_pixels": 1_003_520}))
     run_pipeline(recipe, until="verify")
     return recipe
 
