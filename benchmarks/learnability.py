@@ -102,7 +102,7 @@ def sft_config(out: Path, steps: int, lr: float) -> DrimSFTConfig:
 
 
 def sft_curve(version: Path, tiny: Path, work: Path, steps: int, every: int, lr: float) -> list[tuple[int, float]]:
-    rows, spec = load_rows(str(version))
+    rows, spec = load_rows(str(version), split="rl")  # the held-out prompts: the demo holds no test images
     args = DataModelArguments(data=str(version), model=str(tiny))
     trainer = sft.build_trainer(args, sft_config(work / "sft-demo", steps, lr))
     processor = load_processor(str(tiny))
