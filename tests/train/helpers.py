@@ -148,14 +148,16 @@ DRILL_BOX = [150, 250, 750, 850]  # four different numbers: each token tells the
 
 
 def drill_version(source: Path, root: Path) -> Path:
-    """A copy of `source` whose SFT rows ask its SFT questions and answer each after one zoom into a fixed box; its
-    RL prompts, which the drill never shows, stay as they are.
+    """A copy of `source` whose SFT rows ask its SFT questions, each of every one of its images, and answer each after
+    one zoom into a fixed box; its RL prompts, whose questions the drill never shows, stay as they are.
 
     A constant call on real prompts is what a tiny random model learns in a few dozen steps, so tests get a policy
-    that really calls the tool on the demo's prompts; learning the demo's own trajectories takes a few hundred."""
+    that really calls the tool on the demo's prompts; learning the demo's own trajectories takes a few hundred. (A
+    handful of SFT rows, each on its own photo, teach the call on those photos alone: every question is drilled on
+    every view.)"""
     rows = []
-    for row in load_split(source, "sft"):
-        view = row["images"][0].convert("RGB")  # the global view: the drill's crop needs no finer pixels
+    views = [r["images"][0].convert("RGB") for split in ("sft", "rl") for r in load_split(source, split)]
+    for row, (i, view) in ((row, v) for row in load_split(source, "sft") for v in enumerate(views)):
         crop, box_px = ZOOM(view, DRILL_BOX)
         messages = [
             *row["messages"][:2],  # the system prompt and the question with its image
@@ -166,6 +168,7 @@ def drill_version(source: Path, root: Path) -> Path:
         rows.append(
             {
                 **row,
+                "id": hashlib.sha256(f"{row['id']}/{i}".encode()).hexdigest()[: len(row["id"])],
                 "messages": messages,
                 "pattern": "coarse_to_fine",
                 "zoom_boxes_px": [list(box_px)],
