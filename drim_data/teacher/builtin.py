@@ -79,6 +79,8 @@ class ImageFacts:
     height: int
     instances: list[Instance]
     complete: frozenset[str] = field(default_factory=frozenset)  # classes whose every instance is boxed
+    # the names of objects that descriptions lean on, each worked out once: every target's descriptions ask for them
+    names: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def length(instance: Instance) -> float:
@@ -287,8 +289,11 @@ def descriptions(
 def anchor_name(anchor: Instance, facts: ImageFacts, cfg: GenerateConfig, avoid: frozenset[str]) -> str | None:
     """The simplest name of an object another phrase leans on ("the oil island", "the leftmost door"): never nested,
     and never on the axis the question asks about ("nearest the rightmost door" would say "right")."""
-    named = descriptions(anchor, facts, cfg, avoid & AXES, anchors=False)
-    return min((phrase for _, phrase, _ in named), key=lambda p: len(p.split()), default=None)
+    key = (id(anchor), id(cfg), avoid & AXES)
+    if key not in facts.names:
+        named = descriptions(anchor, facts, cfg, avoid & AXES, anchors=False)
+        facts.names[key] = min((phrase for _, phrase, _ in named), key=lambda p: len(p.split()), default=None)
+    return facts.names[key]
 
 
 def _inside_share(inner: Instance, outer: Instance) -> float:
