@@ -114,19 +114,13 @@ def sft_curve(version: Path, tiny: Path, work: Path, steps: int, every: int, lr:
     return callback.curve
 
 
-def grpo_curve(tiny: Path, work: Path, sft_steps: int, steps: int, lr: float = 5e-4, batch: int = 8) -> list[dict]:
-    from tests.train.helpers import write_version
-
-    version = write_version(work / "easy", n_sft=24, n_rl=32)
-    args = DataModelArguments(data=str(version), model=str(tiny))
-    sft.main(args, sft_config(work / "sft-easy", sft_steps, 5e-3))
-    config = DrimGRPOConfig(
-        output_dir=str(work / "grpo-easy"),
+def grpo_config(out: Path, steps: int, lr: float, batch: int, **settings) -> DrimGRPOConfig:
+    """The GRPO settings of the CPU benchmarks (constant lr, temperature 1, a log line per step, no saving), with
+    `settings` for what a benchmark varies."""
+    return DrimGRPOConfig(
+        output_dir=str(out),
         max_steps=steps,
         per_device_train_batch_size=batch,
-        num_generations=4,
-        max_completion_length=192,
-        max_tool_calling_iterations=2,
         learning_rate=lr,
         lr_scheduler_type="constant",
         temperature=1.0,
@@ -136,6 +130,24 @@ def grpo_curve(tiny: Path, work: Path, sft_steps: int, steps: int, lr: float = 5
         gradient_checkpointing=False,
         disable_tqdm=True,
         seed=0,
+        **settings,
+    )
+
+
+def grpo_curve(tiny: Path, work: Path, sft_steps: int, steps: int, lr: float = 5e-4, batch: int = 8) -> list[dict]:
+    from tests.train.helpers import write_version
+
+    version = write_version(work / "easy", n_sft=24, n_rl=32)
+    args = DataModelArguments(data=str(version), model=str(tiny))
+    sft.main(args, sft_config(work / "sft-easy", sft_steps, 5e-3))
+    config = grpo_config(
+        work / "grpo-easy",
+        steps,
+        lr,
+        batch,
+        num_generations=4,
+        max_completion_length=192,
+        max_tool_calling_iterations=2,
     )
     trainer = grpo.build_trainer(dataclasses.replace(args, model=str(work / "sft-easy")), config)
     trainer.train()

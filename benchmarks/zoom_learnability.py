@@ -34,9 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from benchmarks.learnability import sft_config
+from benchmarks.learnability import grpo_config, sft_config
 from drim_train import grpo, sft
-from drim_train.configs import DataModelArguments, DrimGRPOConfig
+from drim_train.configs import DataModelArguments
 from drim_train.models import load_processor
 from drim_train.rewards import RedundancyPenalty, accuracy_reward
 from drim_train.tiny_model import build_tiny_model
@@ -240,22 +240,14 @@ def grpo_run(
 ) -> list[dict]:
     processor = load_processor(str(model))
     turns = 2
-    config = DrimGRPOConfig(
-        output_dir=str(work / f"grpo-lambda{lam:g}"),
-        max_steps=steps,
-        per_device_train_batch_size=batch,
+    config = grpo_config(
+        work / f"grpo-lambda{lam:g}",
+        steps,
+        lr,
+        batch,
         num_generations=gens,
         max_completion_length=grpo.completion_budget(ZOOM, processor, turns),
         max_tool_calling_iterations=turns,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        temperature=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
         redundancy_lambda=lam,
     )
     args = DataModelArguments(data=str(version), model=str(model))
