@@ -18,7 +18,6 @@ penalty changes (λ = 0 vs λ = 1 from the same SFT checkpoint and seeds), not t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -48,11 +47,10 @@ from schemas.tool import (
     global_view,
     global_view_size,
     iou,
-    normalise,
     observation_text,
     tool_call,
 )
-from tests.train.helpers import _png
+from tests.train.helpers import _png, square_fields
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 1536
@@ -85,22 +83,8 @@ def scene(i: int) -> tuple[Image.Image, tuple[int, int, int, int], str]:
 
 
 def _common(i: int, image: Image.Image, box: tuple, colour: str) -> dict:
-    return {
-        "id": f"z{i:04d}",
-        "image_id": hashlib.sha256(image.tobytes()).hexdigest(),
-        "question": QUESTION,
-        "options": ["red", "blue"],
-        "answer": "AB"[list(COLOURS).index(colour)],
-        "checker": "choice",
-        "question_type": "colour",
-        "difficulty": "hard",
-        "label": "square",
-        "width": image.width,
-        "height": image.height,
-        "target_boxes_px": [list(box)],
-        "target_boxes_norm": [normalise(box, *image.size)],
-        "global_view_size": list(global_view_size(image.width, image.height, VIEW_BUDGET)),
-    }
+    view = global_view_size(image.width, image.height, VIEW_BUDGET)
+    return square_fields(i, colour, image, box, QUESTION, difficulty="hard", view_size=view, prefix="z")
 
 
 def sft_row(i: int) -> dict:

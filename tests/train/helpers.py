@@ -48,23 +48,35 @@ def scene(i: int) -> tuple[Image.Image, tuple[int, int, int, int], str]:
     return image, box, colour
 
 
-def _common(i: int, colour: str, image: Image.Image, box: tuple) -> dict:
-    question = "What colour is the small square?\nA. red\nB. blue\nAnswer with the option's letter."
+EASY_QUESTION = "What colour is the small square?\nA. red\nB. blue\nAnswer with the option's letter."
+
+
+def square_fields(
+    i: int,
+    colour: str,
+    image: Image.Image,
+    box: tuple,
+    question: str = EASY_QUESTION,
+    difficulty: str = "easy",
+    view_size: tuple = (200, 150),
+    prefix: str = "q",
+) -> dict:
+    """The answer and metadata columns of a red-or-blue square question, as drim-data writes them."""
     return {
-        "id": f"q{i:04d}",
+        "id": f"{prefix}{i:04d}",
         "image_id": hashlib.sha256(image.tobytes()).hexdigest(),
         "question": question,
         "options": ["red", "blue"],
         "answer": "AB"[list(COLOURS).index(colour)],
         "checker": "choice",
         "question_type": "colour",
-        "difficulty": "easy",
+        "difficulty": difficulty,
         "label": "square",
         "width": image.width,
         "height": image.height,
         "target_boxes_px": [list(box)],
         "target_boxes_norm": [normalise(box, *image.size)],
-        "global_view_size": [200, 150],
+        "global_view_size": list(view_size),
     }
 
 
@@ -73,7 +85,7 @@ def sft_row(i: int) -> dict:
     view = global_view(image, global_view_size(image.width, image.height, 200 * 150))
     grid = pixels_to_grid(box, *image.size)
     crop, box_px = ZOOM(image, grid)
-    common = _common(i, colour, image, box)
+    common = square_fields(i, colour, image, box)
     messages = [
         message("system", SYSTEM_PROMPT),
         message("user", common["question"], images=1),
@@ -102,7 +114,7 @@ def direct_row(i: int) -> dict:
 
 def rl_row(i: int) -> dict:
     image, box, colour = scene(i)
-    common = _common(i, colour, image, box)
+    common = square_fields(i, colour, image, box)
     return {
         **common,
         "prompt": [message("system", SYSTEM_PROMPT), message("user", common["question"], images=1)],
