@@ -303,23 +303,26 @@ def test_the_test_split_takes_whole_images_whatever_split_by_and_its_share():
 
 def test_a_version_holds_out_whole_images_in_a_test_split_that_loads(demo_version, tmp_path):
     """The demo's database exported again with a fifth of its four photos' hashes held out (the Berlin photo here):
-    the test images appear in no training split, and each of the three splits loads from the card's configs."""
+    the test images appear in no training split, and each split with rows loads from the card's configs (the
+    harbours' few rows may all land in one training split)."""
     shutil.copy(demo_version.parents[2] / "state.duckdb", tmp_path / "state.duckdb")
     settings = demo_settings()
     recipe = write_recipe(tmp_path, DEMO_IMAGES, **{**settings, "export": {**settings["export"], "test_share": 0.2}})
     version = run_pipeline(load_recipe(recipe)).export.path
     manifest = json.loads((version / "manifest.json").read_text())
+    splits = [split for split in ("sft", "rl", "test") if manifest["rows"][split]]
+    assert "test" in splits and len(splits) >= 2
     card = (version / "README.md").read_text()
-    assert [c["config_name"] for c in yaml.safe_load(card.split("---\n")[1])["configs"]] == ["sft", "rl", "test"]
+    assert [c["config_name"] for c in yaml.safe_load(card.split("---\n")[1])["configs"]] == splits
     assert "appear in no training split" in card
     loaded = {
-        split: load_dataset(str(version), split, split="train", cache_dir=str(tmp_path / "cache"))
-        for split in ("sft", "rl", "test")
+        split: load_dataset(str(version), split, split="train", cache_dir=str(tmp_path / "cache")) for split in splits
     }
     images = {split: set(ds["image_id"]) for split, ds in loaded.items()}
     for split, ds in loaded.items():
         assert len(ds) == manifest["rows"][split] > 0
-    assert len(images["test"]) == 1 and not images["test"] & (images["sft"] | images["rl"])
+    trained = set().union(*(images[split] for split in splits if split != "test"))
+    assert len(images["test"]) == 1 and not images["test"] & trained
     RL_SCHEMA.validate(load(version, "test", decode=False).to_pandas(), lazy=True)
     ids = [set(ds["id"]) for ds in loaded.values()]
-    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert sum(map(len, ids)) == len(set().union(*ids))  # no row in two splits

@@ -565,14 +565,9 @@ def test_generate_measures_each_object_on_its_own_pixels(tmp_path):
 def test_text_is_not_asked_without_ocr(monkeypatch, tmp_path):
     """Until OCR is installed, the stage reads no text and the teacher asks no text question."""
     monkeypatch.setattr(generate, "read_text", None)
-    sign = generate._instance(
-        Image.new("RGB", (400, 100)),
-        "sign",
-        (50, 40, 350, 60),
-        {"text": "EINGANG"},
-        "g",
-        load_recipe(write_recipe(tmp_path, tmp_path)).view,
-    )
+    image = Image.new("RGB", (400, 100))
+    view = load_recipe(write_recipe(tmp_path, tmp_path)).view
+    sign = generate._instance(image, "sign", (50, 40, 350, 60), {"text": "EINGANG"}, "g", view, np.asarray(image))
     assert sign.text == "EINGANG" and sign.ocr_text is None
     assert ask(facts(sign), ["text"]) == []
 
@@ -581,9 +576,8 @@ def test_a_region_is_measured_on_its_own_crop_even_past_the_image_edge(tmp_path)
     """A box reaching past the edge is measured on the part inside the image: the red object there, not padding."""
     image = Image.new("RGB", (400, 100), (90, 90, 90))
     image.paste((220, 20, 20), (370, 40, 400, 70))
-    boat = generate._instance(
-        image, "boat", (360, 30, 420, 80), {}, "r", load_recipe(write_recipe(tmp_path, tmp_path)).view
-    )
+    view = load_recipe(write_recipe(tmp_path, tmp_path)).view
+    boat = generate._instance(image, "boat", (360, 30, 420, 80), {}, "r", view, np.asarray(image))
     assert boat.colour == "red" and boat.box == (360.0, 30.0, 420.0, 80.0)
 
 

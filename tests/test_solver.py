@@ -131,6 +131,24 @@ def test_a_long_thin_hull_is_recognised_by_its_area_not_its_narrow_side():
         assert blind_answer(view_of(scene_with([box, island])), item) == expected
 
 
+def test_a_slim_object_that_stands_out_is_recognised_by_its_length():
+    """A red hull 21x6 px in the view on dark water is seen as a ship, and its colour with it; the same outline in
+    stone on stone is not, nor is a compact red blob of about the same area."""
+    cases = [
+        ((25, 45, 70), (220, 30, 30), (300, 1000, 363, 1018), "red"),  # view: 21x6 px
+        ((150, 148, 140), (165, 162, 155), (300, 1000, 363, 1018), None),
+        ((25, 45, 70), (220, 30, 30), (300, 1000, 330, 1036), None),  # view: 10x12 px
+    ]
+    for ground, paint, box, expected in cases:
+        image = Image.new("RGB", (3000, 3000), ground)
+        ImageDraw.Draw(image).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=paint)
+        view = view_of(image)
+        item = BlindItem("colour", "ship", [list(box)], 3000, 3000, [], "text")
+        assert blind_answer(view, item) == expected, (paint, box)
+        seen = solver.identifiable_in_view(box, np.asarray(view), 3000, 3000)
+        assert seen == (expected is not None)
+
+
 def test_size_comparison_when_either_object_is_found():
     def compare(boxes):
         item = BlindItem("compare_size", "ship", [list(b) for b in boxes], 3000, 3000, [], "text")

@@ -4,7 +4,8 @@ It uses the instruments the questions were written with, at the view's scale: co
 object's pixels, OCR on the downscaled text, instances counted where they are still told apart, left/right/above/
 below and longer/shorter read from two objects that can both be recognised there. It is told where the targets
 are, so it is an upper bound on what a model could get from the view; when a target is too small to find at that
-scale it does not guess but returns None. A question it answers correctly does not need the zoom.
+scale, or to recognise as its class (a vision patch's area, or a patch's length for a slim object that stands out
+from its surround), it does not guess but returns None. A question it answers correctly does not need the zoom.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import numpy as np
 from PIL import Image
 
 from drim_data.pixels.ocr import read_text
-from drim_data.pixels.palette import colour_name, object_pixels
+from drim_data.pixels.palette import colour_name, object_pixels, to_lab
 from schemas.answers import LETTERS, normalise_text
-from schemas.tool import global_view_scale
 
 FINDABLE_PX = 6  # a target of fewer view pixels than a square this wide (under half a 14 px vision patch) is not
 # found; nor is one under `THIN_PX` across, however long
@@ -29,6 +29,11 @@ FINDABLE_PX = 6  # a target of fewer view pixels than a square this wide (under 
 IDENTIFIABLE_PX = 14
 SEPARABLE_PX = 2  # instances closer than this in the view merge into one blob
 THIN_PX = 3
+# A slim object is told by its outline at less than a patch's area, when it stands out from its surround: a red
+# hull on dark water reads as a ship at 21x6 px, a stone cross on stone at that size does not, nor does a compact
+# blob of any colour (a bag at a hip, a crown in a canopy)
+SLIM = 2.5  # a box at least this many times longer than wide, and a patch long
+POP_OUT_DE = 25.0  # CIELAB distance between the object's own pixels and the ring around its box
 TEXT_MARGIN = 0.25  # OCR reads the text's box widened by this share of its height on every side
 MIN_TEXT_MATCH = 0.6  # an option is picked only when the reading is at least this similar to it
 RELATIONS = {
@@ -73,17 +78,20 @@ def _findable(box: tuple[float, float, float, float]) -> bool:
 
 
 def _colour(view: Image.Image, boxes: list) -> str | None:
-    if not all(_identifiable(b) for b in boxes):  # the named object must be recognised to be found
-        return None
     pixels = np.asarray(view.convert("RGB"))
-    box = boxes[0]
-    whole = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
-    return colour_name(object_pixels(pixels, whole))[0]
+    if not all(_identifiable(b, pixels) for b in boxes):  # the named object must be recognised to be found
+        return None
+    return colour_name(object_pixels(pixels, _whole_pixels(boxes[0])))[0]
+
+
+def _whole_pixels(box: tuple) -> tuple[int, int, int, int]:
+    return math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])
 
 
 def _count(view: Image.Image, boxes: list) -> str | None:
     """Instances recognised at this scale, those closer than `SEPARABLE_PX` merged as the eye would merge them."""
-    found = [b for b in boxes if _identifiable(b)]
+    pixels = np.asarray(view.convert("RGB"))
+    found = [b for b in boxes if _identifiable(b, pixels)]
     if not found:
         return None
     parent = list(range(len(found)))
@@ -102,22 +110,45 @@ def _count(view: Image.Image, boxes: list) -> str | None:
     return str(len({root(i) for i in range(len(found))}))
 
 
-def identifiable_in_view(box, width: int, height: int, max_pixels: int) -> bool:
-    """Whether an object of the original image can be recognised as its class in the global view: what the
-    generator asks about must fail this for at least one of a question's objects, or the solver answers it."""
-    scale = global_view_scale(width, height, max_pixels)
-    return _identifiable(tuple(v * scale for v in box))
+def identifiable_in_view(box, view: np.ndarray, width: int, height: int) -> bool:
+    """Whether an object of the original image can be recognised as its class in the global view (`view`, its RGB
+    pixels): what the generator asks about must fail this for at least one of a question's objects, or the solver
+    answers it."""
+    scale = view.shape[1] / width
+    return _identifiable(tuple(v * scale for v in box), view)
 
 
-def _identifiable(box: tuple[float, float, float, float]) -> bool:
+def _identifiable(box: tuple[float, float, float, float], pixels: np.ndarray) -> bool:
     """Whether an object spans enough view pixels to be recognised as its class: a patch's worth of area (a long
-    thin hull counts by its area, not its narrow side)."""
-    return _findable(box) and math.sqrt((box[2] - box[0]) * (box[3] - box[1])) >= IDENTIFIABLE_PX
+    thin hull counts by its area, not its narrow side), or a patch's length for a slim object that stands out."""
+    if not _findable(box):
+        return False
+    w, h = box[2] - box[0], box[3] - box[1]
+    if math.sqrt(w * h) >= IDENTIFIABLE_PX:
+        return True
+    return max(w, h) >= IDENTIFIABLE_PX and max(w, h) >= SLIM * min(w, h) and pops_out(pixels, box)
+
+
+def pops_out(pixels: np.ndarray, box: tuple[float, float, float, float]) -> bool:
+    """Whether the object's own pixels stand `POP_OUT_DE` from those of a ring around its box (its short side
+    wide, at least 2 px), by their medians in CIELAB."""
+    x1, y1, x2, y2 = _whole_pixels(box)
+    pad = max(2, min(x2 - x1, y2 - y1))
+    height, width = pixels.shape[:2]
+    ox, oy = max(0, x1 - pad), max(0, y1 - pad)
+    patch = pixels[oy : min(height, y2 + pad), ox : min(width, x2 + pad), :3]
+    ring = np.ones(patch.shape[:2], bool)
+    ring[max(0, y1 - oy) : y2 - oy, max(0, x1 - ox) : x2 - ox] = False
+    if not ring.any():
+        return False
+    own = np.median(to_lab(object_pixels(pixels, (x1, y1, x2, y2))), axis=0)
+    return float(np.linalg.norm(own - np.median(to_lab(patch[ring]), axis=0))) >= POP_OUT_DE
 
 
 def _relation(view: Image.Image, boxes: list) -> str | None:
     """Where the first object is relative to the second, along the axis on which they are further apart."""
-    if len(boxes) < 2 or not all(_identifiable(b) for b in boxes[:2]):
+    pixels = np.asarray(view.convert("RGB"))
+    if len(boxes) < 2 or not all(_identifiable(b, pixels) for b in boxes[:2]):
         return None
     (ax, ay), (bx, by) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes[:2])
     if abs(ax - bx) >= abs(ay - by):

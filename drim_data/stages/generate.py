@@ -36,9 +36,9 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "6"  # 4: relative position offers no relation that could be true as well; 5: referents only of
+VERSION = "7"  # 4: relative position offers no relation that could be true as well; 5: referents only of
 # classes boxed completely, and true whatever a crowd box of the class hides; 6: an object across an area line is
-# on both sides of it
+# on both sides of it; 7: a slim object that stands out is recognised in the view by its length
 
 PENDING = """
 SELECT image_id, width, height FROM images
@@ -209,6 +209,7 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
         "SELECT region_id, label, x1, y1, x2, y2 FROM regions WHERE image_id = ? ORDER BY region_id", [image_id]
     ).fetchall()
     by_box = {(label, tuple(box)): rid for rid, label, *box in regions}
+    seen = np.asarray(global_view(image, global_view_size(image.width, image.height, view.max_pixels)))
     instances, matched = [], set()
     for label, x1, y1, x2, y2, attributes in con.execute(
         "SELECT label, x1, y1, x2, y2, attributes FROM annotations WHERE image_id = ? ORDER BY x1, y1, x2, y2, label",
@@ -227,10 +228,10 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
         )
         rid = by_box.get((label, mined))
         matched.add(rid)
-        instances.append(_instance(image, label, box, attrs, rid, view))
+        instances.append(_instance(image, label, box, attrs, rid, view, seen))
     for rid, label, *box in regions:
         if rid not in matched:
-            instances.append(_instance(image, label, tuple(box), {}, rid, view))
+            instances.append(_instance(image, label, tuple(box), {}, rid, view, seen))
     complete = {
         label
         for (label,) in con.execute("SELECT label FROM complete_categories WHERE image_id = ?", [image_id]).fetchall()
@@ -238,7 +239,10 @@ def image_facts(con, image: Image.Image, image_id: str, view: ViewConfig) -> Ima
     return ImageFacts(image_id, image.width, image.height, instances, frozenset(complete))
 
 
-def _instance(image: Image.Image, label: str, box: tuple, attrs: dict, rid: str | None, view: ViewConfig) -> Instance:
+def _instance(
+    image: Image.Image, label: str, box: tuple, attrs: dict, rid: str | None, view: ViewConfig, seen: np.ndarray
+) -> Instance:
+    """One object, measured at full resolution; `seen` is the global view's pixels, where it may be recognised."""
     colour, share = colour_name(object_pixels(*_patch(image, box)))
     text = attrs.get("text") if isinstance(attrs.get("text"), str) else None
     return Instance(
@@ -253,7 +257,7 @@ def _instance(image: Image.Image, label: str, box: tuple, attrs: dict, rid: str 
         region_id=rid,
         small=view.min_resolvable_px <= 0
         or min_side_in_global_view([box], image.width, image.height, view.max_pixels) < view.min_resolvable_px
-        and not identifiable_in_view(box, image.width, image.height, view.max_pixels),
+        and not identifiable_in_view(box, seen, image.width, image.height),
     )
 
 

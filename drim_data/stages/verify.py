@@ -25,7 +25,8 @@ from schemas.tables import validate_table
 from schemas.tool import min_side_in_global_view
 
 NAME = "verify"
-VERSION = "2"  # 2: the blind solver finds objects by their area and compares sizes when either is found
+VERSION = "3"  # 2: the blind solver finds objects by their area and compares sizes when either is found; 3: and
+# recognises a slim object that stands out from its surround by its length
 
 PENDING = f"""
 SELECT {COLUMNS}
