@@ -154,9 +154,11 @@ class Price:
 
 
 # How an endpoint's model writes a box, over the image as it was sent (after the `image_max_pixels` downscale):
-# grid1000 [x1, y1, x2, y2] on 0..1000 (Qwen3-VL), pixels [x1, y1, x2, y2] in its pixels (Qwen2.5-VL),
+# grid1000 [x1, y1, x2, y2] on 0..1000 (Qwen3-VL), pixels [x1, y1, x2, y2] in its pixels (Qwen2.5-VL: sent at
+# sides a multiple of 28, see `EndpointConfig.image_multiple`),
 # unit [x1, y1, x2, y2] on 0..1, yx1000 [y1, x1, y2, x2] on 0..1000 (Gemini)
 BoxConvention = Literal["grid1000", "pixels", "unit", "yx1000"]
+PIXEL_GRID = 28  # Qwen2.5-VL's resize grid: a 14 px patch, merged 2x2
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,13 @@ class EndpointConfig:
     batch: bool = False  # submit through the Batch API (OpenAI; half price), poll, collect, resume
     batch_poll_s: float = 30.0
     price: Price | None = None
+
+    @property
+    def image_multiple(self) -> int:
+        """What a sent image's sides are a multiple of. A model that writes boxes in pixels (Qwen2.5-VL) first resizes
+        what it gets to sides a multiple of 28 px and writes its pixels over that: an image sent at such a size is
+        seen as sent, so its pixels are the sent image's."""
+        return PIXEL_GRID if self.boxes == "pixels" else 1
 
     @property
     def urls(self) -> list[str]:

@@ -56,6 +56,15 @@ def answer_in(convention: str, image: Image.Image) -> list[float] | None:
     return [grid[1], grid[0], grid[3], grid[2]] if convention == "yx1000" else grid
 
 
+def as_the_model_sees(convention: str, image: Image.Image) -> Image.Image:
+    """What the endpoint's model writes its boxes over: Qwen2.5-VL (`pixels`) first resizes each side to the nearest
+    multiple of 28 px (its processor's `smart_resize`); the others' boxes are relative to the image."""
+    if convention != "pixels":
+        return image
+    size = tuple(max(28, round(side / 28) * 28) for side in image.size)
+    return image.resize(size, Image.Resampling.NEAREST)
+
+
 def near(box, expected, tolerance: float = 2) -> bool:
     return all(abs(a - b) <= tolerance for a, b in zip(box, expected, strict=True))
 
@@ -143,7 +152,7 @@ def ground_teacher(convention: str):
     def reply(body):
         if task_of(body) != "ground":
             return Reply(400)
-        box = answer_in(convention, images_of(body)[0])
+        box = answer_in(convention, as_the_model_sees(convention, images_of(body)[0]))
         return json.dumps({"objects": [{"label": "red block", "bbox_2d": box}] if box else []})
 
     return reply
@@ -176,9 +185,10 @@ def test_ground_maps_each_convention_to_the_objects_pixels(tmp_path, answers, co
         )
         run_pipeline(recipe, until="ground")
     sent = {img.size for r in server.successful() for img in images_of(r.body)}
-    assert sent == {(400, 300)}  # every tile went at the downscaled size the boxes are read in
+    size = (392, 280) if configured == "pixels" else (400, 300)  # for pixels, on Qwen2.5-VL's 28 px grid
+    assert sent == {size}  # every tile went at the downscaled size the boxes are read in
     prompt = server.successful()[0].body["messages"][0]["content"]
-    assert Frame(configured, (400, 300)).describe("this tile") in prompt
+    assert Frame(configured, size).describe("this tile") in prompt
     regions = query(recipe.db, "SELECT label, x1, y1, x2, y2 FROM regions WHERE source = 'teacher'")
     assert len(regions) == 1 and regions[0][0] == "red block"
     assert near(regions[0][1:], OBJECT) == (answers == configured), regions
@@ -189,7 +199,8 @@ def trajectory_teacher(convention: str):
         if task_of(body) != "trajectory":
             return Reply(400)
         if len(body["messages"]) == 2:
-            call = {"name": "zoom_in", "arguments": {"bbox_2d": answer_in(convention, images_of(body)[0])}}
+            seen = as_the_model_sees(convention, images_of(body)[0])
+            call = {"name": "zoom_in", "arguments": {"bbox_2d": answer_in(convention, seen)}}
             return f"<think>The red block is small.</think>\n<tool_call>{json.dumps(call)}</tool_call>"
         return "<think>It is red.</think>\n<answer>red</answer>"
 
@@ -215,14 +226,16 @@ def test_a_trajectory_zooms_where_the_teacher_points_in_its_convention(tmp_path,
         steps, final = asyncio.run(drive(Teacher(cfg, con)))
     con.close()
     first, second = (r.body for r in server.successful())
-    assert images_of(first)[0].size == (360, 270) and final.endswith("<answer>red</answer>")
-    assert Frame(configured, (360, 270)).describe("the original image") in first["messages"][0]["content"]
+    size = (336, 252) if configured == "pixels" else (360, 270)
+    assert images_of(first)[0].size == size and final.endswith("<answer>red</answer>")
+    assert Frame(configured, size).describe("the original image") in first["messages"][0]["content"]
     [step] = steps
     assert all(isinstance(v, int) for v in step["bbox"])  # on the grid, as the exported call replays it
     if answers != configured:
         assert not near(step["box_px"], OBJECT, 20)
         return
-    assert near(step["box_px"], OBJECT), step["box_px"]
+    # within a pixel of what was sent (4.3 original pixels on the 28 px grid, where the block's edges fall between)
+    assert near(step["box_px"], OBJECT, 2 if configured != "pixels" else 1 + W / size[0]), step["box_px"]
     told = second["messages"][-1]["content"][0]["text"]  # the crop's caption, in the teacher's own terms
     written = first_call(second)
     assert told.startswith(f"Zoomed view of {written}:"), (told, written)

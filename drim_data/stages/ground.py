@@ -20,7 +20,7 @@ from schemas.geometry import centre_grid, iou
 from schemas.tables import validate_table
 
 NAME = "ground"
-VERSION = "2"
+VERSION = "3"  # 3: a `pixels` teacher gets tiles on its 28 px grid
 OVERLAP = 0.2  # tiles overlap so that an object on a tile edge is whole in a neighbour
 MERGE_IOU = 0.5  # a teacher box overlapping a region more than this is the same object
 

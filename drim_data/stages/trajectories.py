@@ -40,7 +40,8 @@ from schemas.tool import (
 )
 
 NAME = "trajectories"
-VERSION = "3"  # 3: a look-alike region inside a crowd box may be one of the class
+VERSION = "4"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
+# views on its 28 px grid
 
 PENDING = f"""
 SELECT {COLUMNS}

@@ -111,18 +111,20 @@ class _Replica:
     error: str = ""  # its last failure, for the message when none is left
 
 
-def sent_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
-    """The size an image reaches the endpoint at: downscaled to the pixel budget, never upscaled. A teacher's
-    boxes in pixels are in this size."""
-    if width * height <= max_pixels:
-        return width, height
-    scale = (max_pixels / (width * height)) ** 0.5
-    return max(1, int(width * scale)), max(1, int(height * scale))
+def sent_size(width: int, height: int, max_pixels: int, multiple: int = 1) -> tuple[int, int]:
+    """The size an image reaches the endpoint at: downscaled to the pixel budget, never upscaled, each side then
+    rounded down to a `multiple` (the endpoint's `image_multiple`). A teacher's boxes in pixels are in this size."""
+    if width * height > max_pixels:
+        scale = (max_pixels / (width * height)) ** 0.5
+        width, height = max(1, int(width * scale)), max(1, int(height * scale))
+    if multiple > 1:
+        width, height = (max(multiple, side // multiple * multiple) for side in (width, height))
+    return width, height
 
 
-def image_part(image: Image.Image, max_pixels: int) -> tuple[dict, str]:
+def image_part(image: Image.Image, max_pixels: int, multiple: int = 1) -> tuple[dict, str]:
     """An image as a base64 JPEG data URL, downscaled to the pixel budget, and its content hash."""
-    size = sent_size(image.width, image.height, max_pixels)
+    size = sent_size(image.width, image.height, max_pixels, multiple)
     if size != image.size:
         image = image.resize(size)
     data = encode_jpeg(image, 90)
@@ -246,7 +248,7 @@ class Teacher:
         """Each image object is encoded once, however many requests (votes, turns, repairs) carry it."""
         key = id(image)
         if key not in self._parts:
-            self._parts[key] = image_part(image, self.cfg.image_max_pixels)
+            self._parts[key] = image_part(image, self.cfg.image_max_pixels, self.cfg.image_multiple)
             weakref.finalize(image, self._parts.pop, key, None)  # an id is reused only after its object is gone
         return self._parts[key]
 

@@ -153,7 +153,8 @@ async def ask_json(
 
 def _frame(teacher: Teacher, im: Image.Image) -> Frame:
     """How `teacher` writes boxes over `im`, at the size it is sent."""
-    return Frame(teacher.cfg.boxes, sent_size(im.width, im.height, teacher.cfg.image_max_pixels))
+    cfg = teacher.cfg
+    return Frame(cfg.boxes, sent_size(im.width, im.height, cfg.image_max_pixels, cfg.image_multiple))
 
 
 async def ground_tile(
