@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -85,11 +85,12 @@ class MineConfig:
     workers: int = 0  # processes decoding, proposing and measuring (one database writer); 0: one per core, if busy
 
 
+QuestionType = Literal["colour", "count", "relative_position", "compare_size", "text", "recognition"]
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
-    question_types: list[Literal["colour", "count", "relative_position", "compare_size", "text"]] = field(
-        default_factory=lambda: ["colour", "count", "relative_position", "compare_size", "text"]
-    )
+    question_types: list[QuestionType] = field(default_factory=lambda: list(get_args(QuestionType)))
     per_image: int = 12  # at most this many questions of each type per image
     short_answer_share: float = 0.3  # the rest are multiple choice
     min_colour_share: float = 0.6  # a colour is asked only when this share of the object's own pixels carry it

@@ -23,6 +23,7 @@ QUESTION_TYPES = (
     "relative_position",
     "compare_size",
     "text",
+    "recognition",
     "compare_brightness",
     "attribute",
     "spatial",

@@ -23,6 +23,7 @@ from drim_data.teacher.builtin import (
     descriptions,
     relation,
 )
+from schemas.answers import LETTERS
 from tests.conftest import query, write_recipe
 
 W, H = 2000, 1000
@@ -599,3 +600,50 @@ def test_bundled_recipes_ask_named_questions_of_several_types(tmp_path):
             assert not COORDINATES.search(question) and label != "object"
             assert all(not COORDINATES.search(r) for r in json.loads(referents))
     assert types >= {"colour", "count", "relative_position", "compare_size", "text"}
+
+
+# ---- recognition ----
+
+
+def test_recognition_asks_what_a_named_person_has_with_exactly_one_option_true():
+    """Each thing on a person is asked about by naming the person only; no other option's class touches them, so
+    only the answer is true; a thing seen in the view, or options from classes not boxed completely, ask nothing."""
+    walker, runner = (
+        Instance("person", (100, 500, 160, 660), small=False),
+        Instance("person", (1500, 500, 1560, 660), small=False),
+    )
+    bag = Instance("bag", (110, 580, 125, 600), region_id="b")
+    camera = Instance("camera", (140, 540, 150, 550), region_id="c")  # the walker's too
+    phone = Instance("phone", (1510, 560, 1518, 575), region_id="p")  # the runner's
+    scarf = Instance("scarf", (1520, 510, 1540, 525), region_id="s", small=False)  # the runner's, seen in the view
+    away = [
+        Instance("bottle", (900, 900, 910, 920), region_id="o"),
+        Instance("book", (700, 100, 720, 115), region_id="k"),
+    ]
+    away += [
+        Instance("cap", (1000, 300, 1010, 306), region_id="x"),
+        Instance("watch", (1100, 300, 1106, 306), region_id="w"),
+    ]
+    things = {"b": bag, "c": camera, "p": phone, "s": scarf}
+    found = ask(facts(walker, runner, bag, camera, phone, scarf, *away), ["recognition"])
+    asked = {}
+    for q in found:
+        (rid,) = q["target_region_ids"]
+        person = walker if rid in "bc" else runner
+        options = q["options"]
+        assert q["checker"] == "choice" and options[LETTERS.index(q["answer"])] == things[rid].label
+        assert len(options) >= 3 and not any(o in q["question"].split("?")[0] for o in options)
+        on_person = {
+            i.label for i in (bag, camera, phone, scarf) if i.box[0] < person.box[2] and i.box[2] > person.box[0]
+        }
+        assert on_person & set(options) == {
+            things[rid].label
+        }  # the walker's camera is no option of the bag's question
+        asked[rid] = q["question"].split("?")[0]
+    assert asked == {
+        "b": "Which of these is the leftmost person carrying",
+        "c": "Which of these is the leftmost person carrying",
+        "p": "Which of these is the rightmost person carrying",
+    }  # the scarf is seen in the view
+    few = facts(walker, runner, bag, camera, phone, complete={"person", "bag", "camera", "phone"})
+    assert [q["target_region_ids"] for q in ask(few, ["recognition"])] == [["p"]]  # the bag's only option: phone

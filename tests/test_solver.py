@@ -149,6 +149,13 @@ def test_a_slim_object_that_stands_out_is_recognised_by_its_length():
         assert seen == (expected is not None)
 
 
+def test_a_thing_is_recognised_as_its_class_only_where_the_view_shows_it_well():
+    options = ["phone", "bag", "camera"]
+    for box, expected in (((1000, 1000, 1090, 1090), "B"), ((1000, 1000, 1030, 1030), None)):  # view: 30 or 10 px
+        item = BlindItem("recognition", "bag", [list(box)], 3000, 3000, options, "choice")
+        assert blind_answer(view_of(scene_with([box])), item) == expected
+
+
 def test_size_comparison_when_either_object_is_found():
     def compare(boxes):
         item = BlindItem("compare_size", "ship", [list(b) for b in boxes], 3000, 3000, [], "text")

@@ -211,20 +211,24 @@ def test_a_look_alike_inside_a_crowd_box_may_be_one_and_is_no_distractor():
 
 def test_reflective_searches_go_to_sft_items_in_their_share_however_few():
     """Only SFT shows a dialogue: a share of an image's SFT items first looks at a distractor, spread evenly so
-    the share holds for a handful of items, and no RL item does."""
+    the share holds for a handful of items, and no RL item does, nor a recognition item (its look would say the
+    answer)."""
     from types import SimpleNamespace
 
     from drim_data.stages.trajectories import reflective_picks
 
     con = duckdb.connect()
-    con.execute("CREATE TABLE questions (question_id VARCHAR, image_id VARCHAR)")
+    con.execute("CREATE TABLE questions (question_id VARCHAR, image_id VARCHAR, question_type VARCHAR)")
     con.execute("CREATE TABLE verdicts (question_id VARCHAR, kept BOOLEAN)")
     for image, n in (("a", 40), ("b", 5), ("c", 1)):
         for i in range(n):
-            con.execute("INSERT INTO questions VALUES (?, ?)", [f"{image}-{i}", image])
+            con.execute("INSERT INTO questions VALUES (?, ?, 'colour')", [f"{image}-{i}", image])
             con.execute("INSERT INTO verdicts VALUES (?, ?)", [f"{image}-{i}", True])
-    con.execute("INSERT INTO questions VALUES ('a-dropped', 'a')")
+    con.execute("INSERT INTO questions VALUES ('a-dropped', 'a', 'colour')")
     con.execute("INSERT INTO verdicts VALUES ('a-dropped', false)")
+    for i in range(6):
+        con.execute("INSERT INTO questions VALUES (?, 'a', 'recognition')", [f"a-r{i}"])
+        con.execute("INSERT INTO verdicts VALUES (?, true)", [f"a-r{i}"])
     for share in (0.0, 0.3, 1.0):
         recipe = SimpleNamespace(
             trajectories=TrajectoryConfig(reflective_share=share), export=ExportConfig(rl_share=0.5, split_by="item")
@@ -461,3 +465,20 @@ def test_a_model_trajectory_that_ends_wrong_or_misses_its_target_is_a_drop_with_
     assert (wrong.value.reason, missed.value.reason) == ("wrong_final_answer", "zoom_misses_target")
     assert judge(item, reached, "<answer>red</answer>") == "direct"
     assert judge(item, [*elsewhere, *reached], "<answer>red</answer>") == "reflective"
+
+
+def test_a_recognition_dialogue_names_the_thing_only_in_its_last_think(harbour):
+    """What the thing is, is the answer: no think before the last says its class, and no reflective look at another
+    of its class (which would say it) is made, even for an item picked for one."""
+    image, scene = harbour
+    patterns = set()
+    for i, target in enumerate(boxes_of(scene, "boat")[:8]):
+        item = question(f"r{i}", "recognition", "boat", [target], "A", ["boat", "ship", "tank"], "choice")
+        item = dataclasses.replace(item, referent=["the thing the leftmost person is carrying"])
+        for reflective in (None, True):
+            messages, _, pattern = build(image, item, scene, recipe(), reflective)
+            thinks = [m["content"][-1]["text"] for m in messages if m["role"] == "assistant"]
+            assert not any("boat" in t for t in thinks[:-1]), thinks
+            assert "it is a boat. The answer is boat." in thinks[-1]
+            patterns.add(pattern)
+    assert "reflective" not in patterns and "coarse_to_fine" in patterns

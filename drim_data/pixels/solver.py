@@ -46,7 +46,7 @@ RELATIONS = {
 
 @dataclass(frozen=True)
 class BlindItem:
-    question_type: str  # colour | count | relative_position | compare_size | text
+    question_type: str  # colour | count | relative_position | compare_size | text | recognition
     label: str  # the class name of the targets
     targets: list[list[int]]  # boxes in original pixels; for two-object types the subject first, then the reference
     width: int  # the original image's size
@@ -61,8 +61,12 @@ def blind_answer(view: Image.Image, item: BlindItem) -> str | None:
     boxes = [_in_view(box, view, item) for box in item.targets]
     if not boxes:
         return None
-    reader = READERS.get(item.question_type)
-    found = reader(view, boxes) if reader else None
+    if item.question_type == "recognition":  # what is recognised as its class is named by it
+        pixels = np.asarray(view.convert("RGB"))
+        found = item.label if all(_identifiable(b, pixels) for b in boxes) else None
+    else:
+        reader = READERS.get(item.question_type)
+        found = reader(view, boxes) if reader else None
     return None if found is None else _as_answer(found, item)
 
 

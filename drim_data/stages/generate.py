@@ -36,9 +36,9 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "7"  # 4: relative position offers no relation that could be true as well; 5: referents only of
+VERSION = "8"  # 4: relative position offers no relation that could be true as well; 5: referents only of
 # classes boxed completely, and true whatever a crowd box of the class hides; 6: an object across an area line is
-# on both sides of it; 7: a slim object that stands out is recognised in the view by its length
+# on both sides of it; 7: a slim object that stands out is recognised in the view by its length; 8: recognition
 
 PENDING = """
 SELECT image_id, width, height FROM images

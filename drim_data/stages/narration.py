@@ -31,6 +31,7 @@ ASPECT = {
     "relative_position": "where exactly each one is",
     "compare_size": "how long each one is",
     "compare_brightness": "their brightness",
+    "recognition": "what it is",
 }
 IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children"}
 
@@ -183,9 +184,15 @@ class Narrator:
         """After a crop and before the next zoom: what the crop showed and why another zoom is needed."""
         colour, share = crop_colour(crop)
         scale = detail(seen.box, crop.size)
+        # what the thing is, is the answer: a view is not said to hold some of its class before the last one
+        held = (
+            ""
+            if self.item.question_type == "recognition"
+            else f" and holds {instances_in(seen.box, self.scene, self.label)}"
+        )
         view = (
             f"This view ({seen.box[2] - seen.box[0]}x{seen.box[3] - seen.box[1]} px of the original at "
-            f"{scale:.2f}x) is {share:.0%} {colour} and holds {instances_in(seen.box, self.scene, self.label)}."
+            f"{scale:.2f}x) is {share:.0%} {colour}{held}."
         )
         name = self.names[nxt.target]
         if seen.role == "miss" and self.item.question_type == "count":
@@ -245,6 +252,9 @@ class Narrator:
         if qtype == "text":
             return self.text(item.targets[0], last, crop, chosen)
         target = item.targets[last.target]
+        if qtype == "recognition":
+            what = f"{'an' if self.label[:1] in 'aeiou' else 'a'} {self.label}"
+            return f"Up close {self.names[0]} spans {size_in(target, scale)}: it is {what}. The answer is {chosen}."
         return f"Up close {self.names[last.target]} is {self.describe(target, scale)}. The answer is {chosen}."
 
     def colour(self, target, scale: float, chosen: str) -> str:

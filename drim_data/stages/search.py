@@ -30,6 +30,7 @@ OFFSETS = (0.27, 0.33, 0.67, 0.73)  # where in the first box the object's centre
 MARGIN = 0.06  # the object stays this share of the box's side inside its edges
 MAX_DISTRACTORS = 12  # same-class instances tried, nearest first, for a reflective first look
 MULTI_TYPES = ("relative_position", "compare_size", "compare_brightness")  # one zoom per target
+UNREFLECTIVE_TYPES = ("recognition",)  # a look at another of the thing's class would name the answer
 
 
 Box = Sequence[float]
@@ -198,7 +199,9 @@ def candidates(item, scene: Scene, cfg: TrajectoryConfig, reflective: bool | Non
     if not targets:
         return
     plain = list(searches(item, targets, scene, cfg))
-    if hash_share(["reflective", qid]) < cfg.reflective_share if reflective is None else reflective:
+    if reflective is None:
+        reflective = hash_share(["reflective", qid]) < cfg.reflective_share
+    if reflective and item.question_type not in UNREFLECTIVE_TYPES:
         anchor = union(targets) if item.question_type == "count" else targets[0]
         straight = [search for pattern, search in plain if pattern != "coarse_to_fine"]
         straight += [search for pattern, search in plain if pattern == "coarse_to_fine"]

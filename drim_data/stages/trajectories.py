@@ -23,7 +23,7 @@ from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.export import split_of
 from drim_data.stages.narration import Narrator
 from drim_data.stages.questions import COLUMNS, Question
-from drim_data.stages.search import PlanRejected, Scene, contains, plan, violations
+from drim_data.stages.search import UNREFLECTIVE_TYPES, PlanRejected, Scene, contains, plan, violations
 from drim_data.teacher.tasks import drive_trajectory
 from schemas.answers import extract_answer, is_correct
 from schemas.rows import message
@@ -163,8 +163,9 @@ def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:
     kept = [
         qid
         for (qid,) in con.execute(
-            "SELECT question_id FROM questions JOIN verdicts USING (question_id) WHERE kept AND image_id = ?",
-            [image_id],
+            "SELECT question_id FROM questions JOIN verdicts USING (question_id) WHERE kept AND image_id = ? "
+            "AND NOT list_contains(?, question_type)",
+            [image_id, list(UNREFLECTIVE_TYPES)],
         ).fetchall()
     ]
     sft = [q for q in kept if split_of(q, image_id, recipe.export) == "sft"]

@@ -12,8 +12,9 @@ only point with coordinates.
 
 Question types follow V* Bench, HR-Bench and MME-RealWorld: colour (measured on the object's own pixels), count (of
 a class boxed completely, in an area named by the image's halves or a named object), relative position between two
-named objects, size comparison between two of a class (HR-Bench's cross-instance questions), and text (a sign's
-words, or a long text's first and last words, when OCR at full resolution agrees with the labeller). Multiple-choice
+named objects, size comparison between two of a class (HR-Bench's cross-instance questions), text (a sign's
+words, or a long text's first and last words, when OCR at full resolution agrees with the labeller), and
+recognition (which of a few things a named person is carrying or wearing). Multiple-choice
 distractors are plausible confusions, and the correct letter rotates over an image's questions so letters come out
 balanced across a dataset.
 """
@@ -329,12 +330,18 @@ class Names:
         rng: random.Random,
         avoid: frozenset[str] = frozenset(),
         not_anchor: Instance | None = None,
+        not_leaning_on: frozenset[str] = frozenset(),
     ) -> str | None:
-        """One unique description of `target` (the bare name when it is the only one of its class), or None."""
+        """One unique description of `target` (the bare name when it is the only one of its class), or None; none
+        leans on `not_anchor`, or on an object of a class in `not_leaning_on`."""
         key = (id(target), avoid)
         if key not in self.memo:
             self.memo[key] = descriptions(target, self.facts, self.cfg, avoid)
-        found = [phrase for _, phrase, anchor in self.memo[key] if anchor is None or anchor is not not_anchor]
+        found = [
+            phrase
+            for _, phrase, anchor in self.memo[key]
+            if anchor is None or anchor is not not_anchor and anchor.label not in not_leaning_on
+        ]
         if not found:
             return None
         shortest = min(len(phrase.split()) for phrase in found)  # as a person would say it: the simplest that works
@@ -625,12 +632,61 @@ def _text(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Nam
     return found[: cfg.per_image]
 
 
+# Things a person carries or wears, by the verb a question asks with: a question's options are all of one kind, so
+# each is a plausible answer (COCO's portable classes, and those of the labelled photos)
+CARRIED = frozenset(
+    {"bag", "backpack", "handbag", "suitcase", "umbrella", "phone", "cell phone", "camera", "bottle", "cup", "book"}
+    | {"map", "leaflet", "newspaper", "ball", "sports ball", "kite", "frisbee", "skateboard", "surfboard", "laptop"}
+    | {"tennis racket", "baseball bat", "baseball glove", "leash", "tablet"}
+)
+WORN = frozenset({"watch", "cap", "hat", "sunglasses", "glasses", "scarf", "tie", "helmet", "mask"})
+
+
+def _recognition(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, names: Names) -> list[Draft]:
+    """Which of a few things of one kind a named person is carrying (or wearing), when the thing is too small to
+    recognise in the view. Every other option is of a class boxed completely with none of it, singly or in a crowd,
+    on the person, so exactly one option is true: "Which of these is the leftmost person carrying? A. bag B. camera
+    C. bottle". The question names the person, never the thing: its class is the answer."""
+    found = []
+    people = [p for p in facts.instances if p.label in PEOPLE and p.sure and not p.crowd]
+    on = {id(p): [i for i in facts.instances if i.label not in PEOPLE and _inside_share(i, p) > 0] for p in people}
+    for person in rng.sample(people, len(people)):
+        for kind, verb in ((CARRIED, "carrying"), (WORN, "wearing")):
+            held = [t for t in _targets(facts) if t.label in kind and carries(person, t, [], facts)]
+            for thing in held:
+                if not thing.small or sum(t.label == thing.label for t in held) > 1:
+                    continue  # seen in the view, or two of a class: which one a zoom must show is not clear
+                touching = {i.label for i in on[id(person)]}
+                others = sorted(c for c in kind & facts.complete if c not in touching)
+                if len(others) < 2:
+                    continue
+                ref = names.pick(person, rng, not_leaning_on=kind)  # "the person nearest the bag" would say it
+                if not ref:
+                    continue
+                stem = f"Which of these is {ref} {verb}?"
+                distractors = rng.sample(others, min(3, len(others)))
+                found.append(
+                    Draft(
+                        "recognition",
+                        stem,
+                        thing.label,
+                        distractors,
+                        "text",
+                        thing.label,
+                        [thing],
+                        [f"the thing {ref} is {verb}"],
+                    )
+                )
+    return found[: cfg.per_image]
+
+
 WRITERS = {
     "colour": _colour,
     "count": _count,
     "relative_position": _relative_position,
     "compare_size": _compare_size,
     "text": _text,
+    "recognition": _recognition,
 }
 
 
