@@ -226,11 +226,11 @@ def test_a_deleted_version_is_shown_missing_and_exported_again(tmp_path, small_i
     assert not again.export.written and again.export.version == 2
 
 
-def test_answer_letters_take_turns_within_a_split_whatever_verify_dropped():
+def test_answer_letters_are_balanced_whatever_verify_dropped():
     from schemas.answers import with_options
 
-    def item(i: int, answer: str = "C", checker: str = "choice") -> export.Item:
-        options = ["red", "blue", "green", "white"]
+    def item(i: int, answer: str = "C", checker: str = "choice", options=("red", "blue", "green", "white")):
+        options = list(options)
         question = with_options(f"What is the main colour of the boat {i}?", options)
         messages = [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
@@ -265,6 +265,10 @@ def test_answer_letters_take_turns_within_a_split_whatever_verify_dropped():
         assert turns[0]["content"][1]["text"] == o.question
         assert extract_answer(turns[1]["content"][0]["text"]) == o.answer
     assert out[8] == items[8]  # a short answer is left as it is
+    # rows of two and of four options together: a two-option row's letter goes where four-option rows left a gap
+    mixed = [item(i, "B", options=("green", "white")) if i == 0 else item(i) for i in range(6)]
+    letters = [o.answer for o in export.balanced_letters(mixed)]
+    assert letters == list("ABCDAB")  # A 2, B 2, C 1, D 1; letters by option count apart: A 3, B 1, C 1, D 1
 
 
 def test_split_by_image_keeps_every_item_of_an_image_in_one_split():

@@ -50,6 +50,8 @@ WHERE v.kept AND q.image_id IN (SELECT image_id FROM files WHERE status IN ('ok'
 ORDER BY q.question_id
 """
 
+VERSION = "2"  # 2: answer letters balanced over rows of any number of options together
+
 
 class Item(NamedTuple):
     """One exported item, a row of ITEMS by column name; JSON columns are still text."""
@@ -105,11 +107,29 @@ def split_of(question_id: str, image_id: str, export: ExportConfig, has_dialogue
     return split
 
 
-def balanced_letters(items: list[Item], turns: Counter[int] | None = None) -> list[Item]:
-    """Multiple-choice items take the answer letters in turn (in question-id order, carrying on from `turns`), so
-    letters are balanced whatever verify dropped: the correct option moves to its letter, the others keep their
-    order, and the question, the options and the dialogue's final answer are rewritten to match."""
-    turns = Counter() if turns is None else turns
+@dataclass
+class LetterTally:
+    """The answer letters given so far, and how many each would have if every row's letters were equally likely
+    (a row of two options adds a half to A and to B, one of four a quarter to each of A to D)."""
+
+    given: Counter[int] = field(default_factory=Counter)
+    expected: Counter[int] = field(default_factory=Counter)
+
+    def take(self, options: int) -> int:
+        """The letter, among a row's options, furthest behind its expected count (the first, on a tie)."""
+        for i in range(options):
+            self.expected[i] += 1 / options
+        letter = min(range(options), key=lambda i: (self.given[i] - self.expected[i], i))
+        self.given[letter] += 1
+        return letter
+
+
+def balanced_letters(items: list[Item], tally: LetterTally | None = None) -> list[Item]:
+    """Each multiple-choice item, in question-id order (carrying on from `tally`), takes the answer letter furthest
+    behind its share, so letters are balanced whatever verify dropped, for rows of any number of options together:
+    the correct option moves to its letter, the others keep their order, and the question, the options and the
+    dialogue's final answer are rewritten to match."""
+    tally = LetterTally() if tally is None else tally
     out = []
     for item in items:
         options = json.loads(item.options)
@@ -117,8 +137,7 @@ def balanced_letters(items: list[Item], turns: Counter[int] | None = None) -> li
         if item.checker != "choice" or len(options) < 2 or not item.question.endswith(block):
             out.append(item)
             continue
-        letter = turns[len(options)] % len(options)
-        turns[len(options)] += 1
+        letter = tally.take(len(options))
         correct = LETTERS.index(item.answer.strip().upper())
         others = [o for i, o in enumerate(options) if i != correct]
         moved = [*others[:letter], options[correct], *others[letter:]]
@@ -155,7 +174,7 @@ def _relettered(messages: str | None, old_question: str, question: str, old_answ
 
 def content_fingerprint(recipe, upstream: str, items: list[Item]) -> str:
     """What a version holds: the stages' settings (throughput settings excluded), the export and card settings,
-    code and schema versions, and the items themselves."""
+    code, export and schema versions, and the items themselves."""
     described = {
         "dataset": recipe.dataset,
         "license": recipe.license,
@@ -163,7 +182,7 @@ def content_fingerprint(recipe, upstream: str, items: list[Item]) -> str:
         "export": to_plain(recipe.export),
     }
     identities = [(i.question_id, i.trajectory_id) for i in items]
-    return sha256_json([upstream, described, __version__, SCHEMA_VERSION, identities])
+    return sha256_json([upstream, described, __version__, VERSION, SCHEMA_VERSION, identities])
 
 
 def database_id(db: Path) -> str:
@@ -238,8 +257,8 @@ def _write_version(
     for item in items:
         splits[split_of(item.question_id, item.image_id, recipe.export, item.trajectory_id is not None)].append(item)
     splits.pop(None)  # no search to show, on an image bound for SFT
-    turns: Counter[int] = Counter()  # one rotation over the whole version, so splits and version both balance
-    splits = {split: balanced_letters(split_items, turns) for split, split_items in splits.items()}
+    tally = LetterTally()  # one over the whole version, so splits and version both balance
+    splits = {split: balanced_letters(split_items, tally) for split, split_items in splits.items()}
     shards, kept = {}, {split: [] for split in splits}
     for split, split_items in splits.items():
         shards.update(_write_split(ctx, staging, split, split_items, kept[split], lost))
