@@ -98,15 +98,17 @@ def test_an_empty_annotation_set_leaves_the_image_to_the_proposer(tmp_path):
     rows = query(recipe.db, "SELECT source, label, x1, y1, x2, y2, score FROM regions")
     assert rows and {(s, label) for s, label, *_ in rows} == {("proposal", "object")}
     limit = side_range(W, H, recipe.mine, recipe.view)
-    # boxes are fitted to each blob's extent: the shorter side is within the window, the size (sqrt of area) too
+    # boxes are each segment's extent: the shorter side is within the window, the area within max_area_frac, as
+    # the filters keep them (a long hull is sought whatever its length)
+    largest = (recipe.mine.max_area_frac * W * H) ** 0.5
     sides = [(min(x2 - x1, y2 - y1), ((x2 - x1) * (y2 - y1)) ** 0.5) for *_, x1, y1, x2, y2, _ in rows]
-    assert all(limit[0] - 4 <= short and size <= limit[1] + 4 for short, size in sides)
+    assert all(limit[0] - 4 <= short <= limit[1] + 4 and size <= largest + 4 for short, size in sides)
     assert query(recipe.db, "SELECT count(*) FROM annotations") == [(0,)]
 
 
 def test_sources_and_duplicates(tmp_path):
     """Proposals also run on an annotated image when asked; one on an annotated object is its duplicate."""
-    source = write_annotations(tmp_path / "ann", "voc", boxes=[("ship", 154, 624, 179, 649, "kept")])  # a real ship
+    source = write_annotations(tmp_path / "ann", "voc", boxes=[("ship", 158, 557, 175, 649, "kept")])  # a real ship
     both = harbour(tmp_path / "both", source, mine={"proposals_on_annotated": True, "proposal_min_side_px": 8})
     run_pipeline(both, until="mine")
     sources = dict(query(both.db, "SELECT source, count(*) FROM regions GROUP BY source"))

@@ -160,7 +160,10 @@ def proposals(ref: ImageRef, width: int, height: int, cfg: MineConfig, view: Vie
         return []
     factor = proposal_factor(width, height, cfg)
     view = np.asarray(reduced(read_image(ref), factor))
-    found = propose(view, cfg.top_k, low / factor, high / factor)
+    # as `region_problem` filters: the shorter side under the view's cap, the area under max_area_frac, so a long
+    # hull or a standing person the view does not resolve across is sought whatever its length
+    largest = math.sqrt(cfg.max_area_frac * width * height)
+    found = propose(view, cfg.top_k, low / factor, high / factor, max_size=largest / factor)
     return [
         Candidate("proposal", GENERIC, tuple(round(v * factor) for v in box[:4]), round(float(box[4]), 4))
         for box in found

@@ -1,17 +1,18 @@
-"""Classical small-object proposals: blobs in a difference-of-Gaussians scale space, no model weights.
+"""Classical small-object proposals: segments of a difference-of-Gaussians scale space, no model weights.
 
 A blob is a patch brighter or darker than its surround, in luminance or in colour saturation (a saturated object
 on grey water can have the water's luminance). The scale space is an image pyramid, every level blurred the same
 way in its own pixels, so the cost is about one pass over the view whatever the sizes sought; an octave between
-levels is enough, as every box is fitted to its blob's extent rather than taken from its level's scale.
-Every local maximum of a level's response is a candidate; its box is the extent where the response stays above a
-share of its peak, so a ship gets a ship's aspect, not a square. No box is dropped for its size against its
-level's: a coarser level's blob still gets its object's extent, and suppression keeps the better scored of the
-boxes the levels find for one object. The score is how far the box's mean stands from the ring around it in units
-of that ring's spread, as a CFAR ship detector does (an isolated boat on water outranks one more bump in a city's
-texture), times the square root of the box's side (a larger box's mean is steadier). Boxes on or next to constant
-no-data areas are dropped; non-maximum suppression across scales and channels then keeps the best top-K, at most a
-fair share per tile of the image."""
+levels is enough, as every box is a segment's own extent rather than its level's scale.
+A candidate is a connected area where a level's response exceeds one of a few contrast levels, boxed by its
+bounding box: a ship gets a ship's aspect and its own length, a boat next to it a box of its own at the level
+where they part. Segments are found at every contrast, not only around a response's local maxima, whose boxes
+cut an object at a share of its peak and missed objects with a flat or double-peaked response. The score is how
+far the box's mean stands from the ring around it in units of that ring's spread, as a CFAR ship detector does
+(an isolated boat on water outranks one more bump in a city's texture), times the square root of the box's side
+(a larger box's mean is steadier). Boxes on or next to constant no-data areas are dropped; non-maximum
+suppression across scales, contrasts and channels then keeps the best top-K, at most a fair share per tile of
+the image."""
 
 from __future__ import annotations
 
@@ -22,24 +23,27 @@ import cv2
 import numpy as np
 
 SIGMA0 = 1.6  # blur of every pyramid level, in its own pixels
-SURROUND = 1.6  # a blob's response is G(sigma) - G(1.6 sigma), the usual approximation of a Laplacian
+# a blob's response is G(sigma) - G(3.2 sigma): a wide surround keeps a whole object above its background, where
+# the usual 1.6 (a Laplacian's approximation) lowers the response inside an object's edge and splits it
+SURROUND = 3.2
 SIDE_PER_SIGMA = 2 * math.sqrt(2)  # a disc of this diameter / sigma gives the strongest scale-normalised response
-REACH = 5  # the window a box is fitted in, in sigmas each way: room for an object 3-4x longer than wide
-# a blob extends where its response is at least this share of its peak: the DoG's own surround lowers the
-# response inside an object's edge, so the half maximum cuts boxes short
-HALF = 0.3
-EACH = 10  # x top_k: the strongest maxima per level and polarity that get a box (texture has thousands)
-LIMIT = 10  # x top_k: the best boxes of all levels and channels that go on to suppression
+LEVELS = (6, 16)  # grey levels of response a segment exceeds (weaker is noise; touching blobs part higher) ...
+HALF = 0.5  # ... and at this share of its highest response nearby a strong blob's segment is the object's own
+PEAK_WINDOW = 9  # level pixels: twice a level's nominal blob, so a blob's own peak is in its window
+LIMIT = 5  # x top_k: the best boxes of all levels and channels that go on to suppression
+CONTAINED = 0.7  # a box with this share of its area inside a better one (or holding it) is the same object
 RING = 2.0  # the surround a box is compared with: the box grown this many times each side, less the box
 NOISE = 4.0  # grey levels added to the surround's spread, so a flat surround does not make any step infinite
 DARK_WEIGHT = 0.5  # dark blobs are more often shadows and gaps than objects
-MIN_CONTRAST = 8  # grey levels of blob response; weaker ones are texture and noise
 TILES = 4  # the image is cut into TILES x TILES tiles, and ...
 TILE_SHARE = 2  # ... none takes more than this many times its even share of top-K while others have candidates
 
 
-def propose(rgb: np.ndarray, top_k: int, min_side: float, max_side: float, nms_iou: float = 0.3) -> np.ndarray:
-    """Boxes (x1, y1, x2, y2, score) in `rgb`'s pixels, best first, with sides within [min_side, max_side]."""
+def propose(
+    rgb: np.ndarray, top_k: int, min_side: float, max_side: float, nms_iou: float = 0.3, max_size: float | None = None
+) -> np.ndarray:
+    """Boxes (x1, y1, x2, y2, score) in `rgb`'s pixels, best first, whose shorter side is within [min_side,
+    max_side] and whose size (square root of the area) is at most `max_size` (default: `max_side`)."""
     luma = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     # saturation (max - min channel) at half resolution: photos carry colour at half resolution (JPEG 4:2:0)
     h, w = luma.shape
@@ -47,10 +51,10 @@ def propose(rgb: np.ndarray, top_k: int, min_side: float, max_side: float, nms_i
     r, g, b = cv2.split(half)
     chroma = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
     limit = int(LIMIT * top_k)  # only the best can survive suppression
-    each = int(EACH * top_k)  # boxes fitted per scale, channel and polarity: there are a dozen or more of them
-    found = [_blobs(luma, min_side, max_side, each)]
-    if min(chroma.shape) >= 8:
-        found.append(_blobs(chroma, min_side / 2, max_side / 2, each) * [2, 2, 2, 2, 1])
+    largest = max_side if max_size is None else max_size
+    found = [_blobs(luma, min_side, max_side, largest)]
+    if min(chroma.shape) >= 8:  # only more saturated than the surround: a grey object on colour shows in luma
+        found.append(_blobs(chroma, min_side / 2, max_side / 2, largest / 2, (1,)) * [2, 2, 2, 2, 1])
     found = np.concatenate(found)
     found = found[~_touches(found, _no_data(luma))]
     if len(found) > limit:
@@ -61,7 +65,12 @@ def propose(rgb: np.ndarray, top_k: int, min_side: float, max_side: float, nms_i
 
 
 def nms(boxes: np.ndarray, threshold: float, limit: int) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression over boxes sorted best first, stopping at `limit`."""
+    """Indices kept by greedy non-maximum suppression over boxes sorted best first, stopping at `limit`.
+
+    A box is suppressed by a better one it overlaps at IoU over `threshold`, or that holds CONTAINED of it or of
+    which it holds as much: segments at several contrasts nest, and a box inside or around an object's better box
+    would take a proposal's place and, next to it, make both fail the uniqueness rule.
+    """
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     area = (x2 - x1) * (y2 - y1)
     order, keep = np.arange(len(boxes)), []
@@ -71,7 +80,10 @@ def nms(boxes: np.ndarray, threshold: float, limit: int) -> np.ndarray:
         inter = np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0) * np.maximum(
             np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0
         )
-        order = rest[inter <= threshold * (area[i] + area[rest] - inter)]
+        apart = (inter <= threshold * (area[i] + area[rest] - inter)) & (
+            inter <= CONTAINED * np.minimum(area[i], area[rest])
+        )
+        order = rest[apart]
     return np.array(keep, dtype=int)
 
 
@@ -133,38 +145,46 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.sepFilter2D(image, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
 
 
+def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A blur at half resolution, upsampled: a quarter of the pixels and half the taps, and a blur this wide has
+    no detail finer than two pixels to lose."""
+    h, w = image.shape
+    small = _blur(cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA), sigma / 2)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 @functools.cache
 def _kernel(sigma: float) -> np.ndarray:
     k = 2 * round(2.5 * sigma) + 1  # OpenCV's default 8-bit kernel is wider than the tails are worth
     return cv2.getGaussianKernel(k, sigma, cv2.CV_32F)
 
 
-def _blobs(gray: np.ndarray, min_side: float, max_side: float, limit: int) -> np.ndarray:
-    """Fitted boxes of bright and dark blobs at every scale whose nominal side comes within 2x of the window.
+def _blobs(
+    gray: np.ndarray, min_side: float, max_side: float, max_size: float, polarities: tuple[int, ...] = (1, -1)
+) -> np.ndarray:
+    """Boxes of bright (polarity 1) and dark (-1) segments at every scale whose nominal side comes within 2x of the
+    window.
 
     The scales are the levels of an image pyramid, each level blurred to SIGMA0 and SURROUND x SIGMA0 in its own
     pixels: every level costs a quarter of the one before it, so the whole scale space costs about one pass over
-    the view. A fitted box keeps within its window of REACH sigmas each way;
-    the fitted boxes are checked against the size window exactly at the end.
+    the view. A segment's box is checked against the size window exactly, whatever its level.
     """
     found = [np.zeros((0, 5))]
     level = gray
     while min(level.shape) >= 8:
-        scale = (gray.shape[1] / level.shape[1], gray.shape[0] / level.shape[0])  # view pixels per level pixel
+        scale = gray.shape[1] / level.shape[1], gray.shape[0] / level.shape[0]  # view pixels per level pixel
         nominal = SIDE_PER_SIGMA * SIGMA0 * scale[0]
         if nominal > 2 * max_side:
             break
         if nominal >= min_side / 2:
             near = _blur(level, SIGMA0)
-            far = _blur(near, SIGMA0 * (SURROUND**2 - 1) ** 0.5)
-            found += [_extrema(near, far, polarity, limit, scale) for polarity in (1, -1)]
+            far = _wide_blur(near, SIGMA0 * (SURROUND**2 - 1) ** 0.5)
+            found += [_segments(near, far, polarity, scale) for polarity in polarities]
         level = cv2.resize(level, (level.shape[1] // 2, level.shape[0] // 2), interpolation=cv2.INTER_AREA)
     boxes = np.concatenate(found)
-    height, width = gray.shape
     sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
     size = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    inside = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= width) & (boxes[:, 3] <= height)
-    keep = inside & (sides >= min_side) & (size <= max_side)
+    keep = (sides >= min_side) & (sides <= max_side) & (size <= max_size)
     boxes = boxes[keep]
     if len(boxes):  # a larger box's mean is steadier than a small one's, so its step counts a little more
         boxes[:, 4] *= _surround(gray, boxes) * np.sqrt(size[keep])
@@ -200,42 +220,36 @@ def _surround(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.abs(s_in / a_in - mean_ring) / (np.sqrt(var_ring) + NOISE)
 
 
-def _extrema(near: np.ndarray, far: np.ndarray, polarity: int, limit: int, scale: tuple[float, float]) -> np.ndarray:
-    """Fitted boxes, in view pixels, at the local maxima of one level's bright (polarity 1) or dark (-1) response;
-    the fifth column is the weight of the polarity."""
+def _segments(near: np.ndarray, far: np.ndarray, polarity: int, scale: tuple[float, float]) -> np.ndarray:
+    """Boxes, in view pixels, of the connected areas where one level's bright (polarity 1) or dark (-1) response
+    exceeds each of LEVELS, or half its local peak; the fifth column is the weight of the polarity."""
     response = cv2.subtract(near, far) if polarity > 0 else cv2.subtract(far, near)
-    peak = cv2.dilate(response, None)
-    mask = cv2.bitwise_and(cv2.compare(response, peak, cv2.CMP_GE), cv2.compare(response, MIN_CONTRAST, cv2.CMP_GT))
-    points = cv2.findNonZero(mask)  # (x, y) of every maximum; much faster than numpy on a sparse mask
-    if points is None:
-        return np.zeros((0, 5))
-    x, y = points.reshape(-1, 2).T
-    if len(x) > limit:  # the strongest are the only ones that can make the top-K
-        best = np.argpartition(-response[y, x], limit)[:limit]
-        x, y = x[best], y[best]
-    x1, y1, x2, y2 = _fit(response, x, y, response[y, x], math.ceil(REACH * SIGMA0))
-    weight = np.full(len(x), 1.0 if polarity > 0 else DARK_WEIGHT)
-    return np.c_[np.c_[x1, y1, x2, y2] * [*scale, *scale], weight]
+    masks = [cv2.compare(response, least, cv2.CMP_GT) for least in LEVELS] + [_half_peak(response)]
+    boxes = np.concatenate([_outlines(mask) for mask in masks]).astype(float) * [*scale, *scale]
+    return np.c_[boxes, np.full(len(boxes), 1.0 if polarity > 0 else DARK_WEIGHT)]
 
 
-def _fit(response: np.ndarray, x: np.ndarray, y: np.ndarray, peak: np.ndarray, reach: int) -> tuple[np.ndarray, ...]:
-    """Each blob's box: the run of rows and of columns, through its peak, where the response is at least HALF of it.
+def _half_peak(response: np.ndarray) -> np.ndarray:
+    """Where the response is at least HALF of its highest within PEAK_WINDOW, and over the lowest of LEVELS.
 
-    Rows and columns are taken from the window's projections, so a blob's box is the bounding box of the part of
-    its half-maximum region that its peak's row and column can reach; cheap, and vectorised over all blobs.
+    A fixed level boxes a strong object with its blur's spill, a pixel or two wider each side than the object; at
+    half its peak a blurred edge is where the edge was.
     """
-    padded = cv2.copyMakeBorder(response, reach, reach, reach, reach, cv2.BORDER_CONSTANT, value=0)
-    offsets = np.arange(-reach, reach + 1)
-    windows = padded[(y + reach)[:, None, None] + offsets[None, :, None], (x + reach)[:, None, None] + offsets]
-    least = np.ceil(HALF * peak).astype(windows.dtype)[:, None]  # on whole grey levels: the same test, faster
-    left, right = _run(windows.max(axis=1) >= least, reach)
-    top, bottom = _run(windows.max(axis=2) >= least, reach)
-    return x - left, y - top, x + right + 1.0, y + bottom + 1.0
+    peak = cv2.dilate(response, np.ones((PEAK_WINDOW, PEAK_WINDOW), np.uint8))
+    least = cv2.max(cv2.multiply(peak, HALF, dtype=cv2.CV_8U), LEVELS[0] + 1)
+    return cv2.compare(response, least, cv2.CMP_GE)
 
 
-def _run(profile: np.ndarray, centre: int) -> tuple[np.ndarray, np.ndarray]:
-    """How far each row of `profile` stays True before and after `centre` (not counting it)."""
-    edge = np.zeros((len(profile), 1), bool)
-    after = np.concatenate([profile[:, centre + 1 :], edge], axis=1).argmin(axis=1)
-    before = np.concatenate([profile[:, :centre][:, ::-1], edge], axis=1).argmin(axis=1)
-    return before, after
+def _outlines(mask: np.ndarray) -> np.ndarray:
+    """(x1, y1, x2, y2) of each connected area of `mask`, from its outer contour.
+
+    Tracing contours costs a quarter of labelling with statistics; an area inside another's hole is left out, as
+    it lies within the other's box.
+    """
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros((0, 4), int)
+    points = np.concatenate(contours).reshape(-1, 2)
+    lengths = np.fromiter(map(len, contours), int, len(contours))
+    starts = np.cumsum(lengths) - lengths
+    return np.c_[np.minimum.reduceat(points, starts), np.maximum.reduceat(points, starts) + 1]
