@@ -22,7 +22,7 @@ from drim_data.stages.contract import Context, StageStats
 from schemas.tables import validate_table
 
 NAME = "mine"
-VERSION = "4"  # 4: a crowd box is never a region
+VERSION = "5"  # 4: a crowd box is never a region; 5: proposals are segments, sought at the sizes the filters keep
 
 PENDING = """
 SELECT i.image_id FROM images i
