@@ -1,16 +1,24 @@
 """Zoom learnability on CPU: a task whose answer is unreadable in the global view and readable after one zoom.
 
-Each image is 1536x1536 grey noise with one small patch near a fixed place (centre (384, 384) px, jittered by up to
-24 px): a 12 px square of one colour (red or blue) inside a 17 px square of the other, so the inner square and the
-ring have the same area and the patch averages to the same purple whichever colour the square is. The question is
-"What colour is the small inner square? A. red B. blue" (letters balanced). The tiny model sees the whole image at
-140x140 (its processor's pixel budget), where the patch is about 1.5 px wide: the script measures that view and
-prints how well the best threshold on its red-minus-blue at the known place separates the two colours (chance is
-0.5). One zoom into the constant box [200, 200, 300, 300] (grid 0-1000) shows the square at about 11 px.
+Each image is 6144x6144 blocky grey noise, with chroma noise in 32 px blocks, and one small patch near a fixed place
+(centre (1536, 1536) px, jittered by up to 2 px): a 28 px square of one colour (red or blue) inside a 40 px square of
+the other, so the inner square (784 px) and the ring (816 px) have about the same area and the patch averages to the
+same purple whichever colour the square is. The question is "What colour is the small inner square? A. red B. blue"
+(letters balanced, chance 0.5). The tiny model sees the whole image at 140x140 (its processor's pixel budget), where
+the patch is under one pixel (0.9 px). One zoom into the constant box [248, 248, 253, 253] (grid 0-1000, 31 px, about
+the tool's smallest) falls inside the ring, so its 140x140 view is mostly the inner square (about 130 px wide) with a
+thin edge of the ring. The script measures both views and prints how well the best threshold on red minus blue at the
+patch's known place (its centre pixel, and summed over a 3x3 window) separates the two colours (200 images).
 
-A tiny random model cannot learn real search in minutes, so the box it must learn is constant: this checks that
-GRPO, through the real multi-turn tool loop, raises accuracy on a task that needs the zoom, and what the redundancy
-penalty changes (λ = 0 vs λ = 1 from the same SFT checkpoint and seeds), not that the model learns where to look.
+SFT teaches the tool call and the answer format, not the answer: its trajectories zoom into that box (a third of
+them zoom into it twice, so rollouts sometimes repeat a box) and end with a letter drawn independently of the
+colour, so the SFT policy is at chance by construction and any gain in accuracy is GRPO's, learnt from the reward.
+GRPO then runs with at most 3 zooms, from the same SFT checkpoint and seed, with λ = 0 and with λ = 1. The table
+gives, per 10 steps, the accuracy and zooms per rollout of the sampled rollouts, the mean redundancy penalty and the
+share of wrong rollouts with two consecutive boxes at IoU >= 0.8; greedy accuracy on held-out images is measured
+after SFT and after each GRPO run. A tiny random model cannot learn real search in minutes, so the box is constant:
+this checks that GRPO, through the real multi-turn tool loop, raises accuracy on a task that needs the zoom, and what
+the redundancy penalty changes, not that the model learns where to look.
 
     python benchmarks/zoom_learnability.py [--work runs/zoom_learnability] [--sft-steps 60] [--grpo-steps 40] [--json]
 """
@@ -31,14 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 
 from benchmarks.learnability import grpo_config, sft_config
 from drim_train import grpo, sft
 from drim_train.configs import DataModelArguments
-from drim_train.models import load_processor
+from drim_train.evaluate import load_rows, summarize
+from drim_train.models import load_model, load_processor
 from drim_train.rewards import RedundancyPenalty, accuracy_reward
+from drim_train.rollout import rollout
 from drim_train.tiny_model import build_tiny_model
+from drim_train.zoom_env import ZoomEnv
 from schemas.manifest import new_manifest, shard_entry
 from schemas.rows import SPLITS, message
 from schemas.tool import (
@@ -53,33 +65,37 @@ from schemas.tool import (
 from tests.train.helpers import _png, square_fields
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 1536
-CENTRE, JITTER = 384, 24
-INNER, OUTER = 12, 17  # 144 px inside, 145 px of ring: the same colour mass whichever way round
+SIZE = 6144
+CENTRE, JITTER = 1536, 2
+INNER, OUTER = 28, 40  # 784 px inside, 816 px of ring: the same colour mass whichever way round
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
-ZOOM_BOX = [200, 200, 300, 300]  # grid 0-1000: pixels 307-461, around every patch
+ZOOM_BOX = [248, 248, 253, 253]  # grid 0-1000: pixels 1524-1554 (the tool's smallest side is 28), inside the ring
 VIEW_BUDGET = 200 * 150  # the rows' global_view_size budget, as in tests/train/helpers.py
 QUESTION = "What colour is the small inner square?\nA. red\nB. blue\nAnswer with the option's letter."
 REPEAT_IOU = 0.8
-TINT = 24
+TINT = 32
+GREY_BLOCK, TINT_BLOCK = 16, 32
+MAX_TURNS = 3
 
 
 def scene(i: int) -> tuple[Image.Image, tuple[int, int, int, int], str]:
-    """Grey noise with the two-colour patch; returns the image, the inner square's pixel box and its colour."""
+    """Blocky grey and chroma noise with the two-colour patch; returns the image, the inner square's pixel box and its
+    colour. The noise is drawn in blocks and scaled up, so the 6144 px images are quick to make and small as PNGs."""
     rng = np.random.default_rng(1000 + i)
     colour = list(COLOURS)[i % 2]
     other = list(COLOURS)[1 - i % 2]
-    grey = (rng.integers(0, 16, (SIZE, SIZE)) * 6 + 80).astype(np.uint8)  # 16 grey levels: PNGs stay small
-    pixels = np.repeat(grey[:, :, None], 3, axis=2).astype(np.int16)
-    tint = np.kron(rng.integers(-TINT, TINT + 1, (SIZE // 16, SIZE // 16)), np.ones((16, 16), dtype=np.int64))
-    pixels[..., 0] += tint.astype(np.int16)  # chroma noise at the global view's scale: red-minus-blue of a
-    pixels[..., 2] -= tint.astype(np.int16)  # 16 px block, about one pixel there, so no pixel's tint says much
+    n = SIZE // GREY_BLOCK
+    grey = rng.integers(0, 16, (n, n)) * 6 + 80  # 16 grey levels in blocks of a third of a global-view pixel
+    k = TINT_BLOCK // GREY_BLOCK  # chroma noise in blocks of under a global-view pixel: no pixel's tint says much
+    tint = np.kron(rng.integers(-TINT, TINT + 1, (n // k, n // k)), np.ones((k, k), dtype=np.int64))
+    small = np.stack([grey + tint, grey, grey - tint], axis=2).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(small).resize((SIZE, SIZE), Image.Resampling.NEAREST)
     cx, cy = (CENTRE + int(v) for v in rng.integers(-JITTER, JITTER + 1, 2))
     ox, oy = cx - OUTER // 2, cy - OUTER // 2
-    pixels[oy : oy + OUTER, ox : ox + OUTER] = COLOURS[other]
+    image.paste(COLOURS[other], (ox, oy, ox + OUTER, oy + OUTER))
     ix, iy = cx - INNER // 2, cy - INNER // 2
-    pixels[iy : iy + INNER, ix : ix + INNER] = COLOURS[colour]
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8)), (ix, iy, ix + INNER, iy + INNER), colour
+    image.paste(COLOURS[colour], (ix, iy, ix + INNER, iy + INNER))
+    return image, (ix, iy, ix + INNER, iy + INNER), colour
 
 
 def _common(i: int, image: Image.Image, box: tuple, colour: str) -> dict:
@@ -88,23 +104,27 @@ def _common(i: int, image: Image.Image, box: tuple, colour: str) -> dict:
 
 
 def sft_row(i: int) -> dict:
+    """A trajectory that zooms into ZOOM_BOX (twice in every third row) and answers a letter that alternates every
+    two rows while the colour alternates every row: the call and the format, with an answer independent of the
+    image."""
     image, box, colour = scene(i)
     common = _common(i, image, box, colour)
     view = global_view(image, common["global_view_size"])
     crop, box_px = ZOOM(image, ZOOM_BOX)
-    messages = [
-        message("system", SYSTEM_PROMPT),
-        message("user", QUESTION, images=1),
-        message("assistant", "<think>The square is too small; zoom in.</think>", tool_calls=[tool_call(ZOOM_BOX)]),
-        message("tool", observation_text(ZOOM_BOX, box_px), images=1, name="zoom_in"),
-        message("assistant", f"<think>It is {colour}.</think>\n<answer>{common['answer']}</answer>"),
-    ]
+    zooms = 2 if i % 3 == 2 else 1
+    messages = [message("system", SYSTEM_PROMPT), message("user", QUESTION, images=1)]
+    for think in ("The square is too small; zoom in.", "Look again.")[:zooms]:
+        messages += [
+            message("assistant", f"<think>{think}</think>", tool_calls=[tool_call(ZOOM_BOX)]),
+            message("tool", observation_text(ZOOM_BOX, box_px), images=1, name="zoom_in"),
+        ]
+    messages.append(message("assistant", f"<think>Seen.</think>\n<answer>{'AB'[i // 2 % 2]}</answer>"))
     return {
         **common,
         "messages": messages,
-        "pattern": "coarse_to_fine",
-        "zoom_boxes_px": [list(box_px)],
-        "images": [_png(view), _png(crop)],
+        "pattern": "reflective" if zooms > 1 else "coarse_to_fine",
+        "zoom_boxes_px": [list(box_px)] * zooms,
+        "images": [_png(view)] + [_png(crop)] * zooms,
     }
 
 
@@ -115,8 +135,9 @@ def rl_row(i: int) -> dict:
     return {**common, "prompt": prompt, "images": [_png(image)]}
 
 
-def write_version(root: Path, n_sft: int, n_rl: int) -> Path:
-    """OUT/zoom/v1 as drim-data writes it; RL rows are numbered after the SFT ones (other images)."""
+def write_version(root: Path, n_sft: int, n_rl: int, n_test: int) -> Path:
+    """OUT/zoom/v1 as drim-data writes it; RL rows are numbered after the SFT ones and test rows after those (other
+    images each)."""
     version = root / "zoom" / "v1"
     if (version / "manifest.json").exists():
         return version
@@ -124,14 +145,14 @@ def write_version(root: Path, n_sft: int, n_rl: int) -> Path:
     for split, (n, make, first) in {
         "sft": (n_sft, sft_row, 0),
         "rl": (n_rl, rl_row, n_sft),
-        "test": (0, rl_row, 0),
+        "test": (n_test, rl_row, n_sft + n_rl),
     }.items():
         (version / "data" / split).mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist([make(first + i) for i in range(n)], schema=SPLITS[split][0].arrow_schema)
         rel = f"data/{split}/train-00000-of-00001.parquet"
         pq.write_table(table, version / rel)
         shards[rel] = shard_entry(version / rel)
-    manifest = new_manifest(shards, {"sft": n_sft, "rl": n_rl, "test": 0}, version=1, tool=ZOOM.manifest())
+    manifest = new_manifest(shards, {"sft": n_sft, "rl": n_rl, "test": n_test}, version=1, tool=ZOOM.manifest())
     (version / "manifest.json").write_text(json.dumps(manifest))
     return version
 
@@ -146,8 +167,9 @@ def model_view(image: Image.Image, processor) -> Image.Image:
 
 
 def visibility(processor, n: int = 200) -> dict:
-    """How readable the square's colour is without and with the zoom: the best threshold on red minus blue, summed
-    over a 3x3 window at the patch's known place in the model's view, and the square's size there."""
+    """How readable the square's colour is without and with the zoom: the best threshold on red minus blue at the
+    patch's known place in the model's view, at its centre pixel and summed over the 3x3 window around it, and the
+    square's size there."""
 
     def best_threshold(feature: list[float], red: list[bool]) -> float:
         order = np.argsort(feature)
@@ -158,10 +180,11 @@ def visibility(processor, n: int = 200) -> dict:
             best = max(best, acc, 1 - acc)
         return float(best)
 
-    rows = {"global": ([], []), "zoom": ([], [])}
-    side = {}
+    features = {(name, r): [] for name in ("global", "zoom") for r in (0, 1)}
+    red, side = [], {}
     for i in range(n):
         image, box, colour = scene(10_000 + i)
+        red.append(colour == "red")
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         crop, box_px = ZOOM(image, ZOOM_BOX)
         for name, view, (x0, y0, w, h) in (
@@ -175,19 +198,19 @@ def visibility(processor, n: int = 200) -> dict:
             a = np.asarray(view, dtype=np.float64)
             sx, sy = view.width / w, view.height / h
             px, py = int((cx - x0) * sx), int((cy - y0) * sy)
-            r = 1 if name == "global" else 0  # in the zoom, the inner square's own centre pixel
-            window = a[max(0, py - r) : py + r + 1, max(0, px - r) : px + r + 1]
-            rows[name][0].append(float((window[..., 0] - window[..., 2]).sum()))
-            rows[name][1].append(colour == "red")
+            for r in (0, 1):
+                window = a[max(0, py - r) : py + r + 1, max(0, px - r) : px + r + 1]
+                features[name, r].append(float((window[..., 0] - window[..., 2]).sum()))
             side[name] = (INNER * sx, OUTER * sx, view.size)
     return {
         name: {
             "view_px": list(side[name][2]),
             "inner_square_px": round(side[name][0], 2),
             "patch_px": round(side[name][1], 2),
-            "best_threshold_accuracy": round(best_threshold(*rows[name]), 3),
+            "centre_pixel_accuracy": round(best_threshold(features[name, 0], red), 3),
+            "window_3x3_accuracy": round(best_threshold(features[name, 1], red), 3),
         }
-        for name in rows
+        for name in side
     }
 
 
@@ -219,11 +242,27 @@ class RecordingPenalty(RedundancyPenalty):
         return rewards
 
 
+def greedy_eval(model, processor, version: Path) -> dict:
+    """Greedy accuracy and zooms per rollout on the held-out test images, through the same tool loop."""
+    rows, spec = load_rows(str(version), split="test")
+    rows = [rows[i] for i in range(len(rows))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        done = rollout(
+            model, processor, rows, [ZoomEnv(spec, MAX_TURNS) for _ in rows], MAX_TURNS, grpo.TURN_TEXT_TOKENS
+        )
+    model.train(was_training)
+    report = summarize(done, rows, RedundancyPenalty())
+    return {"accuracy": report["accuracy"], "calls": report["tool_calls"]["mean"]}
+
+
 def grpo_run(
     version: Path, model: Path, work: Path, lam: float, steps: int, batch: int, gens: int, lr: float
-) -> list[dict]:
+) -> tuple[list[dict], dict]:
+    """GRPO from the SFT checkpoint; the per-step curve and the greedy evaluation of the trained policy."""
     processor = load_processor(str(model))
-    turns = 2
+    turns = MAX_TURNS
     config = grpo_config(
         work / f"grpo-lambda{lam:g}",
         steps,
@@ -243,7 +282,7 @@ def grpo_run(
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
     repeats = {r["step"]: r for r in recorder.log}
-    return [
+    curve = [
         {
             "step": h["step"],
             "accuracy": h["rewards/accuracy_reward/mean"],
@@ -254,6 +293,7 @@ def grpo_run(
         }
         for h in logs
     ]
+    return curve, greedy_eval(trainer.model, processor, version)
 
 
 def by_tens(curve: list[dict], every: int = 10) -> list[dict]:
@@ -285,6 +325,8 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--n-sft", type=int, default=48)
     parser.add_argument("--n-rl", type=int, default=32)
+    parser.add_argument("--n-test", type=int, default=48, help="held-out images of the greedy evaluations")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1.0])
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON object")
     args = parser.parse_args()
 
@@ -297,20 +339,25 @@ def main() -> None:
     for name, v in seen.items():
         print(
             f"  {name:>6} view {v['view_px'][0]}x{v['view_px'][1]} px: inner square {v['inner_square_px']} px, "
-            f"patch {v['patch_px']} px, best-threshold accuracy {v['best_threshold_accuracy']}"
+            f"patch {v['patch_px']} px; best-threshold accuracy: centre pixel {v['centre_pixel_accuracy']}, "
+            f"3x3 window {v['window_3x3_accuracy']}"
         )
-    version = write_version(args.work, args.n_sft, args.n_rl)
+    version = write_version(args.work, args.n_sft, args.n_rl, args.n_test)
     data = DataModelArguments(data=str(version), model=str(tiny))
     sft.main(data, sft_config(args.work / "sft", args.sft_steps, args.sft_lr))
-    print(f"data and SFT done in {time.time() - started:.0f} s")
+    after_sft = greedy_eval(load_model(str(args.work / "sft")), processor, version)
+    print(
+        f"data and SFT done in {time.time() - started:.0f} s; greedy on {args.n_test} held-out images after SFT: "
+        f"accuracy {after_sft['accuracy']:.3f}, zooms/rollout {after_sft['calls']:.2f}"
+    )
 
     results = {}
-    for lam in (0.0, 1.0):
+    for lam in args.lambdas:
         t = time.time()
-        curve = grpo_run(
+        curve, final = grpo_run(
             version, args.work / "sft", args.work, lam, args.grpo_steps, args.batch, args.generations, args.grpo_lr
         )
-        results[lam] = {"curve": curve, "blocks": by_tens(curve), "seconds": round(time.time() - t)}
+        results[lam] = {"curve": curve, "blocks": by_tens(curve), "greedy": final, "seconds": round(time.time() - t)}
 
     print(
         f"\nGRPO after {args.sft_steps} SFT steps, {args.batch} rollouts per step ({args.generations} per prompt), "
@@ -323,9 +370,22 @@ def main() -> None:
                 f"{lam:>7g}{b['steps']:>8}{b['accuracy']:>10.3f}{b['calls']:>15.2f}{b['redundancy']:>12.4f}"
                 f"{b['wrong_repeated']:>11.2f} of {b['wrong']:>3}"
             )
+    print(f"\ngreedy on {args.n_test} held-out images (at most {MAX_TURNS} zooms):")
+    print(f"  after SFT: accuracy {after_sft['accuracy']:.3f}, zooms/rollout {after_sft['calls']:.2f}")
+    for lam, r in results.items():
+        g = r["greedy"]
+        print(
+            f"  after GRPO, lambda {lam:g}: accuracy {g['accuracy']:.3f}, zooms/rollout {g['calls']:.2f} "
+            f"({r['seconds']} s)"
+        )
     print(f"total {time.time() - started:.0f} s")
     if args.json:
-        out = {"visibility": seen, "sft_steps": args.sft_steps, "lambda": {str(k): v for k, v in results.items()}}
+        out = {
+            "visibility": seen,
+            "sft_steps": args.sft_steps,
+            "after_sft": after_sft,
+            "lambda": {str(k): v for k, v in results.items()},
+        }
         print(json.dumps(out))
 
 
