@@ -61,12 +61,12 @@ def blind_answer(view: Image.Image, item: BlindItem) -> str | None:
     boxes = [_in_view(box, view, item) for box in item.targets]
     if not boxes:
         return None
+    pixels = np.asarray(view.convert("RGB"))
     if item.question_type == "recognition":  # what is recognised as its class is named by it
-        pixels = np.asarray(view.convert("RGB"))
         found = item.label if all(_identifiable(b, pixels) for b in boxes) else None
     else:
         reader = READERS.get(item.question_type)
-        found = reader(view, boxes) if reader else None
+        found = reader(pixels, boxes) if reader else None
     return None if found is None else _as_answer(found, item)
 
 
@@ -81,8 +81,7 @@ def _findable(box: tuple[float, float, float, float]) -> bool:
     return min(w, h) >= THIN_PX and w * h >= FINDABLE_PX**2
 
 
-def _colour(view: Image.Image, boxes: list) -> str | None:
-    pixels = np.asarray(view.convert("RGB"))
+def _colour(pixels: np.ndarray, boxes: list) -> str | None:
     if not all(_identifiable(b, pixels) for b in boxes):  # the named object must be recognised to be found
         return None
     return colour_name(object_pixels(pixels, _whole_pixels(boxes[0])))[0]
@@ -92,9 +91,8 @@ def _whole_pixels(box: tuple) -> tuple[int, int, int, int]:
     return math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3])
 
 
-def _count(view: Image.Image, boxes: list) -> str | None:
+def _count(pixels: np.ndarray, boxes: list) -> str | None:
     """Instances recognised at this scale, those closer than `SEPARABLE_PX` merged as the eye would merge them."""
-    pixels = np.asarray(view.convert("RGB"))
     found = [b for b in boxes if _identifiable(b, pixels)]
     if not found:
         return None
@@ -149,9 +147,8 @@ def pops_out(pixels: np.ndarray, box: tuple[float, float, float, float]) -> bool
     return float(np.linalg.norm(own - np.median(to_lab(patch[ring]), axis=0))) >= POP_OUT_DE
 
 
-def _relation(view: Image.Image, boxes: list) -> str | None:
+def _relation(pixels: np.ndarray, boxes: list) -> str | None:
     """Where the first object is relative to the second, along the axis on which they are further apart."""
-    pixels = np.asarray(view.convert("RGB"))
     if len(boxes) < 2 or not all(_identifiable(b, pixels) for b in boxes[:2]):
         return None
     (ax, ay), (bx, by) = (((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes[:2])
@@ -160,7 +157,7 @@ def _relation(view: Image.Image, boxes: list) -> str | None:
     return "above" if ay < by else "below"
 
 
-def _compare_size(view: Image.Image, boxes: list) -> str | None:
+def _compare_size(pixels: np.ndarray, boxes: list) -> str | None:
     """Whether the first object is longer than the second, from their longer sides in the view. One of them need
     only be found there: a question asks it only at a clear ratio, so a hull beside a speck, or beside a spot that
     shows nothing, is told without a zoom."""
@@ -170,18 +167,13 @@ def _compare_size(view: Image.Image, boxes: list) -> str | None:
     return "longer" if a > b else "shorter"
 
 
-def _text(view: Image.Image, boxes: list) -> str | None:
+def _text(pixels: np.ndarray, boxes: list) -> str | None:
     x1, y1, x2, y2 = boxes[0]
     pad = TEXT_MARGIN * max(1.0, y2 - y1)
-    crop = view.crop(
-        (
-            max(0, math.floor(x1 - pad)),
-            max(0, math.floor(y1 - pad)),
-            min(view.width, math.ceil(x2 + pad)),
-            min(view.height, math.ceil(y2 + pad)),
-        )
-    )
-    lines = read_text(crop)
+    height, width = pixels.shape[:2]
+    top, bottom = max(0, math.floor(y1 - pad)), min(height, math.ceil(y2 + pad))
+    left, right = max(0, math.floor(x1 - pad)), min(width, math.ceil(x2 + pad))
+    lines = read_text(Image.fromarray(pixels[top:bottom, left:right]))
     return " ".join(line.text for line in lines) if lines else None
 
 

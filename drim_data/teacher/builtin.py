@@ -647,16 +647,15 @@ def _recognition(facts: ImageFacts, cfg: GenerateConfig, rng: random.Random, nam
     recognise in the view. Every other option is of a class boxed completely with none of it, singly or in a crowd,
     on the person, so exactly one option is true: "Which of these is the leftmost person carrying? A. bag B. camera
     C. bottle". The question names the person, never the thing: its class is the answer."""
-    found = []
+    found, targets = [], _targets(facts)
     people = [p for p in facts.instances if p.label in PEOPLE and p.sure and not p.crowd]
-    on = {id(p): [i for i in facts.instances if i.label not in PEOPLE and _inside_share(i, p) > 0] for p in people}
     for person in rng.sample(people, len(people)):
+        touching = {i.label for i in facts.instances if i.label not in PEOPLE and _inside_share(i, person) > 0}
         for kind, verb in ((CARRIED, "carrying"), (WORN, "wearing")):
-            held = [t for t in _targets(facts) if t.label in kind and carries(person, t, [], facts)]
+            held = [t for t in targets if t.label in kind and carries(person, t, [], facts)]
             for thing in held:
                 if not thing.small or sum(t.label == thing.label for t in held) > 1:
                     continue  # seen in the view, or two of a class: which one a zoom must show is not clear
-                touching = {i.label for i in on[id(person)]}
                 others = sorted(c for c in kind & facts.complete if c not in touching)
                 if len(others) < 2:
                     continue
