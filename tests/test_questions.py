@@ -94,7 +94,9 @@ def test_a_description_holds_against_whatever_a_crowd_box_hides():
     marina = crowd(300, 100, 600, 300)
     assert "the leftmost boat" in phrases(left, facts(left, right, marina))
     inside_span = boat(400, 700)  # left of every single box, but the marina reaches further left
-    assert not any("leftmost" in p for p in phrases(inside_span, facts(inside_span, right, marina)))
+    found = phrases(inside_span, facts(inside_span, right, marina))
+    assert "the leftmost boat" not in found
+    assert "the leftmost boat in the bottom half of the image" in found  # the marina lies in the top half
     assert "the leftmost boat" in phrases(inside_span, facts(inside_span, right))  # the crowd is what stops it
     assert not any("bottom" in p for p in phrases(left, facts(left, right, crowd(0, 900, 2000, 1000))))
 
@@ -136,7 +138,12 @@ def test_area_scoped_positions():
     assert "the leftmost boat in the top half of the image" not in phrases(a, scene)
     assert "the boat in the bottom half of the image" in phrases(c, scene)
     on_edge = boat(700, 490)  # centred on the halfway line: top or bottom is not clear
-    assert not any("top half" in p or "bottom half" in p for p in phrases(c, facts(a, b, c, on_edge)))
+    with_edge = phrases(c, facts(a, b, c, on_edge))
+    assert "the boat in the bottom half of the image" not in with_edge  # it may be a second one there
+    # ... but c is the leftmost there whether or not the boat on the line counts, and not the rightmost
+    assert "the leftmost boat in the bottom half of the image" in with_edge
+    assert not any("right" in p and "bottom half" in p for p in with_edge)
+    assert not any("top half" in p for p in with_edge)
 
 
 def test_the_name_of_an_object_leaned_on_never_nests():

@@ -36,9 +36,10 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "8"  # 4: relative position offers no relation that could be true as well; 5: referents only of
+VERSION = "9"  # 4: relative position offers no relation that could be true as well; 5: referents only of
 # classes boxed completely, and true whatever a crowd box of the class hides; 6: an object across an area line is
-# on both sides of it; 7: a slim object that stands out is recognised in the view by its length; 8: recognition
+# on both sides of it; 7: a slim object that stands out is recognised in the view by its length; 8: recognition; 9: an
+# extreme ("the leftmost ship in the top half") holds whether or not one on the area's edge is counted in it
 
 PENDING = """
 SELECT image_id, width, height FROM images

@@ -238,10 +238,10 @@ def descriptions(
         if axes & avoid or inside(target) is not True:
             continue
         verdicts = [inside(o) for o in others]
-        if None in verdicts:
-            continue  # another one lies on the area's edge: in or out is not clear
         members = [o for o, v in zip(others, verdicts, strict=True) if v]
-        if not members:
+        # one on the area's edge may be in it or not: a phrase must hold either way
+        edge = [o for o, v in zip(others, verdicts, strict=True) if v is None]
+        if not members and not edge:
             found.append(("area", f"the {noun} {scope}", leans_on[0] if leans_on else None))
             continue
         suffix = f" {scope}" if scope else ""
@@ -251,11 +251,7 @@ def descriptions(
             k = 0 if axis == "horizontal" else 1
             margin = cfg.position_margin * (facts.width, facts.height)[k]
             for end, sign in zip(ends, (1, -1), strict=True):
-                ahead = sorted(sign * o.centre[k] for o in members if sign * o.centre[k] < sign * target.centre[k])
-                behind = [sign * o.centre[k] for o in members if sign * o.centre[k] >= sign * target.centre[k]]
-                here = sign * target.centre[k]
-                clear = (not ahead or here - ahead[-1] >= margin) and (not behind or min(behind) - here >= margin)
-                phrase = ORDINALS[len(ahead)](noun, end) if clear and len(ahead) < len(ORDINALS) else None
+                phrase = _ordinal(target, members, edge, k, sign, margin, noun, end)
                 if phrase and (not suffix or (axis, phrase, None) not in found):  # "topmost in the top half": no
                     found.append((axis, phrase + suffix, leans_on[0] if leans_on else None))
     if "size" not in avoid and not crowded and not any(cut_off(i, facts) for i in [target, *others]):
@@ -285,6 +281,26 @@ def descriptions(
                 if named:
                     found.append(("relation", f"{named}'s {noun}", carrier))
     return found
+
+
+def _ordinal(
+    target: Instance, members: list, edge: list, k: int, sign: int, margin: float, noun: str, end: str
+) -> str | None:
+    """The rank phrase ("the second {noun} from the {end}") when the target holds that rank among `members`, with
+    `margin` to its neighbours on axis `k`, whether or not the `edge` ones (in the area or not, too close to call)
+    count."""
+    here = sign * target.centre[k]
+
+    def rank(among: list) -> int | None:
+        ahead = sorted(sign * o.centre[k] for o in among if sign * o.centre[k] < here)
+        behind = [sign * o.centre[k] for o in among if sign * o.centre[k] >= here]
+        clear = (not ahead or here - ahead[-1] >= margin) and (not behind or min(behind) - here >= margin)
+        return len(ahead) if clear else None
+
+    ranks = {rank(members), rank(members + edge)}
+    if len(ranks) != 1 or None in ranks or min(ranks) >= len(ORDINALS):
+        return None
+    return ORDINALS[ranks.pop()](noun, end)
 
 
 def anchor_name(anchor: Instance, facts: ImageFacts, cfg: GenerateConfig, avoid: frozenset[str]) -> str | None:
