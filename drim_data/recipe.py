@@ -10,6 +10,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -140,9 +141,10 @@ class ExportConfig:
     # images held out in the `test` split with this probability, by a hash of the image alone (whatever `split_by`
     # says), so an image's split never moves as others are added; 0 for recipes over a handful of images
     test_share: float = 0.1
-    rl_share: float = 0.5  # the other items go to RL with this probability (by a hash of `split_by`), else to SFT
-    # image: every item of an image lands in one split (no image in two); item: each item by its own hash, for a
-    # handful of images that would otherwise leave a split with one or two of them
+    rl_share: float = 0.5  # the other items go to RL with this probability, else to SFT
+    # image: every item of an image lands in one split (no image in two), by the image's hash; item: this share of
+    # each image's items, taken in turn, for a handful of images that would otherwise leave a split with one or two
+    # of them (an item's split then moves when its image gains or loses kept items)
     split_by: Literal["image", "item"] = "image"
     rows_per_shard: int = 200
     global_view_quality: int = 90
@@ -370,6 +372,15 @@ def sha256_json(value: Any) -> str:
 def hash_share(key: Any) -> float:
     """A number in [0, 1) from a hash of `key`: a choice that depends on the item alone, whatever else runs."""
     return int(sha256_json(key)[:8], 16) / 16**8
+
+
+def even_spread(keys: Iterable[str], share: float, salt: Any) -> set[str]:
+    """`share` of `keys`, taken in turn in the order of their hashes from an offset that depends on `salt`: the
+    share holds to within one key however few there are, where a hash threshold on each key alone would leave 2 of
+    8 where 4 were asked for."""
+    ordered = sorted(keys, key=lambda k: hash_share([salt, k]))
+    offset = hash_share(salt)
+    return {k for r, k in enumerate(ordered) if math.floor((r + 1) * share + offset) > math.floor(r * share + offset)}
 
 
 def to_plain(obj: Any) -> Any:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from drim_data.errors import Drop
 from drim_data.recipe import ExportConfig, IngestConfig, Recipe, TrajectoryConfig
-from drim_data.stages.export import split_of
+from drim_data.stages.export import image_splits
 from drim_data.stages.narration import Narrator, crop_colour, instances_in, own_colour
 from drim_data.stages.questions import Question
 from drim_data.stages.search import (
@@ -235,7 +235,9 @@ def test_reflective_searches_go_to_sft_items_in_their_share_however_few():
         )
         for image, n in (("a", 40), ("b", 5), ("c", 1)):
             picks = reflective_picks(con, image, recipe)
-            sft = [f"{image}-{i}" for i in range(n) if split_of(f"{image}-{i}", image, recipe.export) == "sft"]
+            kept = [f"{image}-{i}" for i in range(n)] + ([f"a-r{i}" for i in range(6)] if image == "a" else [])
+            splits = image_splits(image, kept, recipe.export)
+            sft = [f"{image}-{i}" for i in range(n) if splits[f"{image}-{i}"] == "sft"]
             assert picks <= set(sft)  # never an RL item, never a dropped one
             assert abs(len(picks) - share * len(sft)) < 1, (image, share, len(picks), len(sft))
 

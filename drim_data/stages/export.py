@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from drim_data import __version__
 from drim_data.errors import Drop, RunFault
 from drim_data.pixels.images import decode, encode_jpeg, encode_png
 from drim_data.pixels.sources import image_bytes
-from drim_data.recipe import ExportConfig, hash_share, sha256_json, to_plain
+from drim_data.recipe import ExportConfig, even_spread, hash_share, sha256_json, to_plain
 from drim_data.release.card import dataset_card
 from drim_data.stages.contract import Context
 from schemas.answers import LETTERS, with_options
@@ -50,7 +51,8 @@ WHERE v.kept AND q.image_id IN (SELECT image_id FROM files WHERE status IN ('ok'
 ORDER BY q.question_id
 """
 
-VERSION = "2"  # 2: answer letters balanced over rows of any number of options together
+VERSION = "3"  # 2: answer letters balanced over rows of any number of options together; 3: items split by
+# item take the RL share of each image in turn
 
 
 class Item(NamedTuple):
@@ -93,18 +95,28 @@ class ExportResult:
         return {"version": self.version, "written": self.written, **self.rows, **dropped}
 
 
-def split_of(question_id: str, image_id: str, export: ExportConfig, has_dialogue: bool = True) -> str | None:
-    """Test for a share of whole images, by a hash of the image alone, so that no test image is trained on
-    whatever `split_by` does; then RL for a share of images (or items) by their hash, else SFT. A verified item no
-    search could be shown for is an RL prompt (its image and answer are all RL needs), unless its image is bound
-    for SFT: then it is left out (None), so that no image is in two splits."""
+def image_splits(
+    image_id: str, question_ids: Iterable[str], export: ExportConfig, undialogued: frozenset[str] = frozenset()
+) -> dict[str, str | None]:
+    """The split of each of an image's kept items. Test for a share of whole images, by a hash of the image alone,
+    so that no test image is trained on whatever `split_by` does; then RL for a share of images by their hash, or,
+    by item, for that share of the image's items (`even_spread`); else SFT.
+
+    An item no search could be shown for (in `undialogued`) is an RL prompt: its image and answer are all RL needs.
+    By item, it takes the place of an RL item that has a dialogue, which goes to SFT, so the shares still hold; by
+    image, on an image bound for SFT it is left out (None), so that no image is in two splits."""
+    question_ids = list(question_ids)
     if hash_share(["test", image_id]) < export.test_share:
-        return "test"
-    by_image = export.split_by == "image"
-    split = "rl" if hash_share(image_id if by_image else question_id) < export.rl_share else "sft"
-    if split == "sft" and not has_dialogue:
-        return None if by_image else "rl"
-    return split
+        return dict.fromkeys(question_ids, "test")
+    if export.split_by == "image":
+        split = "rl" if hash_share(image_id) < export.rl_share else "sft"
+        return {q: None if split == "sft" and q in undialogued else split for q in question_ids}
+    salt = ["rl", image_id]
+    rl = even_spread(question_ids, export.rl_share, salt)
+    moved = [q for q in question_ids if q in undialogued and q not in rl]
+    spare = sorted((q for q in rl if q not in undialogued), key=lambda q: hash_share([salt, q]))[: len(moved)]
+    rl = rl - set(spare) | set(moved)
+    return {q: "rl" if q in rl else "sft" for q in question_ids}
 
 
 @dataclass
@@ -254,8 +266,14 @@ def _write_version(
     exports again once they can be read."""
     recipe = ctx.recipe
     splits = {**{split: [] for split in SPLITS}, None: []}
+    by_image: dict[str, list[Item]] = {}
     for item in items:
-        splits[split_of(item.question_id, item.image_id, recipe.export, item.trajectory_id is not None)].append(item)
+        by_image.setdefault(item.image_id, []).append(item)
+    for image_id, image_items in by_image.items():
+        undialogued = frozenset(i.question_id for i in image_items if i.trajectory_id is None)
+        split = image_splits(image_id, [i.question_id for i in image_items], recipe.export, undialogued)
+        for item in image_items:
+            splits[split[item.question_id]].append(item)
     splits.pop(None)  # no search to show, on an image bound for SFT
     tally = LetterTally()  # one over the whole version, so splits and version both balance
     splits = {split: balanced_letters(split_items, tally) for split, split_items in splits.items()}

@@ -10,7 +10,6 @@ executed and the crop sent back, up to a turn limit.
 from __future__ import annotations
 
 import json
-import math
 
 from PIL import Image
 
@@ -18,9 +17,9 @@ from drim_data.errors import Drop
 from drim_data.pixels.annotations import SINGLE_SQL
 from drim_data.pixels.candidates import GENERIC
 from drim_data.pixels.images import encode_jpeg, sha256
-from drim_data.recipe import Recipe, hash_share, sha256_json
+from drim_data.recipe import Recipe, even_spread, sha256_json
 from drim_data.stages.contract import Context, StageStats
-from drim_data.stages.export import split_of
+from drim_data.stages.export import image_splits
 from drim_data.stages.narration import Narrator
 from drim_data.stages.questions import COLUMNS, Question
 from drim_data.stages.search import UNREFLECTIVE_TYPES, PlanRejected, Scene, contains, plan, violations
@@ -40,8 +39,8 @@ from schemas.tool import (
 )
 
 NAME = "trajectories"
-VERSION = "4"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
-# views on its 28 px grid
+VERSION = "5"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
+# views on its 28 px grid; 5: reflective picks among the SFT items of an even split
 
 PENDING = f"""
 SELECT {COLUMNS}
@@ -157,21 +156,19 @@ def scene_of(con, image_id: str, width: int, height: int) -> Scene:
 
 
 def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:
-    """The image's items that first look at a distractor: `reflective_share` of those bound for SFT, taken in
-    turn (an even spread, offset per image) in the order of a hash, so the share holds even for a handful of
-    items. Only SFT shows a dialogue; an RL item's plain search still checks its answer."""
-    kept = [
-        qid
-        for (qid,) in con.execute(
-            "SELECT question_id FROM questions JOIN verdicts USING (question_id) WHERE kept AND image_id = ? "
-            "AND NOT list_contains(?, question_type)",
-            [image_id, list(UNREFLECTIVE_TYPES)],
+    """The image's items that first look at a distractor: `reflective_share` of those bound for SFT (`even_spread`),
+    so the share holds even for a handful of items. Only SFT shows a dialogue; an RL item's plain search still
+    checks its answer."""
+    kept = dict(
+        con.execute(
+            "SELECT question_id, question_type FROM questions JOIN verdicts USING (question_id) "
+            "WHERE kept AND image_id = ?",
+            [image_id],
         ).fetchall()
-    ]
-    sft = [q for q in kept if split_of(q, image_id, recipe.export) == "sft"]
-    sft.sort(key=lambda q: hash_share(["reflective", q]))
-    share, offset = recipe.trajectories.reflective_share, hash_share(["reflective", image_id])
-    return {q for r, q in enumerate(sft) if math.floor((r + 1) * share + offset) > math.floor(r * share + offset)}
+    )
+    splits = image_splits(image_id, kept, recipe.export)  # over every kept item, as export splits them
+    sft = [q for q, kind in kept.items() if splits[q] == "sft" and kind not in UNREFLECTIVE_TYPES]
+    return even_spread(sft, recipe.trajectories.reflective_share, ["reflective", image_id])
 
 
 def build(
