@@ -169,6 +169,9 @@ def test_a_share_of_items_needs_only_one_zoom_with_enough_detail(harbour):
     short = min(target[2] - target[0], target[3] - target[1])
     assert all(len(z) == 1 and short * detail(z[0].box) >= cfg.min_target_px for z in direct)
     assert all(len(z) == 2 for z, pattern in found if pattern == "coarse_to_fine")
+    item = question("q0", "colour", "boat", [target])  # the stage's own picks override the hash
+    assert plan(item, scene, cfg, G, 5, single=True)[1] == "direct"
+    assert plan(item, scene, cfg, G, 5, single=False)[1] == "coarse_to_fine"
 
 
 def test_reflective_items_look_at_a_real_distractor_that_is_not_the_target(harbour):
@@ -209,13 +212,13 @@ def test_a_look_alike_inside_a_crowd_box_may_be_one_and_is_no_distractor():
     assert instances_in((900, 700, 1200, 1000), crowded, "boat") == "1 boat"
 
 
-def test_reflective_searches_go_to_sft_items_in_their_share_however_few():
+def test_reflective_and_single_zoom_picks_keep_their_shares_however_few_items():
     """Only SFT shows a dialogue: a share of an image's SFT items first looks at a distractor, spread evenly so
     the share holds for a handful of items, and no RL item does, nor a recognition item (its look would say the
-    answer)."""
+    answer). A share of all kept items tries one zoom first, spread the same way."""
     from types import SimpleNamespace
 
-    from drim_data.stages.trajectories import reflective_picks
+    from drim_data.stages.trajectories import image_picks
 
     con = duckdb.connect()
     con.execute("CREATE TABLE questions (question_id VARCHAR, image_id VARCHAR, question_type VARCHAR)")
@@ -231,15 +234,17 @@ def test_reflective_searches_go_to_sft_items_in_their_share_however_few():
         con.execute("INSERT INTO verdicts VALUES (?, true)", [f"a-r{i}"])
     for share in (0.0, 0.3, 1.0):
         recipe = SimpleNamespace(
-            trajectories=TrajectoryConfig(reflective_share=share), export=ExportConfig(rl_share=0.5, split_by="item")
+            trajectories=TrajectoryConfig(reflective_share=share, single_zoom_share=1 - share),
+            export=ExportConfig(rl_share=0.5, split_by="item"),
         )
         for image, n in (("a", 40), ("b", 5), ("c", 1)):
-            picks = reflective_picks(con, image, recipe)
+            picks = image_picks(con, image, recipe)
             kept = [f"{image}-{i}" for i in range(n)] + ([f"a-r{i}" for i in range(6)] if image == "a" else [])
             splits = image_splits(image, kept, recipe.export)
             sft = [f"{image}-{i}" for i in range(n) if splits[f"{image}-{i}"] == "sft"]
-            assert picks <= set(sft)  # never an RL item, never a dropped one
-            assert abs(len(picks) - share * len(sft)) < 1, (image, share, len(picks), len(sft))
+            assert picks["reflective"] <= set(sft)  # never an RL item, never a dropped one
+            assert abs(len(picks["reflective"]) - share * len(sft)) < 1, (image, share, len(picks), len(sft))
+            assert picks["single"] <= set(kept) and abs(len(picks["single"]) - (1 - share) * len(kept)) < 1
 
 
 def test_multi_target_questions_zoom_to_each_target(harbour):
@@ -261,6 +266,19 @@ def test_count_zooms_hold_every_counted_instance(harbour):
     for i in range(8):
         zooms, _ = plan(question(f"n{i}", "count", "boat", counted), scene, TrajectoryConfig(), G, 5)
         assert all(contains(zooms[-1].box, b) for b in counted)
+
+
+def test_a_count_that_needs_little_detail_still_zooms_into_part_of_the_image(harbour):
+    """Two large boats counted at 12 px each need hardly more detail than the view: the widest zoom that shows them
+    well would cover the image, so the zoom is the widest that is still a zoom."""
+    _, scene = harbour
+    counted = [[1000, 700, 1080, 760], [1300, 720, 1380, 790]]
+    small_view = global_view_scale(W, H, 512 * 512)
+    for i in range(8):
+        item = question(f"wide{i}", "count", "boat", counted, answer="2", checker="number")
+        zooms, _ = plan(item, scene, TrajectoryConfig(reflective_share=0), small_view, 5)
+        assert all(contains(zooms[-1].box, b) for b in counted)
+        assert all((z.grid[2] - z.grid[0]) * (z.grid[3] - z.grid[1]) <= 0.5 * 1000 * 1000 for z in zooms)
 
 
 def test_a_count_too_spread_out_for_one_zoom_is_counted_view_by_view(harbour):

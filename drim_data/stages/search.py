@@ -169,15 +169,22 @@ def off_centre(box: Box, subject: Box) -> float:
 
 
 def plan(
-    item, scene: Scene, cfg: TrajectoryConfig, view_scale: float, max_turns: int, reflective: bool | None = None
+    item,
+    scene: Scene,
+    cfg: TrajectoryConfig,
+    view_scale: float,
+    max_turns: int,
+    reflective: bool | None = None,
+    single: bool | None = None,
 ) -> tuple[list[Zoom], str]:
     """The zooms of an item's trajectory and its pattern: the first candidate plan that breaks no rule.
 
     `item` needs question_id, question_type, label and targets (original-pixel boxes); nothing is read from the
-    question's text. `reflective` says whether to first look at a distractor (by default, for a hashed share of
-    items). Raises PlanRejected when every candidate breaks a rule."""
+    question's text. `reflective` says whether to first look at a distractor, `single` whether to try one zoom
+    before two (by default each for a hashed share of items). Raises PlanRejected when every candidate breaks a
+    rule."""
     last = ("no_zoom", "")
-    for pattern, attempt in candidates(item, scene, cfg, reflective):
+    for pattern, attempt in candidates(item, scene, cfg, reflective, single):
         try:
             zooms = attempt(view_scale)
         except ZoomError as exc:
@@ -190,7 +197,7 @@ def plan(
     raise PlanRejected(*last)
 
 
-def candidates(item, scene: Scene, cfg: TrajectoryConfig, reflective: bool | None = None):
+def candidates(item, scene: Scene, cfg: TrajectoryConfig, reflective: bool | None = None, single: bool | None = None):
     """Candidate plans, preferred first, as (pattern, build(view_scale) -> zooms). A reflective item tries a first
     look at each distractor, nearest first, then goes to the target: straight there where one zoom can show it well
     (it has seen where it must be), else coarse to fine, never back over the distractor. Any item falls back to its
@@ -198,7 +205,7 @@ def candidates(item, scene: Scene, cfg: TrajectoryConfig, reflective: bool | Non
     qid, targets = item.question_id, [tuple(t) for t in item.targets]
     if not targets:
         return
-    plain = list(searches(item, targets, scene, cfg))
+    plain = list(searches(item, targets, scene, cfg, single))
     if reflective is None:
         reflective = hash_share(["reflective", qid]) < cfg.reflective_share
     if reflective and item.question_type not in UNREFLECTIVE_TYPES:
@@ -212,15 +219,17 @@ def candidates(item, scene: Scene, cfg: TrajectoryConfig, reflective: bool | Non
     yield from plain
 
 
-def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig):
-    """The plain searches for an item's targets, as (pattern, build) pairs, preferred first."""
+def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig, single: bool | None = None):
+    """The plain searches for an item's targets, as (pattern, build) pairs, preferred first; a `single` item
+    tries one zoom first (by default, a hashed share of items)."""
     qid = item.question_id
+    if single is None:
+        single = hash_share(["single", qid]) < cfg.single_zoom_share
     if item.question_type == "count" or len(targets) == 1:
         subject = union(targets)
         seen = cfg.min_instance_px if item.question_type == "count" else cfg.min_target_px
         need = seen / min(_short(t) for t in targets)
-        orders = ["direct", "coarse_to_fine"] if hash_share(["single", qid]) < cfg.single_zoom_share else None
-        for order in orders or ["coarse_to_fine", "direct"]:
+        for order in ["direct", "coarse_to_fine"] if single else ["coarse_to_fine", "direct"]:
             for k in range(len(OFFSETS)):
                 yield order, _single(qid, k, subject, need, order, scene, cfg)
         if item.question_type == "count" and len(targets) > 1:  # too spread out for one zoom: one per group
@@ -252,6 +261,13 @@ def widest_side(need: float, view_scale: float) -> float:
     return 0.95 * side_for(max(need, MIN_GAIN * view_scale))
 
 
+def largest_side(scene: Scene) -> float:
+    """The side of the largest square zoom that is still a zoom (`MAX_ZOOM_SHARE` of the image), with room for
+    the grid's rounding: a subject that needs little detail (two books counted at 12 px each) would otherwise be
+    shown in a box as wide as the image."""
+    return 0.95 * math.sqrt(MAX_ZOOM_SHARE * scene.width * scene.height)
+
+
 def count_groups(targets: list[tuple], widest: float) -> list[list[tuple]]:
     """The counted instances in compact groups, each held by a square no wider than `widest`: the two groups
     whose union is smallest merge first, while it fits."""
@@ -268,7 +284,7 @@ def count_groups(targets: list[tuple], widest: float) -> list[list[tuple]]:
 
 def _count_groups(qid, k, targets, need, scene, cfg):
     def build(view_scale: float) -> list[Zoom]:
-        groups = count_groups(targets, widest_side(need, view_scale))
+        groups = count_groups(targets, min(widest_side(need, view_scale), largest_side(scene)))
         if len(groups) < 2:
             raise ZoomError("one zoom holds them all")
         zooms = []
@@ -308,7 +324,7 @@ def _multi(qid, k, targets, scene, cfg):
 def _approach(key, k, subject, need, order, scene, cfg, view_scale) -> list[Zoom]:
     """One zoom that already shows the subject at enough detail (direct), or a coarse then a fine one."""
     long = max(subject[2] - subject[0], subject[3] - subject[1])
-    fit, enough = holding_side(subject), widest_side(need, view_scale)
+    fit, enough = holding_side(subject), min(widest_side(need, view_scale), largest_side(scene))
     fine_side = max(min(long * cfg.context_scale, enough), fit, ZOOM.min_side_px)
     if order == "direct":
         side = max(min(2 * fine_side, enough), fine_side)
@@ -318,6 +334,7 @@ def _approach(key, k, subject, need, order, scene, cfg, view_scale) -> list[Zoom
     if fine_detail >= NATIVE > cfg.coarse_gain * view_scale:
         coarse_detail = cfg.coarse_gain * view_scale  # the fine zoom reaches native resolution from below
     coarse_side = max(side_for(coarse_detail), fit / (2 * min(OFFSETS[0], 1 - OFFSETS[-1])))  # room off-centre
+    coarse_side = min(coarse_side, largest_side(scene))
     coarse = _zoom(_off_centre(subject, coarse_side, key, k, scene), "coarse", subject, scene, need)
     fine = _zoom(_around(subject, fine_side, key, scene), "fine", subject, scene, need)
     return [coarse, fine]

@@ -39,8 +39,9 @@ from schemas.tool import (
 )
 
 NAME = "trajectories"
-VERSION = "5"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
-# views on its 28 px grid; 5: reflective picks among the SFT items of an even split
+VERSION = "6"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
+# views on its 28 px grid; 5: reflective picks among the SFT items of an even split; 6: a zoom is never wider than
+# the widest that is still a zoom, and a share of each image's items tries one zoom first, taken in turn
 
 PENDING = f"""
 SELECT {COLUMNS}
@@ -54,7 +55,7 @@ def run(ctx: Context) -> StageStats:
     stats = StageStats(NAME)
     scenes: dict[str, Scene] = {}
 
-    picks: set[str] = set()
+    picks: dict[str, set[str]] = {}
 
     def handle(row: tuple) -> None:
         item = Question.from_row(row)
@@ -62,9 +63,15 @@ def run(ctx: Context) -> StageStats:
             scenes.clear()  # items come grouped by image
             scenes[item.image_id] = scene_of(ctx.con, item.image_id, item.width, item.height)
             picks.clear()
-            picks.update(reflective_picks(ctx.con, item.image_id, ctx.recipe))
-        reflective = item.question_id in picks
-        messages, turns, pattern = build(ctx.image(item.image_id), item, scenes[item.image_id], ctx.recipe, reflective)
+            picks.update(image_picks(ctx.con, item.image_id, ctx.recipe))
+        messages, turns, pattern = build(
+            ctx.image(item.image_id),
+            item,
+            scenes[item.image_id],
+            ctx.recipe,
+            item.question_id in picks["reflective"],
+            item.question_id in picks["single"],
+        )
         store(ctx, stats, item, pattern, messages, turns)
 
     async def handle_with_model(row: tuple):
@@ -155,10 +162,11 @@ def scene_of(con, image_id: str, width: int, height: int) -> Scene:
     return Scene(width, height, annotations, frozenset(complete), lookalikes, crowds, colours)
 
 
-def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:
-    """The image's items that first look at a distractor: `reflective_share` of those bound for SFT (`even_spread`),
-    so the share holds even for a handful of items. Only SFT shows a dialogue; an RL item's plain search still
-    checks its answer."""
+def image_picks(con, image_id: str, recipe: Recipe) -> dict[str, set[str]]:
+    """The image's items that first look at a distractor ("reflective": `reflective_share` of those bound for SFT;
+    only SFT shows a dialogue, an RL item's plain search still checks its answer) and those that try one zoom
+    first ("single": `single_zoom_share` of all), each an `even_spread`, so the shares hold for a handful of
+    items."""
     kept = dict(
         con.execute(
             "SELECT question_id, question_type FROM questions JOIN verdicts USING (question_id) "
@@ -168,17 +176,26 @@ def reflective_picks(con, image_id: str, recipe: Recipe) -> set[str]:
     )
     splits = image_splits(image_id, kept, recipe.export)  # over every kept item, as export splits them
     sft = [q for q, kind in kept.items() if splits[q] == "sft" and kind not in UNREFLECTIVE_TYPES]
-    return even_spread(sft, recipe.trajectories.reflective_share, ["reflective", image_id])
+    cfg = recipe.trajectories
+    return {
+        "reflective": even_spread(sft, cfg.reflective_share, ["reflective", image_id]),
+        "single": even_spread(kept, cfg.single_zoom_share, ["single", image_id]),
+    }
 
 
 def build(
-    image: Image.Image, item: Question, scene: Scene, recipe: Recipe, reflective: bool | None = None
+    image: Image.Image,
+    item: Question,
+    scene: Scene,
+    recipe: Recipe,
+    reflective: bool | None = None,
+    single: bool | None = None,
 ) -> tuple[list[dict], list[dict], str]:
     """Plan an item's zooms, execute each on the image, check the rules again on the real crops, and write the
     dialogue from what the crops show. Raises Drop when no plan obeys the rules or a measurement disagrees."""
     cfg, view_scale = recipe.trajectories, global_view_scale(item.width, item.height, recipe.view.max_pixels)
     try:
-        zooms, pattern = plan(item, scene, cfg, view_scale, recipe.teacher.max_turns, reflective)
+        zooms, pattern = plan(item, scene, cfg, view_scale, recipe.teacher.max_turns, reflective, single)
     except PlanRejected as exc:
         raise Drop(exc.reason, exc.detail) from None
     crops = [ZOOM.crop(image, z.box) for z in zooms]
