@@ -189,3 +189,25 @@ def test_the_proposal_view_shrinks_with_the_smallest_object_sought_and_the_image
         pytest.approx(np.sqrt(0.00002 * 12e6)),
         pytest.approx(np.sqrt(0.01 * 12e6)),
     )
+
+
+def _noisy(side: int = 300, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (side, side), dtype=np.uint8)
+
+
+def test_the_no_data_check_skips_only_images_without_a_constant_run_along_an_edge(monkeypatch):
+    """`_no_data` looks no further than the edge when no constant run lies along it; the shortcut must never miss
+    an area the full check finds (a rotated scene's constant corner, a letterbox strip)."""
+    from drim_data.pixels import proposer
+
+    assert proposer._no_data(_noisy()).size == 0  # a photo: no constant run along any edge
+    corner = _noisy()
+    corner[np.add.outer(np.arange(300), np.arange(300)) < 14] = 0  # a small no-data wedge in the top-left corner
+    strip = _noisy(seed=1)
+    strip[:, -8:] = 255  # a thin letterbox strip on the right
+    shortcut = [proposer._no_data(image) for image in (corner, strip)]
+    monkeypatch.setattr(proposer, "_constant_run", lambda edge, size: True)  # always the full check
+    full = [proposer._no_data(image) for image in (corner, strip)]
+    for fast, slow in zip(shortcut, full, strict=True):
+        assert slow.any() and fast.shape == slow.shape and (fast == slow).all()
+    assert full[0][2, 2] and full[1][150, -3]

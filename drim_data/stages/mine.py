@@ -22,7 +22,9 @@ from drim_data.stages.contract import Context, StageStats
 from schemas.tables import validate_table
 
 NAME = "mine"
-VERSION = "5"  # 4: a crowd box is never a region; 5: proposals are segments, sought at the sizes the filters keep
+# 4: a crowd box is never a region; 5: proposals are segments, sought at the sizes the filters keep; 6: segments at
+# two contrast levels (6, 24), none at half a blob's peak, on a pyramid of exact halves
+VERSION = "6"
 
 PENDING = """
 SELECT i.image_id FROM images i
