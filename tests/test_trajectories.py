@@ -212,26 +212,34 @@ def test_a_look_alike_inside_a_crowd_box_may_be_one_and_is_no_distractor():
     assert instances_in((900, 700, 1200, 1000), crowded, "boat") == "1 boat"
 
 
-def test_reflective_and_single_zoom_picks_keep_their_shares_however_few_items():
+def test_reflective_and_single_zoom_picks_keep_their_shares_however_few_items(harbour):
     """Only SFT shows a dialogue: a share of an image's SFT items first looks at a distractor, spread evenly so
     the share holds for a handful of items, and no RL item does, nor a recognition item (its look would say the
-    answer). A share of all kept items tries one zoom first, spread the same way."""
+    answer). A share of all kept items tries one zoom first, spread the same way. Given the scene, the reflective
+    share goes to items that have something to mistake for their target."""
     from types import SimpleNamespace
 
     from drim_data.stages.trajectories import image_picks
 
+    _, scene = harbour
+    boat = boxes_of(scene, "boat")[0]
     con = duckdb.connect()
-    con.execute("CREATE TABLE questions (question_id VARCHAR, image_id VARCHAR, question_type VARCHAR)")
+    con.execute(
+        "CREATE TABLE questions (question_id VARCHAR, image_id VARCHAR, question_type VARCHAR, label VARCHAR, "
+        "target_boxes JSON)"
+    )
     con.execute("CREATE TABLE verdicts (question_id VARCHAR, kept BOOLEAN)")
+
+    def add(qid, image, kind="colour", label="boat", box=boat, kept=True):
+        con.execute("INSERT INTO questions VALUES (?, ?, ?, ?, ?)", [qid, image, kind, label, json.dumps([box])])
+        con.execute("INSERT INTO verdicts VALUES (?, ?)", [qid, kept])
+
     for image, n in (("a", 40), ("b", 5), ("c", 1)):
-        for i in range(n):
-            con.execute("INSERT INTO questions VALUES (?, ?, 'colour')", [f"{image}-{i}", image])
-            con.execute("INSERT INTO verdicts VALUES (?, ?)", [f"{image}-{i}", True])
-    con.execute("INSERT INTO questions VALUES ('a-dropped', 'a', 'colour')")
-    con.execute("INSERT INTO verdicts VALUES ('a-dropped', false)")
+        for i in range(n):  # every other item about a class with no other instance: nothing to mistake it for
+            add(f"{image}-{i}", image, label="boat" if i % 2 == 0 else "lighthouse")
+    add("a-dropped", "a", kept=False)
     for i in range(6):
-        con.execute("INSERT INTO questions VALUES (?, 'a', 'recognition')", [f"a-r{i}"])
-        con.execute("INSERT INTO verdicts VALUES (?, true)", [f"a-r{i}"])
+        add(f"a-r{i}", "a", kind="recognition")
     for share in (0.0, 0.3, 1.0):
         recipe = SimpleNamespace(
             trajectories=TrajectoryConfig(reflective_share=share, single_zoom_share=1 - share),
@@ -245,6 +253,9 @@ def test_reflective_and_single_zoom_picks_keep_their_shares_however_few_items():
             assert picks["reflective"] <= set(sft)  # never an RL item, never a dropped one
             assert abs(len(picks["reflective"]) - share * len(sft)) < 1, (image, share, len(picks), len(sft))
             assert picks["single"] <= set(kept) and abs(len(picks["single"]) - (1 - share) * len(kept)) < 1
+            with_scene = image_picks(con, image, recipe, scene)["reflective"]
+            able = {q for q in sft if int(q.split("-")[1]) % 2 == 0}
+            assert with_scene <= able and len(with_scene) == min(len(picks["reflective"]), len(able))
 
 
 def test_multi_target_questions_zoom_to_each_target(harbour):

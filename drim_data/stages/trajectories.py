@@ -17,12 +17,21 @@ from drim_data.errors import Drop
 from drim_data.pixels.annotations import SINGLE_SQL
 from drim_data.pixels.candidates import GENERIC
 from drim_data.pixels.images import encode_jpeg, sha256
-from drim_data.recipe import Recipe, even_spread, sha256_json
+from drim_data.recipe import Recipe, even_spread, hash_share, sha256_json
 from drim_data.stages.contract import Context, StageStats
 from drim_data.stages.export import image_splits
 from drim_data.stages.narration import Narrator
 from drim_data.stages.questions import COLUMNS, Question
-from drim_data.stages.search import UNREFLECTIVE_TYPES, PlanRejected, Scene, contains, plan, violations
+from drim_data.stages.search import (
+    UNREFLECTIVE_TYPES,
+    PlanRejected,
+    Scene,
+    contains,
+    distractors,
+    plan,
+    union,
+    violations,
+)
 from drim_data.teacher.tasks import drive_trajectory
 from schemas.answers import extract_answer, is_correct
 from schemas.rows import message
@@ -39,9 +48,10 @@ from schemas.tool import (
 )
 
 NAME = "trajectories"
-VERSION = "6"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
+VERSION = "7"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
 # views on its 28 px grid; 5: reflective picks among the SFT items of an even split; 6: a zoom is never wider than
-# the widest that is still a zoom, and a share of each image's items tries one zoom first, taken in turn
+# the widest that is still a zoom, and a share of each image's items tries one zoom first, taken in turn; 7: the
+# reflective share goes to items with something to mistake for their target
 
 PENDING = f"""
 SELECT {COLUMNS}
@@ -63,7 +73,7 @@ def run(ctx: Context) -> StageStats:
             scenes.clear()  # items come grouped by image
             scenes[item.image_id] = scene_of(ctx.con, item.image_id, item.width, item.height)
             picks.clear()
-            picks.update(image_picks(ctx.con, item.image_id, ctx.recipe))
+            picks.update(image_picks(ctx.con, item.image_id, ctx.recipe, scenes[item.image_id]))
         messages, turns, pattern = build(
             ctx.image(item.image_id),
             item,
@@ -162,25 +172,34 @@ def scene_of(con, image_id: str, width: int, height: int) -> Scene:
     return Scene(width, height, annotations, frozenset(complete), lookalikes, crowds, colours)
 
 
-def image_picks(con, image_id: str, recipe: Recipe) -> dict[str, set[str]]:
+def image_picks(con, image_id: str, recipe: Recipe, scene: Scene | None = None) -> dict[str, set[str]]:
     """The image's items that first look at a distractor ("reflective": `reflective_share` of those bound for SFT;
     only SFT shows a dialogue, an RL item's plain search still checks its answer) and those that try one zoom
     first ("single": `single_zoom_share` of all), each an `even_spread`, so the shares hold for a handful of
-    items."""
-    kept = dict(
-        con.execute(
-            "SELECT question_id, question_type FROM questions JOIN verdicts USING (question_id) "
+    items. Given the `scene`, the reflective share is taken among the items that have something to mistake for
+    their target, so items with none do not use it up."""
+    kept = {
+        q: (kind, label, json.loads(targets))
+        for q, kind, label, targets in con.execute(
+            "SELECT question_id, question_type, label, target_boxes FROM questions JOIN verdicts USING (question_id) "
             "WHERE kept AND image_id = ?",
             [image_id],
         ).fetchall()
-    )
-    splits = image_splits(image_id, kept, recipe.export)  # over every kept item, as export splits them
-    sft = [q for q, kind in kept.items() if splits[q] == "sft" and kind not in UNREFLECTIVE_TYPES]
-    cfg = recipe.trajectories
-    return {
-        "reflective": even_spread(sft, cfg.reflective_share, ["reflective", image_id]),
-        "single": even_spread(kept, cfg.single_zoom_share, ["single", image_id]),
     }
+    splits = image_splits(image_id, kept, recipe.export)  # over every kept item, as export splits them
+    sft = [q for q, (kind, *_) in kept.items() if splits[q] == "sft" and kind not in UNREFLECTIVE_TYPES]
+    cfg, salt = recipe.trajectories, ["reflective", image_id]
+    reflective = even_spread(sft, cfg.reflective_share, salt)
+    if scene is not None:
+        able = [q for q in sft if _has_distractor(*kept[q], scene)]
+        reflective = set(sorted(able, key=lambda q: hash_share([salt, q]))[: len(reflective)])
+    return {"reflective": reflective, "single": even_spread(kept, cfg.single_zoom_share, ["single", image_id])}
+
+
+def _has_distractor(kind: str, label: str, targets: list, scene: Scene) -> bool:
+    boxes = [tuple(t) for t in targets]
+    anchor = union(boxes) if kind == "count" else boxes[0]
+    return bool(boxes) and bool(distractors(anchor, boxes, scene, label))
 
 
 def build(
