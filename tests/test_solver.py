@@ -149,6 +149,20 @@ def test_a_slim_object_that_stands_out_is_recognised_by_its_length():
         assert seen == (expected is not None)
 
 
+def test_a_slim_object_lying_diagonally_is_as_slim_as_one_along_its_box():
+    """A red hull about 17 px long and 3 px wide in the view, lying at 55 degrees: its box (10x14 px) is not slim,
+    the hull is. A compact blob with a box as large is not recognised."""
+    water, red = (25, 45, 70), (220, 30, 30)
+    hull = Image.new("RGB", (3000, 3000), water)
+    ImageDraw.Draw(hull).line([(300, 1040), (330, 1000)], fill=red, width=9)  # view: about 10x14 px box
+    blob = Image.new("RGB", (3000, 3000), water)
+    ImageDraw.Draw(blob).ellipse((300, 1000, 330, 1040), fill=red)
+    box = (296, 997, 334, 1043)
+    for image, expected in ((hull, True), (blob, False)):
+        view = np.asarray(view_of(image))
+        assert solver.identifiable_in_view(box, view, 3000, 3000) == expected
+
+
 def test_a_thing_is_recognised_as_its_class_only_where_the_view_shows_it_well():
     options = ["phone", "bag", "camera"]
     for box, expected in (((1000, 1000, 1090, 1090), "B"), ((1000, 1000, 1030, 1030), None)):  # view: 30 or 10 px

@@ -28,12 +28,13 @@ FINDABLE_PX = 6  # a target of fewer view pixels than a square this wide (under 
 # object is, the solver still needs to see it as a boat to know it has found the leftmost boat.
 IDENTIFIABLE_PX = 14
 SEPARABLE_PX = 2  # instances closer than this in the view merge into one blob
-THIN_PX = 3
+THIN_PX = 2  # a bright hull 2.5 px wide and 15 long on water shows plainly
 # A slim object is told by its outline at less than a patch's area, when it stands out from its surround: a red
 # hull on dark water reads as a ship at 21x6 px, a stone cross on stone at that size does not, nor does a compact
 # blob of any colour (a bag at a hip, a crown in a canopy)
-SLIM = 2.5  # a box at least this many times longer than wide, and a patch long
+SLIM = 2.5  # an object at least this many times longer than wide, and a patch long
 POP_OUT_DE = 25.0  # CIELAB distance between the object's own pixels and the ring around its box
+OUTLINE_DE = 12.0  # a pixel this far from its surround belongs to the object's outline, where its length is read
 TEXT_MARGIN = 0.25  # OCR reads the text's box widened by this share of its height on every side
 MIN_TEXT_MATCH = 0.6  # an option is picked only when the reading is at least this similar to it
 RELATIONS = {
@@ -122,13 +123,39 @@ def identifiable_in_view(box, view: np.ndarray, width: int, height: int) -> bool
 
 def _identifiable(box: tuple[float, float, float, float], pixels: np.ndarray) -> bool:
     """Whether an object spans enough view pixels to be recognised as its class: a patch's worth of area (a long
-    thin hull counts by its area, not its narrow side), or a patch's length for a slim object that stands out."""
+    thin hull counts by its area, not its narrow side), or a patch's length for a slim object that stands out,
+    measured along the object itself, however it lies in its box."""
     if not _findable(box):
         return False
     w, h = box[2] - box[0], box[3] - box[1]
     if math.sqrt(w * h) >= IDENTIFIABLE_PX:
         return True
-    return max(w, h) >= IDENTIFIABLE_PX and max(w, h) >= SLIM * min(w, h) and pops_out(pixels, box)
+    long, wide = extent(pixels, box)
+    long = max(long, w, h)  # a box's side is the length of what lies along it
+    return long >= IDENTIFIABLE_PX and long >= SLIM * wide and pops_out(pixels, box)
+
+
+def extent(pixels: np.ndarray, box: tuple[float, float, float, float]) -> tuple[float, float]:
+    """The object's length and width in view pixels: the span of the pixels that differ from its surround
+    (`OUTLINE_DE` from the median of a 2 px margin around the box) along their main axis and across it, so a hull
+    lying diagonally in its box is as slim as one along it; the box's sides when too few differ."""
+    x1, y1, x2, y2 = _whole_pixels(box)
+    height, width = pixels.shape[:2]
+    ox, oy = max(0, x1 - 2), max(0, y1 - 2)
+    rgb = pixels[oy : min(height, y2 + 2), ox : min(width, x2 + 2), :3]
+    patch = to_lab(rgb).reshape(*rgb.shape[:2], 3)
+    inside = np.zeros(rgb.shape[:2], bool)
+    inside[max(0, y1 - oy) : y2 - oy, max(0, x1 - ox) : x2 - ox] = True
+    mask = inside & False
+    if (~inside).any():
+        mask = inside & (np.linalg.norm(patch - np.median(patch[~inside], axis=0), axis=2) > OUTLINE_DE)
+    if mask.sum() < 4:
+        w, h = box[2] - box[0], box[3] - box[1]
+        return max(w, h), min(w, h)
+    points = np.stack(np.nonzero(mask)[::-1]).astype(float)
+    _, axes = np.linalg.eigh(np.cov(points))
+    spans = [float(np.ptp(axis @ points)) + 1 for axis in axes.T]  # + 1: from pixel centres to their edges
+    return max(spans), min(spans)
 
 
 def pops_out(pixels: np.ndarray, box: tuple[float, float, float, float]) -> bool:

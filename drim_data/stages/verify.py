@@ -25,8 +25,9 @@ from schemas.tables import validate_table
 from schemas.tool import min_side_in_global_view
 
 NAME = "verify"
-VERSION = "3"  # 2: the blind solver finds objects by their area and compares sizes when either is found; 3: and
-# recognises a slim object that stands out from its surround by its length
+VERSION = "4"  # 2: the blind solver finds objects by their area and compares sizes when either is found; 3: and
+# recognises a slim object that stands out from its surround by its length; 4: read along the object, however it
+# lies in its box, and finds one 2 px across
 
 PENDING = f"""
 SELECT {COLUMNS}
