@@ -530,6 +530,20 @@ def test_questions_never_point_with_coordinates_and_are_deterministic():
             assert all(r in q["question"] or q["question_type"] == "count" for r in q["referent"])
 
 
+def test_adding_a_question_type_leaves_the_others_worded_as_they_were():
+    """Each writer draws from its own random stream: the colour questions name the same objects in the same words,
+    short or multiple choice alike, whatever else is asked (only a letter may move, as letters balance per image)."""
+
+    def stems(questions):
+        return sorted((q["question"].split("\n")[0], sorted(q["options"]), q["checker"]) for q in questions)
+
+    for seed in range(30):
+        scene = scene_for(seed)
+        alone = ask(scene, ["colour"])
+        among = [q for q in ask(scene, ["count", "colour", "relative_position"]) if q["question_type"] == "colour"]
+        assert stems(alone) == stems(among)
+
+
 # ---- on real pixels, through the stage ----
 
 

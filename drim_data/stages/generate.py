@@ -36,11 +36,12 @@ except ImportError:
     read_text = None
 
 NAME = "generate"
-VERSION = "10"  # 4: relative position offers no relation that could be true as well; 5: referents only of
+VERSION = "11"  # 4: relative position offers no relation that could be true as well; 5: referents only of
 # classes boxed completely, and true whatever a crowd box of the class hides; 6: an object across an area line is
 # on both sides of it; 7: a slim object that stands out is recognised in the view by its length; 8: recognition; 9: an
 # extreme ("the leftmost ship in the top half") holds whether or not one on the area's edge is counted in it; 10: a
-# slim object's length is read along the object, however it lies in its box, and 2 px across is found
+# slim object's length is read along the object, however it lies in its box, and 2 px across is found; 11: each
+# question type draws from a random stream of its own
 
 PENDING = """
 SELECT image_id, width, height FROM images

@@ -712,7 +712,7 @@ def letter_of(rank: int, image_id: str, options: int = 4) -> int:
     return (int(sha256_json(image_id)[:8], 16) + rank) % options
 
 
-def _finish(facts: ImageFacts, drafts: list[Draft], rng: random.Random) -> list[dict]:
+def _finish(facts: ImageFacts, drafts: list[Draft]) -> list[dict]:
     choice = sorted((d for d in drafts if d.distractors), key=lambda d: sha256_json([d.stem, d.correct]))
     letters, ranks = {}, collections.Counter()
     for d in choice:
@@ -733,7 +733,7 @@ def _finish(facts: ImageFacts, drafts: list[Draft], rng: random.Random) -> list[
         if not d.distractors:
             questions.append({**base, "question": d.stem, "options": [], "answer": d.correct, "checker": d.checker})
             continue
-        options = rng.sample(d.distractors, len(d.distractors))
+        options = random.Random(sha256_json([d.stem, d.correct])).sample(d.distractors, len(d.distractors))
         options.insert(letters[id(d)], d.correct)
         questions.append(
             {
@@ -752,8 +752,10 @@ class BuiltinTeacher:
     prompt_version = PROMPT_VERSION
 
     def write_questions(self, facts: ImageFacts, cfg: GenerateConfig) -> list[dict]:
-        rng = random.Random(sha256_json([facts.image_id, cfg.seed]))
+        """Each writer draws from a random stream of its own, and each question's options are shuffled by one of
+        the question's own: adding a type, or a change to one, leaves every other question's wording, and so its
+        id and split, as it was."""
         drafts, names = [], Names(facts, cfg)
         for kind in cfg.question_types:
-            drafts += WRITERS[kind](facts, cfg, rng, names)
-        return _finish(facts, drafts, rng)
+            drafts += WRITERS[kind](facts, cfg, random.Random(sha256_json([facts.image_id, cfg.seed, kind])), names)
+        return _finish(facts, drafts)
