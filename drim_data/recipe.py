@@ -10,7 +10,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -374,11 +374,12 @@ def hash_share(key: Any) -> float:
     return int(sha256_json(key)[:8], 16) / 16**8
 
 
-def even_spread(keys: Iterable[str], share: float, salt: Any) -> set[str]:
+def even_spread(keys: Iterable[str], share: float, salt: Any, kinds: Mapping[str, str] | None = None) -> set[str]:
     """`share` of `keys`, taken in turn in the order of their hashes from an offset that depends on `salt`: the
     share holds to within one key however few there are, where a hash threshold on each key alone would leave 2 of
-    8 where 4 were asked for."""
-    ordered = sorted(keys, key=lambda k: hash_share([salt, k]))
+    8 where 4 were asked for. With `kinds`, keys are taken kind by kind, so each kind's share holds too."""
+    kinds = kinds or {}
+    ordered = sorted(keys, key=lambda k: (kinds.get(k, ""), hash_share([salt, k])))
     offset = hash_share(salt)
     return {k for r, k in enumerate(ordered) if math.floor((r + 1) * share + offset) > math.floor(r * share + offset)}
 

@@ -288,6 +288,17 @@ def test_split_by_image_keeps_every_item_of_an_image_in_one_split():
     assert export.image_splits(rl_image, ["q", "p"], by_image, frozenset({"q"})) == {"q": "rl", "p": "rl"}
 
 
+def test_by_item_each_question_type_takes_its_share_of_both_splits():
+    """Split in turn question type by type: a type with two items on an image is never all in one split."""
+    config = export.ExportConfig(test_share=0, rl_share=0.5, split_by="item")
+    for image in (f"image-{i}" for i in range(50)):
+        kinds = {f"{kind}{i}": kind for kind in ("colour", "count", "text") for i in range(2)} | {"relpos0": "rel"}
+        splits = export.image_splits(image, kinds, config, kinds=kinds)
+        for kind in ("colour", "count", "text"):
+            assert {splits[f"{kind}{i}"] for i in range(2)} == {"sft", "rl"}, (image, splits)
+        assert abs(list(splits.values()).count("rl") - 3.5) < 1
+
+
 def test_by_item_an_item_without_a_dialogue_takes_the_place_of_an_rl_item():
     config = export.ExportConfig(test_share=0, rl_share=0.5, split_by="item")
     items = [f"q{i}" for i in range(8)]

@@ -248,7 +248,8 @@ def test_reflective_and_single_zoom_picks_keep_their_shares_however_few_items(ha
         for image, n in (("a", 40), ("b", 5), ("c", 1)):
             picks = image_picks(con, image, recipe)
             kept = [f"{image}-{i}" for i in range(n)] + ([f"a-r{i}" for i in range(6)] if image == "a" else [])
-            splits = image_splits(image, kept, recipe.export)
+            kinds = {q: "recognition" if "-r" in q else "colour" for q in kept}
+            splits = image_splits(image, kept, recipe.export, kinds=kinds)
             sft = [f"{image}-{i}" for i in range(n) if splits[f"{image}-{i}"] == "sft"]
             assert picks["reflective"] <= set(sft)  # never an RL item, never a dropped one
             assert abs(len(picks["reflective"]) - share * len(sft)) < 1, (image, share, len(picks), len(sft))

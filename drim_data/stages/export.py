@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,8 +51,8 @@ WHERE v.kept AND q.image_id IN (SELECT image_id FROM files WHERE status IN ('ok'
 ORDER BY q.question_id
 """
 
-VERSION = "3"  # 2: answer letters balanced over rows of any number of options together; 3: items split by
-# item take the RL share of each image in turn
+VERSION = "4"  # 2: answer letters balanced over rows of any number of options together; 3: items split by
+# item take the RL share of each image in turn; 4: question type by type
 
 
 class Item(NamedTuple):
@@ -96,26 +96,35 @@ class ExportResult:
 
 
 def image_splits(
-    image_id: str, question_ids: Iterable[str], export: ExportConfig, undialogued: frozenset[str] = frozenset()
+    image_id: str,
+    question_ids: Iterable[str],
+    export: ExportConfig,
+    undialogued: frozenset[str] = frozenset(),
+    kinds: Mapping[str, str] | None = None,
 ) -> dict[str, str | None]:
     """The split of each of an image's kept items. Test for a share of whole images, by a hash of the image alone,
     so that no test image is trained on whatever `split_by` does; then RL for a share of images by their hash, or,
-    by item, for that share of the image's items (`even_spread`); else SFT.
+    by item, for that share of the image's items (`even_spread`, question type by type when `kinds` gives them, so
+    a type is not all in one split); else SFT.
 
     An item no search could be shown for (in `undialogued`) is an RL prompt: its image and answer are all RL needs.
-    By item, it takes the place of an RL item that has a dialogue, which goes to SFT, so the shares still hold; by
-    image, on an image bound for SFT it is left out (None), so that no image is in two splits."""
-    question_ids = list(question_ids)
+    By item, it takes the place of an RL item that has a dialogue (of its own type where there is one), which goes
+    to SFT, so the shares still hold; by image, on an image bound for SFT it is left out (None), so that no image is
+    in two splits."""
+    question_ids, kinds = list(question_ids), kinds or {}
     if hash_share(["test", image_id]) < export.test_share:
         return dict.fromkeys(question_ids, "test")
     if export.split_by == "image":
         split = "rl" if hash_share(image_id) < export.rl_share else "sft"
         return {q: None if split == "sft" and q in undialogued else split for q in question_ids}
     salt = ["rl", image_id]
-    rl = even_spread(question_ids, export.rl_share, salt)
-    moved = [q for q in question_ids if q in undialogued and q not in rl]
-    spare = sorted((q for q in rl if q not in undialogued), key=lambda q: hash_share([salt, q]))[: len(moved)]
-    rl = rl - set(spare) | set(moved)
+    rl = even_spread(question_ids, export.rl_share, salt, kinds)
+    for q in [q for q in question_ids if q in undialogued and q not in rl]:
+        spare = sorted(
+            (r for r in rl if r not in undialogued),
+            key=lambda r: (kinds.get(r) != kinds.get(q), hash_share([salt, r])),
+        )
+        rl = rl - set(spare[:1]) | {q}
     return {q: "rl" if q in rl else "sft" for q in question_ids}
 
 
@@ -271,7 +280,8 @@ def _write_version(
         by_image.setdefault(item.image_id, []).append(item)
     for image_id, image_items in by_image.items():
         undialogued = frozenset(i.question_id for i in image_items if i.trajectory_id is None)
-        split = image_splits(image_id, [i.question_id for i in image_items], recipe.export, undialogued)
+        kinds = {i.question_id: i.question_type for i in image_items}
+        split = image_splits(image_id, kinds, recipe.export, undialogued, kinds)
         for item in image_items:
             splits[split[item.question_id]].append(item)
     splits.pop(None)  # no search to show, on an image bound for SFT

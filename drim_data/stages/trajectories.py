@@ -48,10 +48,11 @@ from schemas.tool import (
 )
 
 NAME = "trajectories"
-VERSION = "7"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
+VERSION = "8"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
 # views on its 28 px grid; 5: reflective picks among the SFT items of an even split; 6: a zoom is never wider than
 # the widest that is still a zoom, and a share of each image's items tries one zoom first, taken in turn; 7: the
-# reflective share goes to items with something to mistake for their target
+# reflective share goes to items with something to mistake for their target; 8: among the SFT items of a split
+# taken question type by type
 
 PENDING = f"""
 SELECT {COLUMNS}
@@ -186,7 +187,8 @@ def image_picks(con, image_id: str, recipe: Recipe, scene: Scene | None = None) 
             [image_id],
         ).fetchall()
     }
-    splits = image_splits(image_id, kept, recipe.export)  # over every kept item, as export splits them
+    kinds = {q: kind for q, (kind, *_) in kept.items()}
+    splits = image_splits(image_id, kept, recipe.export, kinds=kinds)  # over every kept item, as export splits them
     sft = [q for q, (kind, *_) in kept.items() if splits[q] == "sft" and kind not in UNREFLECTIVE_TYPES]
     cfg, salt = recipe.trajectories, ["reflective", image_id]
     reflective = even_spread(sft, cfg.reflective_share, salt)
