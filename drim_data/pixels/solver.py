@@ -146,10 +146,9 @@ def extent(pixels: np.ndarray, box: tuple[float, float, float, float]) -> tuple[
     patch = to_lab(rgb).reshape(*rgb.shape[:2], 3)
     inside = np.zeros(rgb.shape[:2], bool)
     inside[max(0, y1 - oy) : y2 - oy, max(0, x1 - ox) : x2 - ox] = True
-    mask = inside & False
-    if (~inside).any():
-        mask = inside & (np.linalg.norm(patch - np.median(patch[~inside], axis=0), axis=2) > OUTLINE_DE)
-    if mask.sum() < 4:
+    surround = patch[~inside]
+    mask = inside & (np.linalg.norm(patch - np.median(surround, axis=0), axis=2) > OUTLINE_DE) if len(surround) else []
+    if np.sum(mask) < 4:
         w, h = box[2] - box[0], box[3] - box[1]
         return max(w, h), min(w, h)
     points = np.stack(np.nonzero(mask)[::-1]).astype(float)

@@ -209,10 +209,9 @@ def candidates(item, scene: Scene, cfg: TrajectoryConfig, reflective: bool | Non
     if reflective is None:
         reflective = hash_share(["reflective", qid]) < cfg.reflective_share
     if reflective and item.question_type not in UNREFLECTIVE_TYPES:
-        anchor = union(targets) if item.question_type == "count" else targets[0]
         straight = [search for pattern, search in plain if pattern != "coarse_to_fine"]
         straight += [search for pattern, search in plain if pattern == "coarse_to_fine"]
-        for distractor in distractors(anchor, targets, scene, item.label)[:MAX_DISTRACTORS]:
+        for distractor in mistakable(item.question_type, item.label, targets, scene)[:MAX_DISTRACTORS]:
             for k in range(len(OFFSETS)):
                 for search in straight:
                     yield "reflective", _after_miss(qid, k, distractor, targets, search, scene, cfg)
@@ -382,6 +381,15 @@ def _short(box: Box) -> float:
 
 def union(boxes: list[Box]) -> tuple[float, float, float, float]:
     return min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
+def mistakable(question_type: str, label: str, targets: list[Box], scene: Scene) -> list[tuple[float, ...]]:
+    """What a search for an item's targets could first look at by mistake, nearest first: `distractors` of the
+    counted instances together for a count, else of the first target."""
+    if not targets:
+        return []
+    anchor = union(targets) if question_type == "count" else targets[0]
+    return distractors(anchor, targets, scene, label)
 
 
 def distractors(anchor: Box, targets: list[Box], scene: Scene, label: str) -> list[tuple[float, ...]]:

@@ -27,9 +27,8 @@ from drim_data.stages.search import (
     PlanRejected,
     Scene,
     contains,
-    distractors,
+    mistakable,
     plan,
-    union,
     violations,
 )
 from drim_data.teacher.tasks import drive_trajectory
@@ -173,14 +172,13 @@ def scene_of(con, image_id: str, width: int, height: int) -> Scene:
     return Scene(width, height, annotations, frozenset(complete), lookalikes, crowds, colours)
 
 
-def image_picks(con, image_id: str, recipe: Recipe, scene: Scene | None = None) -> dict[str, set[str]]:
-    """The image's items that first look at a distractor ("reflective": `reflective_share` of those bound for SFT;
-    only SFT shows a dialogue, an RL item's plain search still checks its answer) and those that try one zoom
-    first ("single": `single_zoom_share` of all), each an `even_spread`, so the shares hold for a handful of
-    items. Given the `scene`, the reflective share is taken among the items that have something to mistake for
-    their target, so items with none do not use it up."""
+def image_picks(con, image_id: str, recipe: Recipe, scene: Scene) -> dict[str, set[str]]:
+    """The image's items that first look at a distractor ("reflective": `reflective_share` of those bound for SFT,
+    taken among those with something to mistake for their target; only SFT shows a dialogue, an RL item's plain
+    search still checks its answer) and those that try one zoom first ("single": `single_zoom_share` of all), each
+    as many as an `even_spread` gives, so the shares hold for a handful of items."""
     kept = {
-        q: (kind, label, json.loads(targets))
+        q: (kind, label, [tuple(t) for t in json.loads(targets)])
         for q, kind, label, targets in con.execute(
             "SELECT question_id, question_type, label, target_boxes FROM questions JOIN verdicts USING (question_id) "
             "WHERE kept AND image_id = ?",
@@ -191,17 +189,12 @@ def image_picks(con, image_id: str, recipe: Recipe, scene: Scene | None = None) 
     splits = image_splits(image_id, kept, recipe.export, kinds=kinds)  # over every kept item, as export splits them
     sft = [q for q, (kind, *_) in kept.items() if splits[q] == "sft" and kind not in UNREFLECTIVE_TYPES]
     cfg, salt = recipe.trajectories, ["reflective", image_id]
-    reflective = even_spread(sft, cfg.reflective_share, salt)
-    if scene is not None:
-        able = [q for q in sft if _has_distractor(*kept[q], scene)]
-        reflective = set(sorted(able, key=lambda q: hash_share([salt, q]))[: len(reflective)])
-    return {"reflective": reflective, "single": even_spread(kept, cfg.single_zoom_share, ["single", image_id])}
-
-
-def _has_distractor(kind: str, label: str, targets: list, scene: Scene) -> bool:
-    boxes = [tuple(t) for t in targets]
-    anchor = union(boxes) if kind == "count" else boxes[0]
-    return bool(boxes) and bool(distractors(anchor, boxes, scene, label))
+    able = [q for q in sft if mistakable(*kept[q][:2], kept[q][2], scene)]
+    wanted = len(even_spread(sft, cfg.reflective_share, salt))
+    return {
+        "reflective": set(sorted(able, key=lambda q: hash_share([salt, q]))[:wanted]),
+        "single": even_spread(kept, cfg.single_zoom_share, ["single", image_id]),
+    }
 
 
 def build(
