@@ -12,7 +12,9 @@ from trl import GRPOConfig, SFTConfig
 
 from drim_train.zoom_env import DEFAULT_MAX_TURNS
 
-REWARD_WEIGHTS = {"accuracy": 1.0, "redundancy": 1.0, "format": 0.2}  # format as a light shaping term (DeepEyes)
+# format as a light shaping term (DeepEyes); tool, DeepEyes's bonus for a right answer found by zooming, at its
+# 1.2 against 0.8 for accuracy; off by default, as in DRIM
+REWARD_WEIGHTS = {"accuracy": 1.0, "redundancy": 1.0, "format": 0.2, "tool": 1.5}
 
 
 @dataclass

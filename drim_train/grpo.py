@@ -19,7 +19,14 @@ from drim_train.configs import DataModelArguments, DrimGRPOConfig, lora_config, 
 from drim_train.data import load_split, read_manifest, resolve, rl_for_training, zoom_spec
 from drim_train.families import in_pixels
 from drim_train.models import load_model, load_processor, model_family, save_trained
-from drim_train.rewards import RedundancyPenalty, accuracy_reward, cut_by_turn_limit, format_reward, has_image
+from drim_train.rewards import (
+    RedundancyPenalty,
+    accuracy_reward,
+    cut_by_turn_limit,
+    format_reward,
+    has_image,
+    tool_reward,
+)
 from drim_train.zoom_env import env_factory
 
 
@@ -29,6 +36,7 @@ def reward_funcs(config: DrimGRPOConfig) -> list:
         "accuracy": accuracy_reward,
         "redundancy": RedundancyPenalty(config.redundancy_lambda, config.redundancy_epsilon),
         "format": format_reward,
+        "tool": tool_reward,
     }
     return [rewards[name] for name in config.reward_funcs]
 

@@ -146,6 +146,26 @@ def boxes_from_completion(completion: list[dict]) -> list[list[float]]:
     return boxes
 
 
+def tool_reward(
+    completions: list,
+    answer: list[str],
+    checker: list[str],
+    options: list | None = None,
+    environments: list | None = None,
+    **kwargs,
+) -> list[float]:
+    """DeepEyes's tool bonus: 1.0 for a correct answer reached through at least one zoom that returned a crop, else
+    0.0. With accuracy alone, a policy that answers a readable question without zooming is paid in full, and on
+    questions that need the zoom the zoom's worth shows only through accuracy; the bonus pays the search itself,
+    but only where it led to the right answer, so a zoom is never worth more than a right answer."""
+    correct = accuracy_reward(completions, answer, checker, options)
+    environments = _column(environments, len(completions))
+    return [
+        float(right and bool(env.boxes_norm if env is not None else boxes_from_completion(completion)))
+        for completion, right, env in zip(completions, correct, environments, strict=True)
+    ]
+
+
 class RedundancyPenalty:
     r"""DRIM's redundancy penalty on wrong answers that zoomed more than once.
 

@@ -6,6 +6,7 @@ from drim_train.rewards import (
     accuracy_reward,
     boxes_from_completion,
     format_reward,
+    tool_reward,
     well_formed_call,
 )
 from drim_train.zoom_env import ZoomEnv
@@ -130,6 +131,32 @@ def test_redundancy_reads_the_environment_boxes_when_given():
     penalty = RedundancyPenalty(lam=1.0, eps=0.5)
     assert env.invalid_calls == 1 and len(env.boxes_norm) == 2
     assert penalty([completion], answer=["A"], checker=["choice"], environments=[env]) == [pytest.approx(-0.125)]
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer_", "expected"),
+    [
+        (zooms(SAME, final="A"), "A", 1.0),  # right, through a zoom
+        (zooms(SAME, OTHER, final="A"), "A", 1.0),  # paid once, however many zooms
+        ([answer("A")], "A", 0.0),  # right without zooming: accuracy pays it, the bonus does not
+        (zooms(SAME, final="B"), "A", 0.0),  # a zoom that led to a wrong answer
+        ([call(SAME), refused(), answer("A")], "A", 0.0),  # a refused call is no zoom
+        ([call(SAME), crop(), call(SAME)], "A", 0.0),  # cut while zooming: no answer
+    ],
+)
+def test_tool_bonus_pays_right_answers_reached_by_zooming(completion, answer_, expected):
+    assert tool_reward([completion], answer=[answer_], checker=["choice"]) == [expected]
+
+
+def test_tool_bonus_reads_the_environment_when_given():
+    """With environments, a zoom counts when the environment returned a crop for it."""
+    env = ZoomEnv()
+    env.reset(original_image=Image.new("RGB", (1000, 800)))
+    env.zoom_in([100, 100, 101, 101])  # refused
+    completion = zooms(SAME, final="A")
+    assert tool_reward([completion], answer=["A"], checker=["choice"], environments=[env]) == [0.0]
+    env.zoom_in([100, 100, 500, 500])
+    assert tool_reward([completion], answer=["A"], checker=["choice"], environments=[env]) == [1.0]
 
 
 def test_boxes_from_completion_normalises_and_orders_corners():

@@ -147,6 +147,8 @@ def test_reward_weights_follow_the_reward_names(tmp_path):
     config = DrimGRPOConfig(output_dir=str(tmp_path), reward_funcs=["format", "accuracy"])
     assert config.reward_weights == [0.2, 1.0] and config.beta == 0.0 and config.max_tool_calling_iterations == 5
     assert [f.__name__ for f in grpo.reward_funcs(config)] == ["format_reward", "accuracy_reward"]
+    config = DrimGRPOConfig(output_dir=str(tmp_path), reward_funcs=["accuracy", "tool"])
+    assert config.reward_weights == [1.0, 1.5] and grpo.reward_funcs(config)[1].__name__ == "tool_reward"
     with pytest.raises(ValueError, match="unknown reward_funcs"):
         DrimGRPOConfig(output_dir=str(tmp_path), reward_funcs=["judge"])
 
