@@ -106,10 +106,16 @@ def validate_split(dataset: Dataset, split: Split) -> None:
 
 
 def _rl_view(batch: dict) -> dict:
-    originals = [images[0] if images[0].mode == "RGB" else images[0].convert("RGB") for images in batch["images"]]
-    sizes = batch["global_view_size"]
-    batch["images"] = [[global_view(img, size)] for img, size in zip(originals, sizes, strict=True)]
-    batch["original_image"] = originals
+    """Decodes each row of the batch once: TRL fetches a prompt once per rollout of its group, so a batch holds each
+    row `num_generations` times, and a 4K original takes a decode and tens of megabytes each time. The rollouts of
+    one prompt share the image; the zoom tool only reads it."""
+    decoded = {}
+    for images, size, row_id in zip(batch["images"], batch["global_view_size"], batch["id"], strict=True):
+        if row_id not in decoded:
+            original = images[0] if images[0].mode == "RGB" else images[0].convert("RGB")
+            decoded[row_id] = original, global_view(original, size)
+    batch["original_image"] = [decoded[row_id][0] for row_id in batch["id"]]
+    batch["images"] = [[decoded[row_id][1]] for row_id in batch["id"]]
     return batch
 
 

@@ -69,6 +69,16 @@ def test_rl_rows_show_the_global_view_and_keep_the_original(demo_version):
     assert row["original_image"].size == (row["width"], row["height"])
 
 
+def test_a_prompt_fetched_once_per_rollout_is_decoded_once(demo_version):
+    """TRL's batches repeat each prompt once per rollout of its group: they share one decoded original and view."""
+    dataset = rl_for_training(load_split(demo_version, "rl"))
+    rows = dataset.__getitems__([0, 0, 1, 0])
+    assert rows[0]["original_image"] is rows[1]["original_image"] is rows[3]["original_image"]
+    assert rows[0]["images"][0] is rows[1]["images"][0]
+    assert rows[2]["original_image"] is not rows[0]["original_image"] and rows[2]["id"] != rows[0]["id"]
+    assert rows[2]["original_image"].size == (rows[2]["width"], rows[2]["height"])
+
+
 def test_zoom_spec_comes_from_the_manifest(demo_version):
     manifest = json.loads((demo_version / "manifest.json").read_text())
     assert zoom_spec(manifest) == ZoomSpec()
