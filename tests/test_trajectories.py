@@ -292,6 +292,20 @@ def test_a_count_that_needs_little_detail_still_zooms_into_part_of_the_image(har
         assert all((z.grid[2] - z.grid[0]) * (z.grid[3] - z.grid[1]) <= 0.5 * 1000 * 1000 for z in zooms)
 
 
+def test_a_count_is_framed_by_its_instances_with_context_counted_in_instances(harbour):
+    """Three 14 px boats along a 300 px line: the closest zoom holds the line and a few boats' lengths around it
+    (twice that when one zoom is the whole search), not six times the line's length, which showed each boat at a
+    third of the size (one 1113 px zoom)."""
+    _, scene = harbour
+    counted = [[900, 1000, 914, 1014], [1043, 1000, 1057, 1014], [1186, 1000, 1200, 1014]]
+    for i in range(8):
+        item = question(f"line{i}", "count", "boat", counted, answer="3", checker="number")
+        zooms, _ = plan(item, scene, TrajectoryConfig(reflective_share=0), G, 5)
+        side = max(zooms[-1].box[2] - zooms[-1].box[0], zooms[-1].box[3] - zooms[-1].box[1])
+        assert all(contains(zooms[-1].box, b) for b in counted)
+        assert side <= 2 * (1.2 * 300 + 6 * 14), zooms[-1].box
+
+
 def test_a_count_too_spread_out_for_one_zoom_is_counted_view_by_view(harbour):
     image, scene = harbour
     ships = boxes_of(scene, "ship")

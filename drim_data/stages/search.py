@@ -224,27 +224,28 @@ def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig, si
     qid = item.question_id
     if single is None:
         single = hash_share(["single", qid]) < cfg.single_zoom_share
+    size = max(_long(t) for t in targets)  # the context a close zoom gives is counted in objects, not in groups
     if item.question_type == "count" or len(targets) == 1:
         subject = union(targets)
         seen = cfg.min_instance_px if item.question_type == "count" else cfg.min_target_px
         need = seen / min(_short(t) for t in targets)
         for order in ["direct", "coarse_to_fine"] if single else ["coarse_to_fine", "direct"]:
             for k in range(len(OFFSETS)):
-                yield order, _single(qid, k, subject, need, order, scene, cfg)
+                yield order, _single(qid, k, subject, need, order, scene, cfg, size)
         if item.question_type == "count" and len(targets) > 1:  # too spread out for one zoom: one per group
             for k in range(len(OFFSETS)):
                 yield "multi_target", _count_groups(qid, k, targets, need, scene, cfg)
         return
     need = cfg.min_target_px / min(_short(t) for t in targets)
     for k in range(len(OFFSETS)):  # targets close enough for one zoom to show them all well
-        yield "multi_target", _single(qid, k, union(targets), need, "direct", scene, cfg)
+        yield "multi_target", _single(qid, k, union(targets), need, "direct", scene, cfg, size)
     for k in range(len(OFFSETS)):
         yield "multi_target", _multi(qid, k, targets, scene, cfg)
 
 
-def _single(qid, k, subject, need, order, scene, cfg):
+def _single(qid, k, subject, need, order, scene, cfg, size):
     def build(view_scale: float) -> list[Zoom]:
-        return _approach(qid, k, subject, need, order, scene, cfg, view_scale)
+        return _approach(qid, k, subject, need, order, scene, cfg, view_scale, size)
 
     return build
 
@@ -320,11 +321,13 @@ def _multi(qid, k, targets, scene, cfg):
     return build
 
 
-def _approach(key, k, subject, need, order, scene, cfg, view_scale) -> list[Zoom]:
-    """One zoom that already shows the subject at enough detail (direct), or a coarse then a fine one."""
-    long = max(subject[2] - subject[0], subject[3] - subject[1])
+def _approach(key, k, subject, need, order, scene, cfg, view_scale, size: float | None = None) -> list[Zoom]:
+    """One zoom that already shows the subject at enough detail (direct), or a coarse then a fine one. The closest
+    zoom holds the whole subject and `context_scale` times `size` around it, the length of one object it is about
+    (for a group, its largest): a count of lion heads spread along a frieze is framed by the frieze and a few heads
+    of context, not by six times the frieze."""
     fit, enough = holding_side(subject), min(widest_side(need, view_scale), largest_side(scene))
-    fine_side = max(min(long * cfg.context_scale, enough), fit, ZOOM.min_side_px)
+    fine_side = max(min((size or _long(subject)) * cfg.context_scale, enough), fit, ZOOM.min_side_px)
     if order == "direct":
         side = max(min(2 * fine_side, enough), fine_side)
         return [_zoom(_off_centre(subject, side, key, k, scene), "direct", subject, scene, need)]
@@ -377,6 +380,10 @@ def _zoom(box_px: list[float], role: str, subject: Box, scene: Scene, need: floa
 
 def _short(box: Box) -> float:
     return min(box[2] - box[0], box[3] - box[1])
+
+
+def _long(box: Box) -> float:
+    return max(box[2] - box[0], box[3] - box[1])
 
 
 def union(boxes: list[Box]) -> tuple[float, float, float, float]:
