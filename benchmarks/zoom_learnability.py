@@ -10,9 +10,12 @@ the tool's smallest) falls inside the ring, so its 140x140 view is mostly the in
 thin edge of the ring. The script measures both views and prints how well the best threshold on red minus blue at the
 patch's known place (its centre pixel, and summed over a 3x3 window) separates the two colours (200 images).
 
-SFT teaches the tool call and the answer format, not the answer: its trajectories zoom into that box (a third of
-them zoom into it twice, so rollouts sometimes repeat a box) and end with a letter drawn independently of the
-colour, so the SFT policy is at chance by construction and any gain in accuracy is GRPO's, learnt from the reward.
+SFT teaches the tool call and the answer format, not the answer: its trajectories reach that box in one of three
+ways, by turn (straight there; coarse to fine, from a wider look around it that the penalty never touches; or into
+it twice, the repeat the penalty is for) and end with a letter drawn independently of the colour, so the SFT policy
+is at chance by construction and any gain in accuracy is GRPO's, learnt from the reward. A policy that keeps one
+zoom for every rollout sits on the edge of "at least one zoom per rollout": the coarse-to-fine way gives a policy
+that drops its repeats a second zoom worth keeping, as real searches have.
 GRPO then runs with at most 3 zooms, from the same SFT checkpoint and seed, with λ = 0 and with λ = 1. The table
 gives, per 10 steps, the accuracy and zooms per rollout of the sampled rollouts, the mean redundancy penalty and the
 share of wrong rollouts with two consecutive boxes at IoU >= 0.8; greedy accuracy on held-out images is measured
@@ -81,12 +84,19 @@ CENTRE, JITTER = 1536, 2
 INNER, OUTER = 28, 40  # 784 px inside, 816 px of ring: the same colour mass whichever way round
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220)}
 ZOOM_BOX = [248, 248, 253, 253]  # grid 0-1000: pixels 1524-1554 (the tool's smallest side is 28), inside the ring
+COARSE_BOX = [150, 150, 350, 350]  # a wider look around it first: IoU with ZOOM_BOX 0.0006, so never penalised
+SEARCHES = (  # the SFT trajectories' three ways to the box, by turn
+    ("direct", (("The square is too small; zoom in.", ZOOM_BOX),)),
+    ("coarse_to_fine", (("The square is too small; look around it.", COARSE_BOX), ("Closer.", ZOOM_BOX))),
+    ("reflective", (("The square is too small; zoom in.", ZOOM_BOX), ("Look again.", ZOOM_BOX))),
+)
 VIEW_BUDGET = 200 * 150  # the rows' global_view_size budget, as in tests/train/helpers.py
 QUESTION = "What colour is the small inner square?\nA. red\nB. blue\nAnswer with the option's letter."
 REPEAT_IOU = 0.8
 TINT = 32
 GREY_BLOCK, TINT_BLOCK = 16, 32
 MAX_TURNS = 3
+REWARDS = ["accuracy", "redundancy", "format"]  # drim's default; add "tool" for DeepEyes's bonus
 HIDDEN = 256  # the tiny model's width; the 128 of the tests learns too, more slowly (see benchmarks/README.md)
 
 
@@ -116,27 +126,31 @@ def _common(i: int, image: Image.Image, box: tuple, colour: str) -> dict:
 
 
 def sft_row(i: int) -> dict:
-    """A trajectory that zooms into ZOOM_BOX (twice in every third row) and answers a letter that alternates every
-    two rows while the colour alternates every row: the call and the format, with an answer independent of the
-    image."""
+    """A trajectory that zooms into ZOOM_BOX, in one of three ways by turn (straight there; from a wider look around
+    it, coarse to fine; or into it twice, which the penalty should prune), and answers a letter that alternates
+    every two rows while the colour alternates every row: the call and the format, with an answer independent of
+    the image."""
     image, box, colour = scene(i)
     common = _common(i, image, box, colour)
     view = global_view(image, common["global_view_size"])
-    crop, box_px = ZOOM(image, ZOOM_BOX)
-    zooms = 2 if i % 3 == 2 else 1
+    pattern, looks = SEARCHES[i % len(SEARCHES)]
     messages = [message("system", SYSTEM_PROMPT), message("user", QUESTION, images=1)]
-    for think in ("The square is too small; zoom in.", "Look again.")[:zooms]:
+    crops, boxes = [], []
+    for think, grid in looks:
+        crop, box_px = ZOOM(image, grid)
+        crops.append(crop)
+        boxes.append(list(box_px))
         messages += [
-            message("assistant", f"<think>{think}</think>", tool_calls=[tool_call(ZOOM_BOX)]),
-            message("tool", observation_text(ZOOM_BOX, box_px), images=1, name="zoom_in"),
+            message("assistant", f"<think>{think}</think>", tool_calls=[tool_call(grid)]),
+            message("tool", observation_text(grid, box_px), images=1, name="zoom_in"),
         ]
     messages.append(message("assistant", f"<think>Seen.</think>\n<answer>{'AB'[i // 2 % 2]}</answer>"))
     return {
         **common,
         "messages": messages,
-        "pattern": "reflective" if zooms > 1 else "coarse_to_fine",
-        "zoom_boxes_px": [list(box_px)] * zooms,
-        "images": [_png(view)] + [_png(crop)] * zooms,
+        "pattern": pattern,
+        "zoom_boxes_px": boxes,
+        "images": [_png(view)] + [_png(c) for c in crops],
     }
 
 
@@ -160,6 +174,7 @@ def write_version(root: Path, n_sft: int, n_rl: int, n_test: int) -> Path:
         "colours": COLOURS,
         "tint": [TINT, GREY_BLOCK, TINT_BLOCK],
         "zoom_box": ZOOM_BOX,
+        "searches": SEARCHES,
         "rows": [n_sft, n_rl, n_test],
     }
     stamp, key = version / "design.json", json.dumps(design, sort_keys=True)
@@ -257,14 +272,16 @@ class RecordingPenalty(RedundancyPenalty):
     def __call__(self, completions, answer, checker, options=None, environments=None, **kwargs):
         rewards = super().__call__(completions, answer, checker, options, environments, **kwargs)
         correct = accuracy_reward(completions, answer, checker, options)
-        wrong = repeated = 0
+        wrong = repeated = unzoomed = 0
         for right, env in zip(correct, environments or [None] * len(completions), strict=True):
+            unzoomed += env is not None and not env.boxes_norm
             if right or env is None:
                 continue
             wrong += 1
             boxes = env.boxes_norm
             repeated += any(iou(a, b) >= REPEAT_IOU for a, b in zip(boxes, boxes[1:], strict=False))
-        self.log.append({"step": self.trainer_ref[0].state.global_step + 1, "wrong": wrong, "repeated": repeated})
+        step = self.trainer_ref[0].state.global_step + 1
+        self.log.append({"step": step, "wrong": wrong, "repeated": repeated, "unzoomed": unzoomed, "n": len(correct)})
         return rewards
 
 
@@ -303,7 +320,16 @@ class DecodedRows(torch.utils.data.Dataset):
 
 
 def grpo_run(
-    version: Path, model: Path, work: Path, lam: float, steps: int, batch: int, gens: int, lr: float, beta: float
+    version: Path,
+    model: Path,
+    work: Path,
+    lam: float,
+    steps: int,
+    batch: int,
+    gens: int,
+    lr: float,
+    beta: float,
+    rewards: list[str],
 ) -> tuple[list[dict], dict]:
     """GRPO from the SFT checkpoint; the per-step curve and the greedy evaluation of the trained policy. The RL rows
     alternate red and blue and are taken in order (`shuffle_dataset` off), so every step holds as many prompts of
@@ -322,6 +348,7 @@ def grpo_run(
         redundancy_lambda=lam,
         beta=beta,
         shuffle_dataset=False,
+        reward_funcs=rewards,
     )
     args = DataModelArguments(data=str(version), model=str(model))
     trainer = grpo.build_trainer(args, config)
@@ -342,6 +369,7 @@ def grpo_run(
             "redundancy": h["rewards/redundancy_penalty/mean"],
             "wrong": repeats.get(h["step"], {}).get("wrong", 0),
             "repeated": repeats.get(h["step"], {}).get("repeated", 0),
+            "unzoomed": repeats.get(h["step"], {}).get("unzoomed", 0) / max(1, repeats.get(h["step"], {}).get("n", 0)),
         }
         for h in logs
     ]
@@ -362,6 +390,7 @@ def by_tens(curve: list[dict], every: int = 10) -> list[dict]:
                 "steps": f"{part[0]['step']}-{part[-1]['step']}",
                 "accuracy": sum(r["accuracy"] for r in part) / len(part),
                 "calls": sum(r["calls"] for r in part) / len(part),
+                "unzoomed": sum(r["unzoomed"] for r in part) / len(part),
                 "redundancy": sum(r["redundancy"] for r in part) / len(part),
                 "wrong_repeated": sum(r["repeated"] for r in part) / wrong if wrong else 0.0,
                 "wrong": wrong,
@@ -385,6 +414,7 @@ def main() -> None:
     parser.add_argument("--n-rl", type=int, default=32)
     parser.add_argument("--n-test", type=int, default=48, help="held-out images of the greedy evaluations")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.0, 1.0])
+    parser.add_argument("--rewards", nargs="+", default=REWARDS, help="GRPO's reward_funcs")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON object")
     args = parser.parse_args()
 
@@ -422,6 +452,7 @@ def main() -> None:
             args.generations,
             args.grpo_lr,
             args.beta,
+            args.rewards,
         )
         results[lam] = {"curve": curve, "blocks": by_tens(curve), "greedy": final, "seconds": round(time.time() - t)}
 
@@ -430,11 +461,16 @@ def main() -> None:
         f"{args.beta:g}, {args.batch} rollouts per step ({args.generations} per prompt), same SFT checkpoint and "
         f"seed 0; chance accuracy 0.5"
     )
-    print(f"{'lambda':>7}{'steps':>8}{'accuracy':>10}{'zooms/rollout':>15}{'redundancy':>12}{'wrong w/ repeat':>17}")
+    print(f"rewards: {', '.join(args.rewards)}")
+    print(
+        f"{'lambda':>7}{'steps':>8}{'accuracy':>10}{'zooms/rollout':>15}{'no zoom':>9}{'redundancy':>12}"
+        f"{'wrong w/ repeat':>17}"
+    )
     for lam, r in results.items():
         for b in r["blocks"]:
             print(
-                f"{lam:>7g}{b['steps']:>8}{b['accuracy']:>10.3f}{b['calls']:>15.2f}{b['redundancy']:>12.4f}"
+                f"{lam:>7g}{b['steps']:>8}{b['accuracy']:>10.3f}{b['calls']:>15.2f}{b['unzoomed']:>9.2f}"
+                f"{b['redundancy']:>12.4f}"
                 f"{b['wrong_repeated']:>11.2f} of {b['wrong']:>3}"
             )
     print(f"\ngreedy on {args.n_test} held-out images (at most {MAX_TURNS} zooms):")
@@ -451,7 +487,13 @@ def main() -> None:
             "visibility": seen,
             "hidden": args.hidden,
             "sft_steps": args.sft_steps,
-            "grpo": {"lr": args.grpo_lr, "beta": args.beta, "batch": args.batch, "generations": args.generations},
+            "grpo": {
+                "lr": args.grpo_lr,
+                "beta": args.beta,
+                "batch": args.batch,
+                "generations": args.generations,
+                "rewards": args.rewards,
+            },
             "after_sft": after_sft,
             "lambda": {str(k): v for k, v in results.items()},
         }
