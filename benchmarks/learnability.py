@@ -1,13 +1,13 @@
 """Learnability on CPU, in minutes: does the training stack teach a tiny random Qwen3-VL anything?
 
-1. SFT: a tiny model (hidden size 256) is trained on drim-data's demo trajectories; every `--every` steps it is
-   rolled out on the held-out RL prompts and we count first turns that are a well-formed zoom_in call. Expected:
-   about 0 -> >= 0.9. (The 128-wide model of the other tests learns the format as fast but keeps miscounting a
-   box's four numbers on some prompts: 0.7 to 0.94 from step 100 on.)
-2. GRPO: on an easy generated task (a coloured square, red or blue, A or B), after a short SFT that teaches the
-   format, redundancy-penalised GRPO runs for a few dozen steps; the mean reward per step should rise.
+A tiny model (hidden size 256) is trained on drim-data's demo trajectories; every `--every` steps it is
+rolled out on the held-out RL prompts and we count first turns that are a well-formed zoom_in call. Expected:
+about 0 -> >= 0.9. (The 128-wide model of the other tests learns the format as fast but keeps miscounting a box's
+four numbers on some prompts: 0.7 to 0.94 from step 100 on.)
 
-    python benchmarks/learnability.py [--work runs/learnability] [--sft-steps 200] [--grpo-steps 40]
+What GRPO learns through the tool loop, and what the redundancy penalty changes, is `zoom_learnability.py`'s task.
+
+    python benchmarks/learnability.py [--work runs/learnability] [--sft-steps 200]
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import TrainerCallback
 
-from drim_train import grpo, sft
-from drim_train.configs import DataModelArguments, DrimGRPOConfig, DrimSFTConfig
+from drim_train import sft
+from drim_train.configs import DataModelArguments, DrimSFTConfig
 from drim_train.data import load_split
 from drim_train.evaluate import load_rows
 from drim_train.models import load_processor
@@ -114,67 +114,15 @@ def sft_curve(version: Path, tiny: Path, work: Path, steps: int, every: int, lr:
     return callback.curve
 
 
-def grpo_config(out: Path, steps: int, lr: float, batch: int, **settings) -> DrimGRPOConfig:
-    """The GRPO settings of the CPU benchmarks (constant lr, temperature 1, a log line per step, no saving), with
-    `settings` for what a benchmark varies."""
-    return DrimGRPOConfig(
-        output_dir=str(out),
-        max_steps=steps,
-        per_device_train_batch_size=batch,
-        learning_rate=lr,
-        lr_scheduler_type="constant",
-        temperature=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
-        **settings,
-    )
-
-
-def grpo_curve(tiny: Path, work: Path, sft_steps: int, steps: int, lr: float = 5e-4, batch: int = 8) -> list[dict]:
-    from tests.train.helpers import write_version
-
-    version = write_version(work / "easy", n_sft=24, n_rl=32)
-    args = DataModelArguments(data=str(version), model=str(tiny))
-    sft.main(args, sft_config(work / "sft-easy", sft_steps, 5e-3))
-    config = grpo_config(
-        work / "grpo-easy",
-        steps,
-        lr,
-        batch,
-        num_generations=4,
-        max_completion_length=192,
-        max_tool_calling_iterations=2,
-    )
-    trainer = grpo.build_trainer(dataclasses.replace(args, model=str(work / "sft-easy")), config)
-    trainer.train()
-    keys = {
-        "reward": "reward",
-        "accuracy": "rewards/accuracy_reward/mean",
-        "format": "rewards/format_reward/mean",
-        "redundancy": "rewards/redundancy_penalty/mean",
-        "calls": "tools/call_frequency",
-    }
-    return [
-        {"step": h["step"], **{k: h[v] for k, v in keys.items()}} for h in trainer.state.log_history if "reward" in h
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "learnability")
     parser.add_argument("--sft-steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--sft-lr", type=float, default=3e-3)
-    parser.add_argument("--easy-sft-steps", type=int, default=30)
-    parser.add_argument("--grpo-steps", type=int, default=40)
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
-    tiny = build_tiny_model(args.work / "tiny")
     version = demo_version(args.work)
     wider = build_tiny_model(args.work / f"tiny-{SFT_HIDDEN}", hidden=SFT_HIDDEN)
     curve = sft_curve(version, wider, args.work, args.sft_steps, args.every, args.sft_lr)
@@ -182,18 +130,6 @@ def main() -> None:
     print(f"{'step':>6}{'well-formed':>14}")
     for step, share in curve:
         print(f"{step:>6}{share:>14.2f}")
-
-    rewards = grpo_curve(tiny, args.work, args.easy_sft_steps, args.grpo_steps)
-    print(f"GRPO on the easy task after {args.easy_sft_steps} SFT steps: mean reward per step")
-    print(f"{'step':>6}{'reward':>10}{'accuracy':>10}{'format':>10}{'redundancy':>12}{'calls':>8}")
-    for r in rewards:
-        print(
-            f"{r['step']:>6}{r['reward']:>10.3f}{r['accuracy']:>10.3f}{r['format']:>10.3f}"
-            f"{r['redundancy']:>12.4f}{r['calls']:>8.2f}"
-        )
-    k = max(1, len(rewards) // 4)
-    first, last = (sum(r["reward"] for r in part) / len(part) for part in (rewards[:k], rewards[-k:]))
-    print(f"mean reward, first {k} steps {first:.3f} -> last {k} steps {last:.3f}")
 
 
 if __name__ == "__main__":

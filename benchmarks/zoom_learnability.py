@@ -56,9 +56,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from benchmarks.learnability import grpo_config, sft_config
+from benchmarks.learnability import sft_config
 from drim_train import grpo, sft
-from drim_train.configs import DataModelArguments
+from drim_train.configs import DataModelArguments, DrimGRPOConfig
 from drim_train.evaluate import aggregate, load_rows, sample
 from drim_train.models import load_model, load_processor
 from drim_train.rewards import RedundancyPenalty, accuracy_reward
@@ -319,6 +319,26 @@ class DecodedRows(torch.utils.data.Dataset):
         return dict(self.rows[i])
 
 
+def grpo_config(out: Path, steps: int, lr: float, batch: int, **settings) -> DrimGRPOConfig:
+    """The GRPO settings of the CPU benchmarks (constant lr, temperature 1, a log line per step, no saving), with
+    `settings` for what a benchmark varies."""
+    return DrimGRPOConfig(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        temperature=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        seed=0,
+        **settings,
+    )
+
+
 def grpo_run(
     version: Path,
     model: Path,
@@ -380,6 +400,13 @@ def grpo_run(
     return curve, final
 
 
+def sft_stage(work: Path, tiny: Path, steps: int, lr: float, n_sft: int, n_rl: int, n_test: int) -> tuple[Path, dict]:
+    """The task's version and the SFT checkpoint (`work/sft`), with its greedy evaluation on the held-out images."""
+    version = write_version(work, n_sft, n_rl, n_test)
+    sft.main(DataModelArguments(data=str(version), model=str(tiny)), sft_config(work / "sft", steps, lr))
+    return version, greedy_eval(load_model(str(work / "sft")), load_processor(str(tiny)), version)
+
+
 def by_tens(curve: list[dict], every: int = 10) -> list[dict]:
     blocks = []
     for start in range(0, len(curve), every):
@@ -430,10 +457,7 @@ def main() -> None:
             f"patch {v['patch_px']} px; best-threshold accuracy: centre pixel {v['centre_pixel_accuracy']}, "
             f"3x3 window {v['window_3x3_accuracy']}"
         )
-    version = write_version(args.work, args.n_sft, args.n_rl, args.n_test)
-    data = DataModelArguments(data=str(version), model=str(tiny))
-    sft.main(data, sft_config(args.work / "sft", args.sft_steps, args.sft_lr))
-    after_sft = greedy_eval(load_model(str(args.work / "sft")), processor, version)
+    version, after_sft = sft_stage(args.work, tiny, args.sft_steps, args.sft_lr, args.n_sft, args.n_rl, args.n_test)
     print(
         f"data and SFT done in {time.time() - started:.0f} s; greedy on {args.n_test} held-out images after SFT: "
         f"accuracy {after_sft['accuracy']:.3f}, zooms/rollout {after_sft['calls']:.2f}"
