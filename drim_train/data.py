@@ -11,10 +11,12 @@ pass the shared pandera schema.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Literal
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Image, List, load_dataset
+from PIL import Image as PILImage
 
 from schemas import manifest as manifest_contract
 from schemas.rows import SPLITS, TRAINING_SPLITS
@@ -107,12 +109,14 @@ def validate_split(dataset: Dataset, split: Split) -> None:
 
 def _rl_view(batch: dict) -> dict:
     """Decodes each row of the batch once: TRL fetches a prompt once per rollout of its group, so a batch holds each
-    row `num_generations` times, and a 4K original takes a decode and tens of megabytes each time. The rollouts of
-    one prompt share the image; the zoom tool only reads it."""
+    row `num_generations` times, and a 4K original takes a decode and tens of megabytes each time. The images come
+    undecoded (`rl_for_training`), and the rollouts of one prompt share the decoded original and its view; the zoom
+    tool only reads them."""
     decoded = {}
     for images, size, row_id in zip(batch["images"], batch["global_view_size"], batch["id"], strict=True):
         if row_id not in decoded:
-            original = images[0] if images[0].mode == "RGB" else images[0].convert("RGB")
+            stored = images[0]  # {"bytes", "path"}: exported shards embed the bytes
+            original = PILImage.open(io.BytesIO(stored["bytes"]) if stored["bytes"] else stored["path"]).convert("RGB")
             decoded[row_id] = original, global_view(original, size)
     batch["original_image"] = [decoded[row_id][0] for row_id in batch["id"]]
     batch["images"] = [[decoded[row_id][1]] for row_id in batch["id"]]
@@ -122,4 +126,4 @@ def _rl_view(batch: dict) -> dict:
 def rl_for_training(dataset: Dataset) -> Dataset:
     """RL rows as the trainer consumes them: `images` holds the global view shown in the prompt (as in SFT), and
     `original_image` the full-resolution image the zoom tool crops from. Applied lazily, per accessed row."""
-    return dataset.with_transform(_rl_view)
+    return dataset.cast_column("images", List(Image(decode=False))).with_transform(_rl_view)
