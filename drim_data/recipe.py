@@ -131,7 +131,9 @@ class TrajectoryConfig:
     single_zoom_share: float = 0.3  # share of single-target items answered after one zoom with enough detail
     context_scale: float = 6.0  # the closest zoom spans this many target sizes (less when the target must show larger)
     coarse_gain: float = 2.0  # the first of two zooms shows this many times the global view's detail (or less)
-    min_target_px: int = 48  # the last zoom shows the target's shorter side at least this large, in output pixels
+    # the last zoom shows the target's shorter side at least this large, in output pixels (for a question of where
+    # two objects stand or which is longer, as large as a zoom that holds the object whole can)
+    min_target_px: int = 48
     min_instance_px: int = 12  # ... and each instance a count question counts at least this large
     crop_quality: int = 90
 

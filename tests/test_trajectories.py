@@ -270,6 +270,19 @@ def test_multi_target_questions_zoom_to_each_target(harbour):
     assert all(contains(one.box, t) for t in close)
 
 
+def test_where_a_long_thin_object_stands_is_shown_by_a_zoom_that_holds_it_whole(harbour):
+    """A position question needs its objects found, not read: an 800x27 px band is shown whole, at the most detail
+    a zoom holding it gives, rather than refused because no such zoom could show its 27 px height at 48 px. The
+    small one is still shown at 48 px across."""
+    _, scene = harbour
+    band, small = [300, 1500, 1100, 1527], [1500, 1200, 1514, 1214]
+    item = question("band", "relative_position", "inscription", [band, small], answer="left")
+    zooms, pattern = plan(item, scene, TrajectoryConfig(reflective_share=0), G, 5)
+    assert pattern == "multi_target" and any(contains(z.box, band) for z in zooms)
+    assert any(contains(z.box, small) and detail(z.box) * 14 >= 48 for z in zooms)
+    assert violations(zooms, G, 5) == []
+
+
 def test_count_zooms_hold_every_counted_instance(harbour):
     _, scene = harbour
     counted = [b for b in boxes_of(scene, "boat") if b[0] > 1850 and b[1] < 600]

@@ -236,7 +236,7 @@ def searches(item, targets: list[tuple], scene: Scene, cfg: TrajectoryConfig, si
             for k in range(len(OFFSETS)):
                 yield "multi_target", _count_groups(qid, k, targets, need, scene, cfg)
         return
-    need = cfg.min_target_px / min(_short(t) for t in targets)
+    need = min(_recognised(t, cfg) for t in targets)
     for k in range(len(OFFSETS)):  # targets close enough for one zoom to show them all well
         yield "multi_target", _single(qid, k, union(targets), need, "direct", scene, cfg, size)
     for k in range(len(OFFSETS)):
@@ -314,7 +314,7 @@ def _multi(qid, k, targets, scene, cfg):
     def build(view_scale: float) -> list[Zoom]:
         zooms = []
         for i, t in enumerate(targets):
-            (z,) = _approach([qid, i], k, t, cfg.min_target_px / _short(t), "direct", scene, cfg, view_scale)
+            (z,) = _approach([qid, i], k, t, _recognised(t, cfg), "direct", scene, cfg, view_scale)
             zooms.append(Zoom(z.grid, z.box, z.role, z.subject, i, need=z.need))
         return zooms
 
@@ -384,6 +384,15 @@ def _short(box: Box) -> float:
 
 def _long(box: Box) -> float:
     return max(box[2] - box[0], box[3] - box[1])
+
+
+def _recognised(box: Box, cfg: TrajectoryConfig) -> float:
+    """The detail a question of where an object stands, or how long it is, needs to show it: its shorter side at
+    `min_target_px`, or, for an object too long for any zoom that holds it to show that, the most detail a zoom
+    holding it whole gives. An 800x27 px inscription band is found in a view that shows it whole; reading it (a
+    text question) would still need its letters' height."""
+    whole = holding_side(box)
+    return min(cfg.min_target_px / _short(box), 0.95 * detail((0, 0, whole, whole)))
 
 
 def union(boxes: list[Box]) -> tuple[float, float, float, float]:

@@ -47,12 +47,13 @@ from schemas.tool import (
 )
 
 NAME = "trajectories"
-VERSION = "9"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
+VERSION = "10"  # 3: a look-alike region inside a crowd box may be one of the class; 4: a `pixels` teacher gets
 # views on its 28 px grid; 5: reflective picks among the SFT items of an even split; 6: a zoom is never wider than
 # the widest that is still a zoom, and a share of each image's items tries one zoom first, taken in turn; 7: the
 # reflective share goes to items with something to mistake for their target; 8: among the SFT items of a split
 # taken question type by type; 9: a close zoom's context is counted in the objects it shows, not in the size of
-# the group they make
+# the group they make; 10: a question of where objects stand or which is longer shows an object too long for its
+# shorter side to show at min_target_px whole, at the most detail that allows
 
 PENDING = f"""
 SELECT {COLUMNS}
