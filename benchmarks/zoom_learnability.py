@@ -61,7 +61,7 @@ from drim_train import grpo, sft
 from drim_train.configs import DataModelArguments, DrimGRPOConfig
 from drim_train.evaluate import aggregate, load_rows, sample
 from drim_train.models import load_model, load_processor
-from drim_train.rewards import RedundancyPenalty, accuracy_reward
+from drim_train.rewards import RedundancyPenalty, graded
 from drim_train.rollout import rollout
 from drim_train.tiny_model import build_tiny_model
 from drim_train.zoom_env import ZoomEnv
@@ -271,17 +271,18 @@ class RecordingPenalty(RedundancyPenalty):
 
     def __call__(self, completions, answer, checker, options=None, environments=None, **kwargs):
         rewards = super().__call__(completions, answer, checker, options, environments, **kwargs)
-        correct = accuracy_reward(completions, answer, checker, options)
-        wrong = repeated = unzoomed = 0
-        for right, env in zip(correct, environments or [None] * len(completions), strict=True):
-            unzoomed += env is not None and not env.boxes_norm
-            if right or env is None:
-                continue
-            wrong += 1
-            boxes = env.boxes_norm
-            repeated += any(iou(a, b) >= REPEAT_IOU for a, b in zip(boxes, boxes[1:], strict=False))
-        step = self.trainer_ref[0].state.global_step + 1
-        self.log.append({"step": step, "wrong": wrong, "repeated": repeated, "unzoomed": unzoomed, "n": len(correct)})
+        rollouts = graded(completions, answer, checker, options, environments)
+        wrong = [boxes for right, boxes in rollouts if not right]
+        pairs = [list(zip(bs, bs[1:], strict=False)) for bs in wrong]  # each wrong rollout's consecutive boxes
+        self.log.append(
+            {
+                "step": self.trainer_ref[0].state.global_step + 1,
+                "wrong": len(wrong),
+                "repeated": sum(any(iou(a, b) >= REPEAT_IOU for a, b in p) for p in pairs),
+                "unzoomed": sum(not boxes for _, boxes in rollouts),
+                "n": len(rollouts),
+            }
+        )
         return rewards
 
 

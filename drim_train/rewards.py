@@ -146,6 +146,19 @@ def boxes_from_completion(completion: list[dict]) -> list[list[float]]:
     return boxes
 
 
+def graded(
+    completions: list, answer: list[str], checker: list[str], options: list | None, environments: list | None
+) -> list[tuple[bool, list[list[float]]]]:
+    """Each rollout's (right answer?, normalised boxes of its accepted zooms): the executed boxes of its environment
+    where GRPO passes one, else those read from the rollout. The rewards that weigh zooms read them here."""
+    correct = accuracy_reward(completions, answer, checker, options)
+    environments = _column(environments, len(completions))
+    return [
+        (bool(right), env.boxes_norm if env is not None else boxes_from_completion(completion))
+        for completion, right, env in zip(completions, correct, environments, strict=True)
+    ]
+
+
 def tool_reward(
     completions: list,
     answer: list[str],
@@ -155,14 +168,10 @@ def tool_reward(
     **kwargs,
 ) -> list[float]:
     """DeepEyes's tool bonus: 1.0 for a correct answer reached through at least one zoom that returned a crop, else
-    0.0. With accuracy alone, a policy that answers a readable question without zooming is paid in full, and on
-    questions that need the zoom the zoom's worth shows only through accuracy; the bonus pays the search itself,
-    but only where it led to the right answer, so a zoom is never worth more than a right answer."""
-    correct = accuracy_reward(completions, answer, checker, options)
-    environments = _column(environments, len(completions))
+    0.0. With accuracy alone, a policy that answers a readable question without zooming is paid in full; the bonus
+    pays the search itself, but only where it led to the right answer: a zoom before a wrong answer earns nothing."""
     return [
-        float(right and bool(env.boxes_norm if env is not None else boxes_from_completion(completion)))
-        for completion, right, env in zip(completions, correct, environments, strict=True)
+        float(right and bool(boxes)) for right, boxes in graded(completions, answer, checker, options, environments)
     ]
 
 
@@ -207,10 +216,7 @@ class RedundancyPenalty:
         environments: list | None = None,
         **kwargs,
     ) -> list[float]:
-        correct = accuracy_reward(completions, answer, checker, options)
-        environments = _column(environments, len(completions))
-        rewards = []
-        for completion, right, env in zip(completions, correct, environments, strict=True):
-            boxes = env.boxes_norm if env is not None else boxes_from_completion(completion)
-            rewards.append(0.0 if right else self.penalty(boxes))
-        return rewards
+        return [
+            0.0 if right else self.penalty(boxes)
+            for right, boxes in graded(completions, answer, checker, options, environments)
+        ]

@@ -191,7 +191,7 @@ def image_picks(con, image_id: str, recipe: Recipe, scene: Scene) -> dict[str, s
     splits = image_splits(image_id, kept, recipe.export, kinds=kinds)  # over every kept item, as export splits them
     sft = [q for q, (kind, *_) in kept.items() if splits[q] == "sft" and kind not in UNREFLECTIVE_TYPES]
     cfg, salt = recipe.trajectories, ["reflective", image_id]
-    able = [q for q in sft if mistakable(*kept[q][:2], kept[q][2], scene)]
+    able = [q for q in sft if mistakable(*kept[q], scene)]
     wanted = len(even_spread(sft, cfg.reflective_share, salt))
     return {
         "reflective": set(sorted(able, key=lambda q: hash_share([salt, q]))[:wanted]),
