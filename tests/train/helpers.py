@@ -159,28 +159,21 @@ def rewrite_manifest(version: Path) -> None:
 DRILL_BOX = [150, 250, 750, 850]  # four different numbers: each token tells the next
 
 
-DRILL_QUESTIONS = 6  # SFT questions asked of each view
-
-
 def drill_version(source: Path, root: Path) -> Path:
-    """A copy of `source` whose SFT rows ask its SFT questions of every one of its images, `DRILL_QUESTIONS` of them
-    per image in turn, and answer each after one zoom into a fixed box; its RL prompts, whose questions the drill
-    never shows, stay as they are.
+    """A copy of `source` whose SFT rows ask each of its SFT questions of each of its photos, and answer each after
+    one zoom into a fixed box; its RL prompts, whose questions the drill never shows, stay as they are.
 
     A constant call on real prompts is what a tiny random model learns in a few dozen steps, so tests get a policy
     that really calls the tool on the demo's prompts; learning the demo's own trajectories takes a few hundred. (A
-    handful of SFT rows, each on its own photo, teach the call on those photos alone: every view is drilled. Every
-    question on every view would make a demo of 11 SFT rows and 21 views 231 rows: 342 s of setup, against 217 s
-    at six questions a view.)"""
+    handful of SFT rows, each on its own photo, teach the call on those photos alone: every question is drilled on
+    every photo, each photo once, however many rows show it.)"""
     rows = []
-    views = [r["images"][0].convert("RGB") for split in ("sft", "rl") for r in load_split(source, split)]
     questions = list(load_split(source, "sft"))
-    asked = [
-        (questions[(i + j) % len(questions)], (i, view))
-        for i, view in enumerate(views)
-        for j in range(min(DRILL_QUESTIONS, len(questions)))
-    ]
-    for row, (i, view) in asked:
+    views = {}  # a photo's first image: its global view in an SFT row, else its original in an RL row
+    for row in [*questions, *load_split(source, "rl").select_columns(["image_id", "images"])]:
+        if row["image_id"] not in views:
+            views[row["image_id"]] = row["images"][0].convert("RGB")
+    for row, (i, view) in ((row, v) for row in questions for v in enumerate(views.values())):
         crop, box_px = ZOOM(view, DRILL_BOX)
         messages = [
             *row["messages"][:2],  # the system prompt and the question with its image
