@@ -3,11 +3,12 @@
 For each K, the share of ground-truth boxes that some proposal among the top K overlaps at IoU >= 0.3 and >= 0.5,
 and the share of those K proposals that overlap no ground-truth box at that IoU ("miss"). Proposals run exactly as
 in mining, with the recipe's defaults: objects the model's view already resolves are not sought (`--every-size`
-seeks them too). The filters that look beyond the box itself (uniqueness) are left out. Overall recall pools
-every ground-truth box of every image; overall miss pools every proposal. "kept_on_object" is the share of the
-regions mining keeps (every filter, the image taken as unannotated) that overlap a ground-truth box at IoU >= 0.3,
-on the images a COCO file declares `complete_categories` for, where a region on nothing boxed is on no object of
-those classes.
+seeks them too). The filters that look beyond the box itself (uniqueness) are left out. Overall recall pools every
+ground-truth box of every image; overall miss pools every proposal. "recall_hidden" is recall@100 over the ground
+truth the model's view does not resolve (its shorter side under the view's cap), the objects mining is after.
+"kept_on_object" is the share of the regions mining keeps (every filter, the image taken as unannotated) that
+overlap a ground-truth box at IoU >= 0.3, on the images a COCO file declares `complete_categories` for, where a
+region on nothing boxed is on no object of those classes.
 
 By default every bundled annotated image is measured (the NEON forest's VOC boxes and both labelled COCO files);
 --images and --coco (repeatable, paired in order) measure other sets.
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from drim_data.pixels.annotations import load_annotations
-from drim_data.pixels.candidates import Job, mine_image, proposal_factor, proposals
+from drim_data.pixels.candidates import Job, max_hidden_side, mine_image, proposal_factor, proposals
 from drim_data.pixels.images import decode, sha256
 from drim_data.pixels.sources import ImageRef
 from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig
@@ -96,6 +97,11 @@ def measure(image: Path, boxes: np.ndarray, complete: bool, cfg: MineConfig, vie
             counts[f"hit@{k}@{t}"] = int((top.max(axis=1, initial=0) >= t).sum())
             counts[f"missed_proposals@{k}@{t}"] = int((top.max(axis=0, initial=0) < t).sum())
             counts[f"proposals@{k}"] = top.shape[1]
+    # the ground truth the view does not resolve: the objects mining is after
+    hidden = np.minimum(truth[:, 2] - truth[:, 0], truth[:, 3] - truth[:, 1]) < max_hidden_side(width, height, view)
+    counts["hidden"] = int(hidden.sum())
+    for t in IOUS:
+        counts[f"hidden_hit@{max(KS)}@{t}"] = int((overlap[hidden, : max(KS)].max(axis=1, initial=0) >= t).sum())
     mined = kept_on_object(ref, width, height, boxes, MineConfig(), view) if complete else (0, 0)
     counts["on_object"], counts["kept"] = mined
     factor = proposal_factor(width, height, cfg)
@@ -113,6 +119,9 @@ def rates(counts: dict, truth: int) -> dict[str, float]:
             out[f"recall@{k}@{t}"] = round(counts[f"hit@{k}@{t}"] / truth, 3) if truth else 0.0
             n = counts[f"proposals@{k}"]
             out[f"miss@{k}@{t}"] = round(counts[f"missed_proposals@{k}@{t}"] / n, 3) if n else 0.0
+    for t in IOUS:
+        hits, hidden = counts[f"hidden_hit@{max(KS)}@{t}"], counts["hidden"]
+        out[f"recall_hidden@{max(KS)}@{t}"] = round(hits / hidden, 3) if hidden else 0.0
     out["kept_on_object"] = round(counts["on_object"] / counts["kept"], 3) if counts["kept"] else None
     return out
 
@@ -148,14 +157,16 @@ def main() -> None:
         print(json.dumps({"images": images, "overall": overall | {"truth": truth}}, indent=1))
         return
     columns = [f"{m}@100@{t}" for m in ("recall", "miss") for t in IOUS]
-    columns = [f"recall@{k}@{t}" for k in (25, 50) for t in IOUS] + columns + ["kept_on_object"]
+    columns = [f"recall@{k}@{t}" for k in (25, 50) for t in IOUS] + columns
+    columns += [f"recall_hidden@100@{t}" for t in IOUS] + ["kept_on_object"]
     print(f"Ground-truth boxes under {SMALL:.0%} of the image area; proposal_min_side_px={cfg.proposal_min_side_px}\n")
-    print("| image | view | n | s | " + " | ".join(columns) + " |")
-    print("|---|---|---:|---:|" + "---:|" * len(columns))
+    print("| image | view | n | hidden | s | " + " | ".join(columns) + " |")
+    print("|---|---|---:|---:|---:|" + "---:|" * len(columns))
     for r in results:
-        cells = [r["image"], r["view"], str(r["truth"]), f"{r['seconds']:.2f}"]
+        cells = [r["image"], r["view"], str(r["truth"]), str(r["counts"]["hidden"]), f"{r['seconds']:.2f}"]
         print("| " + " | ".join(cells + [_cell(r["rates"][c]) for c in columns]) + " |")
-    print("| overall | | " + str(truth) + " | | " + " | ".join(_cell(overall[c]) for c in columns) + " |")
+    hidden = str(pooled["hidden"])
+    print(f"| overall | | {truth} | {hidden} | | " + " | ".join(_cell(overall[c]) for c in columns) + " |")
 
 
 def _cell(value: float | None) -> str:

@@ -78,7 +78,7 @@ def region_problem(
         return "too_small"
     if x1 < cfg.border_px or y1 < cfg.border_px or x2 > width - cfg.border_px or y2 > height - cfg.border_px:
         return "at_border"
-    if min(x2 - x1, y2 - y1) >= _max_hidden_side(width, height, view):
+    if min(x2 - x1, y2 - y1) >= max_hidden_side(width, height, view):
         return "visible_without_zoom"
     return None
 
@@ -150,7 +150,7 @@ def side_range(width: int, height: int, cfg: MineConfig, view: ViewConfig) -> tu
     """The box sides, in pixels, a proposal may have to pass the filters."""
     pixels = width * height
     low = max(cfg.min_side_px, cfg.proposal_min_side_px, math.sqrt(cfg.min_area_frac * pixels))
-    return low, min(math.sqrt(cfg.max_area_frac * pixels), _max_hidden_side(width, height, view))
+    return low, min(math.sqrt(cfg.max_area_frac * pixels), max_hidden_side(width, height, view))
 
 
 def proposals(ref: ImageRef, width: int, height: int, cfg: MineConfig, view: ViewConfig) -> list[Candidate]:
@@ -170,7 +170,7 @@ def proposals(ref: ImageRef, width: int, height: int, cfg: MineConfig, view: Vie
     ]
 
 
-def _max_hidden_side(width: int, height: int, view: ViewConfig) -> float:
+def max_hidden_side(width: int, height: int, view: ViewConfig) -> float:
     """Targets narrower than this (in pixels) shrink below `min_resolvable_px` in the model's global view."""
     if view.min_resolvable_px <= 0:
         return math.inf
