@@ -2,23 +2,25 @@
 
 For each K, the share of ground-truth boxes that some proposal among the top K overlaps at IoU >= 0.3 and >= 0.5,
 and the share of those K proposals that overlap no ground-truth box at that IoU ("miss"). Proposals run exactly as
-in mining, with the recipe's defaults: objects the model's view already resolves are not sought (`--every-size`
-seeks them too). The filters that look beyond the box itself (uniqueness) are left out. Overall recall pools every
-ground-truth box of every image; overall miss pools every proposal. "recall_hidden" is recall@100 over the ground
-truth the model's view does not resolve (its shorter side under the view's cap), the objects mining is after.
-"kept_on_object" is the share of the regions mining keeps (every filter, the image taken as unannotated) that
-overlap a ground-truth box at IoU >= 0.3, on the images a COCO file declares `complete_categories` for, where a
-region on nothing boxed is on no object of those classes.
+in mining, with the recipe's defaults (or --recipe's settings): objects the model's view already resolves are not
+sought (`--every-size` seeks them too). The filters that look beyond the box itself (uniqueness) are left out.
+Overall recall pools every ground-truth box of every image; overall miss pools every proposal. "recall_hidden" is
+recall@100 over the ground truth the model's view does not resolve (its shorter side under the view's cap), the
+objects mining is after. "kept_on_object" is the share of the regions mining keeps (every filter, the image taken as
+unannotated) that overlap a ground-truth box at IoU >= 0.3, on the images a COCO file declares `complete_categories`
+for, where a region on nothing boxed is on no object of those classes.
 
 By default every bundled annotated image is measured (the NEON forest's VOC boxes and both labelled COCO files);
 --images and --coco (repeatable, paired in order) measure other sets.
 
-    python benchmarks/miner_recall.py [--images DIR --coco FILE ...] [--json] [--min-side 8] [--every-size]
+    python benchmarks/miner_recall.py [--images DIR --coco FILE ...] [--recipe FILE] [--json] [--min-side 8]
+        [--every-size]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from drim_data.pixels.annotations import load_annotations
 from drim_data.pixels.candidates import Job, max_hidden_side, mine_image, proposal_factor, proposals
 from drim_data.pixels.images import decode, sha256
 from drim_data.pixels.sources import ImageRef
-from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig
+from drim_data.recipe import AnnotationSource, MineConfig, ViewConfig, load_recipe
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 BUNDLED = [
@@ -80,8 +82,10 @@ def kept_on_object(ref: ImageRef, width: int, height: int, boxes: np.ndarray, cf
     return int((iou_matrix(kept, boxes).max(axis=1) >= IOUS[0]).sum()), len(kept)
 
 
-def measure(image: Path, boxes: np.ndarray, complete: bool, cfg: MineConfig, view: ViewConfig) -> dict:
-    """Hits and misses of the pipeline's own proposals on one image, for every K and IoU."""
+def measure(image: Path, boxes: np.ndarray, complete: bool, mine: MineConfig, view: ViewConfig) -> dict:
+    """Hits and misses of the pipeline's own proposals on one image, for every K and IoU; the regions kept with
+    `mine` as it is."""
+    cfg = dataclasses.replace(mine, top_k=max(KS))
     data = image.read_bytes()
     width, height = decode(data).size
     truth = boxes[(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) < SMALL * width * height]
@@ -102,7 +106,7 @@ def measure(image: Path, boxes: np.ndarray, complete: bool, cfg: MineConfig, vie
     counts["hidden"] = int(hidden.sum())
     for t in IOUS:
         counts[f"hidden_hit@{max(KS)}@{t}"] = int((overlap[hidden, : max(KS)].max(axis=1, initial=0) >= t).sum())
-    mined = kept_on_object(ref, width, height, boxes, MineConfig(), view) if complete else (0, 0)
+    mined = kept_on_object(ref, width, height, boxes, mine, view) if complete else (0, 0)
     counts["on_object"], counts["kept"] = mined
     factor = proposal_factor(width, height, cfg)
     return {"image": image.name, "size": [width, height], "view": f"1/{factor}", "truth": len(truth)} | {
@@ -130,6 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, action="append", default=[], help="a folder of images")
     parser.add_argument("--coco", type=Path, action="append", default=[], help="its COCO boxes (one per --images)")
+    parser.add_argument(
+        "--recipe", type=Path, help="mine with this recipe's mine and view settings (default: defaults)"
+    )
     parser.add_argument("--min-side", type=int, help="proposal_min_side_px (default: the recipe's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -141,12 +148,13 @@ def main() -> None:
     if len(args.images) != len(args.coco):
         parser.error("give one --coco file for each --images folder")
     sets = [(d, AnnotationSource("coco", c)) for d, c in zip(args.images, args.coco, strict=True)] or BUNDLED
-    cfg = MineConfig(top_k=max(KS))
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    mine, view = (recipe.mine, recipe.view) if recipe else (MineConfig(), ViewConfig())
     if args.min_side:
-        cfg = MineConfig(top_k=max(KS), proposal_min_side_px=args.min_side)
-
-    view = ViewConfig(min_resolvable_px=0) if args.every_size else ViewConfig()  # the pipeline's: recipe defaults
-    results = [measure(image, boxes, complete, cfg, view) for image, boxes, complete in annotated(sets)]
+        mine = dataclasses.replace(mine, proposal_min_side_px=args.min_side)
+    if args.every_size:
+        view = dataclasses.replace(view, min_resolvable_px=0)
+    results = [measure(image, boxes, complete, mine, view) for image, boxes, complete in annotated(sets)]
     pooled = {key: sum(r["counts"][key] for r in results) for key in results[0]["counts"]} if results else {}
     truth = sum(r["truth"] for r in results)
     for r in results:
@@ -159,7 +167,9 @@ def main() -> None:
     columns = [f"{m}@100@{t}" for m in ("recall", "miss") for t in IOUS]
     columns = [f"recall@{k}@{t}" for k in (25, 50) for t in IOUS] + columns
     columns += [f"recall_hidden@100@{t}" for t in IOUS] + ["kept_on_object"]
-    print(f"Ground-truth boxes under {SMALL:.0%} of the image area; proposal_min_side_px={cfg.proposal_min_side_px}\n")
+    print(
+        f"Ground-truth boxes under {SMALL:.0%} of the image area; proposal_min_side_px={mine.proposal_min_side_px}\n"
+    )
     print("| image | view | n | hidden | s | " + " | ".join(columns) + " |")
     print("|---|---|---:|---:|---:|" + "---:|" * len(columns))
     for r in results:

@@ -15,7 +15,7 @@ BOATS = [(400, 300, 412, 320), (1100, 500, 1120, 512), (700, 1200, 714, 1214)]  
 SHIP = (1200, 1100, 1260, 1180)  # 60 x 80 px: small (under 1% of the image) but visible without zoom
 
 
-def test_the_benchmark_counts_hidden_and_visible_ground_truth_apart(tmp_path):
+def test_the_benchmark_counts_hidden_and_visible_ground_truth_apart_and_reads_a_recipe(tmp_path):
     rgb = np.clip(np.random.default_rng(0).normal(40, 2, (SIDE, SIDE, 3)), 0, 255).astype(np.uint8)  # open water
     for x1, y1, x2, y2 in [*BOATS, SHIP]:
         rgb[y1:y2, x1:x2] = 220
@@ -31,10 +31,7 @@ def test_the_benchmark_counts_hidden_and_visible_ground_truth_apart(tmp_path):
         ],
     }
     (tmp_path / "boxes.json").write_text(json.dumps(coco))
-    command = [sys.executable, str(ROOT / "benchmarks" / "miner_recall.py"), "--json"]
-    command += ["--images", str(tmp_path / "images"), "--coco", str(tmp_path / "boxes.json")]
-    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
-
+    result = _benchmark(tmp_path)
     overall = result["overall"]
     assert overall["truth"] == 4 and result["images"][0]["image"] == "sea.png"
     # the boats are found with boxes of their own; the ship the view resolves is not sought
@@ -42,3 +39,16 @@ def test_the_benchmark_counts_hidden_and_visible_ground_truth_apart(tmp_path):
     assert overall["recall@100@0.5"] == 0.75
     assert 0 < overall["kept_on_object"] <= 1
     assert {"recall@25@0.3", "recall@50@0.5", "miss@100@0.3"} <= overall.keys()
+
+    # a recipe's settings: a view that resolves nothing, so the ship is sought too
+    recipe = {"dataset": "sea", "db": "sea.duckdb", "output_dir": "out", "ingest": {"images": "images"}}
+    recipe["view"] = {"min_resolvable_px": 0}
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # YAML reads JSON
+    overall = _benchmark(tmp_path, "--recipe", str(tmp_path / "recipe.yaml"))["overall"]
+    assert overall["recall_hidden@100@0.5"] == overall["recall@100@0.5"] == 1.0
+
+
+def _benchmark(folder: Path, *extra: str) -> dict:
+    command = [sys.executable, str(ROOT / "benchmarks" / "miner_recall.py"), "--json", *extra]
+    command += ["--images", str(folder / "images"), "--coco", str(folder / "boxes.json")]
+    return json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
